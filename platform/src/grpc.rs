@@ -1,0 +1,27 @@
+//! What every gRPC server of the project offers besides its own API: `grpc.health.v1` (SERVING
+//! only once the service's dependencies answer) and server reflection, v1 and v1alpha, so
+//! `grpcurl` works without .proto files.
+
+use tonic::service::RoutesBuilder;
+use tonic_health::server::HealthReporter;
+
+/// Adds health and reflection to `routes` and returns the health reporter; every service
+/// starts NOT_SERVING until its owner calls [`HealthReporter::set_service_status`].
+pub fn add_standard_services(
+    routes: &mut RoutesBuilder,
+) -> Result<HealthReporter, tonic_reflection::server::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(trading_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(trading_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok(reporter)
+}

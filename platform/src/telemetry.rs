@@ -1,0 +1,153 @@
+//! Tracing for every service: structured logs on stderr, spans exported over OTLP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the W3C trace context carried in gRPC metadata and
+//! NATS headers so one trace follows an order from the write region to every read region.
+//!
+//! A tracer provider is installed even without an exporter: spans still get real trace ids,
+//! which the write region stamps into each event's headers for the relay to continue.
+
+use std::collections::HashMap;
+
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the otlp exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot install the tracing subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Flushes and shuts the exporter down when dropped (at the end of `main`).
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("telemetry shutdown failed: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber for a service binary. `RUST_LOG` filters (default `info`);
+/// `LOG_FORMAT=json` switches to JSON lines.
+pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+    let provider = tracer_provider(service_name)?;
+    let tracer = provider.tracer(service_name);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json");
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()?;
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()?;
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+fn tracer_provider(service_name: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let resource = Resource::builder().with_service_name(service_name).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(provider)
+}
+
+/// The W3C trace context (`traceparent`, `tracestate`) of the current span, as header pairs.
+pub fn current_trace_context() -> HashMap<String, String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier
+}
+
+/// The trace id of the current span, lowercase hex (all zeros when tracing is off).
+pub fn current_trace_id() -> String {
+    use opentelemetry::trace::TraceContextExt;
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string()
+}
+
+/// Makes `span` a child of the remote context found in `carrier` (gRPC metadata, NATS headers
+/// or an event's metadata map). A carrier without a valid context leaves the span a root.
+pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent: Context = TraceContextPropagator::new().extract(carrier);
+    // Only fails when the span is disabled by the filter; then there is nothing to link.
+    let _ = span.set_parent(parent);
+}
+
+/// Writes the current span's trace context into NATS headers.
+pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
+    TraceContextPropagator::new().inject_context(
+        &tracing::Span::current().context(),
+        &mut NatsHeaders(headers),
+    );
+}
+
+struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// Reads a trace context from NATS headers.
+pub struct NatsHeaderExtractor<'a>(pub &'a async_nats::HeaderMap);
+
+impl Extractor for NatsHeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+/// Reads a trace context from incoming gRPC metadata.
+pub struct GrpcMetadataExtractor<'a>(pub &'a tonic::metadata::MetadataMap);
+
+impl Extractor for GrpcMetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
