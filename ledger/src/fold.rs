@@ -1,0 +1,244 @@
+//! An account's state as the fold of its raw event stream. The write region keeps the folded
+//! state next to the events so commands do not replay; time travel and the consistency checker
+//! replay through this same function.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use trading_proto::{
+    events::v1::{RawEvent, raw_event::Body},
+    trading::v1 as api,
+};
+
+use crate::{Position, decimal::DecimalError, format_decimal, parse_decimal};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("event version {found} does not follow version {current}")]
+    OutOfOrder { current: u64, found: u64 },
+    #[error("event {event_id} has no body an account understands")]
+    NotAnAccountEvent { event_id: String },
+    #[error("event {event_id}: field {field} {source}")]
+    BadDecimal {
+        event_id: String,
+        field: &'static str,
+        source: DecimalError,
+    },
+    #[error("event {event_id}: side {side:?} is neither BUY nor SELL")]
+    BadSide { event_id: String, side: String },
+    #[error("event {event_id} arrives before the account was opened")]
+    NotOpened { event_id: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountState {
+    pub account_id: String,
+    pub owner_name: String,
+    pub base_currency: String,
+    pub cash: Decimal,
+    pub positions: BTreeMap<String, Position>,
+    /// Version of the last applied event; 0 before the account is opened.
+    pub version: u64,
+    pub opened_at: Option<prost_types::Timestamp>,
+    pub updated_at: Option<prost_types::Timestamp>,
+}
+
+impl AccountState {
+    /// Replays `events` (in version order) from nothing.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a RawEvent>) -> Result<Self, FoldError> {
+        let mut state = Self::default();
+        for event in events {
+            state.apply(event)?;
+        }
+        Ok(state)
+    }
+
+    /// Applies the next event of the account's stream.
+    pub fn apply(&mut self, event: &RawEvent) -> Result<(), FoldError> {
+        let envelope = event.envelope.clone().unwrap_or_default();
+        let event_id = envelope.event_id;
+        if envelope.version != self.version + 1 {
+            return Err(FoldError::OutOfOrder {
+                current: self.version,
+                found: envelope.version,
+            });
+        }
+        let decimal = |field: &'static str, text: &str| {
+            parse_decimal(text).map_err(|source| FoldError::BadDecimal {
+                event_id: event_id.clone(),
+                field,
+                source,
+            })
+        };
+        match &event.body {
+            Some(Body::AccountOpened(opened)) => {
+                self.account_id.clone_from(&opened.account_id);
+                self.owner_name.clone_from(&opened.owner_name);
+                self.base_currency.clone_from(&opened.base_currency);
+                self.opened_at = envelope.occurred_at;
+            }
+            _ if self.version == 0 => return Err(FoldError::NotOpened { event_id }),
+            Some(Body::CashDeposited(deposit)) => self.cash += decimal("amount", &deposit.amount)?,
+            Some(Body::CashWithdrawn(withdrawal)) => {
+                self.cash -= decimal("amount", &withdrawal.amount)?;
+            }
+            Some(Body::TradeExecuted(trade)) => {
+                let price = decimal("price", &trade.price)?;
+                let notional = price * Decimal::from(trade.quantity);
+                let position = self.positions.entry(trade.symbol.clone()).or_default();
+                match trade.side.as_str() {
+                    "BUY" => {
+                        position.buy(trade.quantity, price);
+                        self.cash -= notional;
+                    }
+                    "SELL" => {
+                        position.sell(trade.quantity, price);
+                        self.cash += notional;
+                    }
+                    side => {
+                        return Err(FoldError::BadSide {
+                            event_id,
+                            side: side.to_owned(),
+                        });
+                    }
+                }
+            }
+            Some(Body::InstrumentUpserted(_) | Body::PriceUpdated(_)) | None => {
+                return Err(FoldError::NotAnAccountEvent { event_id });
+            }
+        }
+        self.version = envelope.version;
+        self.updated_at = envelope.occurred_at;
+        Ok(())
+    }
+
+    /// The API's view of this state. Closed-out positions stay listed (quantity 0) because
+    /// they still carry realized profit and loss.
+    pub fn to_api(&self) -> api::Account {
+        api::Account {
+            account_id: self.account_id.clone(),
+            owner_name: self.owner_name.clone(),
+            base_currency: self.base_currency.clone(),
+            cash_balance: format_decimal(self.cash),
+            version: self.version,
+            positions: self
+                .positions
+                .iter()
+                .map(|(symbol, position)| api::Position {
+                    symbol: symbol.clone(),
+                    quantity: position.quantity,
+                    average_cost: format_decimal(position.average_cost),
+                    realized_pnl: format_decimal(position.realized_pnl),
+                })
+                .collect(),
+            opened_at: self.opened_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Reads back what [`AccountState::to_api`] wrote (the write region stores that form).
+    pub fn from_api(account: &api::Account) -> Result<Self, DecimalError> {
+        let positions = account
+            .positions
+            .iter()
+            .map(|position| {
+                Ok((
+                    position.symbol.clone(),
+                    Position {
+                        quantity: position.quantity,
+                        average_cost: parse_decimal(&position.average_cost)?,
+                        realized_pnl: parse_decimal(&position.realized_pnl)?,
+                    },
+                ))
+            })
+            .collect::<Result<_, DecimalError>>()?;
+        Ok(Self {
+            account_id: account.account_id.clone(),
+            owner_name: account.owner_name.clone(),
+            base_currency: account.base_currency.clone(),
+            cash: parse_decimal(&account.cash_balance)?,
+            positions,
+            version: account.version,
+            opened_at: account.opened_at,
+            updated_at: account.updated_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trading_proto::events::v1::{AccountOpened, CashDeposited, EventEnvelope, TradeExecuted};
+
+    use super::*;
+
+    fn event(version: u64, body: Body) -> RawEvent {
+        RawEvent {
+            envelope: Some(EventEnvelope {
+                event_id: format!("e{version}"),
+                version,
+                ..Default::default()
+            }),
+            body: Some(body),
+        }
+    }
+
+    fn trade(side: &str, quantity: i64, price: &str) -> Body {
+        Body::TradeExecuted(TradeExecuted {
+            symbol: "AAPL".into(),
+            side: side.into(),
+            quantity,
+            price: price.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn folds_cash_and_positions_and_round_trips_through_the_api_form() {
+        let events = [
+            event(
+                1,
+                Body::AccountOpened(AccountOpened {
+                    account_id: "a1".into(),
+                    owner_name: "Ada".into(),
+                    base_currency: "USD".into(),
+                }),
+            ),
+            event(
+                2,
+                Body::CashDeposited(CashDeposited {
+                    amount: "10000".into(),
+                    ..Default::default()
+                }),
+            ),
+            event(3, trade("BUY", 10, "100")),
+            event(4, trade("BUY", 30, "120")),
+            event(5, trade("SELL", 15, "130")),
+        ];
+        let state = AccountState::replay(&events).expect("fold");
+        assert_eq!(state.version, 5);
+        assert_eq!(state.cash, Decimal::from(10000 - 1000 - 3600 + 1950));
+        let position = &state.positions["AAPL"];
+        assert_eq!(position.quantity, 25);
+        assert_eq!(position.average_cost, Decimal::from(115));
+        assert_eq!(position.realized_pnl, Decimal::from(225));
+        assert_eq!(AccountState::from_api(&state.to_api()), Ok(state));
+    }
+
+    #[test]
+    fn refuses_gaps_and_events_before_opening() {
+        let mut state = AccountState::default();
+        assert_eq!(
+            state.apply(&event(2, trade("BUY", 1, "1"))),
+            Err(FoldError::OutOfOrder {
+                current: 0,
+                found: 2
+            })
+        );
+        assert_eq!(
+            state.apply(&event(1, trade("BUY", 1, "1"))),
+            Err(FoldError::NotOpened {
+                event_id: "e1".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! Executes commands against the store: for one aggregate at a time, load its state, check the
+//! idempotency record, decide, stamp envelopes, and commit events, state and record in one
+//! conditional batch; then hand the committed events to the outbox.
+//!
+//! Commands on one aggregate are serialized inside this process (striped async locks) so they
+//! do not fight each other in Paxos; the conditional batch still guards against any other
+//! process, and a lost race reloads with a SERIAL read and decides again.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use ledger::AccountState;
+use prost::Message;
+use tokio::sync::Mutex;
+use trading_proto::{
+    events::v1::{EventEnvelope, RawEvent, raw_event::Body},
+    trading::v1 as api,
+};
+
+use crate::{
+    domain::{DomainError, InstrumentState},
+    outbox::Outbox,
+    store::{AggregateKey, AggregateType, Append, NewEvent, RecordKind, Store, StoreError, Stored},
+};
+
+/// How often a command retries after losing a race to another writer.
+const MAX_ATTEMPTS: u32 = 16;
+const LOCK_STRIPES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("gave up after {MAX_ATTEMPTS} attempts lost to concurrent writers")]
+    Contention,
+    #[error("stored state of {0} is unreadable: {1}")]
+    Corrupt(String, String),
+}
+
+/// A state kept next to its events: decoded from and encoded to the static `state` column, and
+/// advanced by applying its own events, so it always equals the fold of its stream.
+pub trait Aggregate: Default + Sized {
+    const KIND: AggregateType;
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+    fn encode(&self) -> Vec<u8>;
+    fn apply(&mut self, event: &RawEvent) -> Result<(), String>;
+}
+
+impl Aggregate for AccountState {
+    const KIND: AggregateType = AggregateType::Account;
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let account = api::Account::decode(bytes).map_err(|error| error.to_string())?;
+        AccountState::from_api(&account).map_err(|error| error.to_string())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        self.to_api().encode_to_vec()
+    }
+
+    fn apply(&mut self, event: &RawEvent) -> Result<(), String> {
+        AccountState::apply(self, event).map_err(|error| error.to_string())
+    }
+}
+
+impl Aggregate for InstrumentState {
+    const KIND: AggregateType = AggregateType::Instrument;
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let instrument = api::Instrument::decode(bytes).map_err(|error| error.to_string())?;
+        InstrumentState::from_api(&instrument).map_err(|error| error.to_string())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        self.to_api().encode_to_vec()
+    }
+
+    fn apply(&mut self, event: &RawEvent) -> Result<(), String> {
+        let version = event
+            .envelope
+            .as_ref()
+            .map_or(0, |envelope| envelope.version);
+        let body = event.body.as_ref().ok_or("event without body")?;
+        InstrumentState::apply(self, version, body).map_err(|error| error.to_string())
+    }
+}
+
+/// Where a command came from, stamped on every event it produces.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub correlation_id: String,
+    pub causation_id: String,
+    pub region: String,
+    /// W3C trace context of the request's span.
+    pub trace: HashMap<String, String>,
+}
+
+/// An idempotency key and what the request under it must look like.
+pub struct Idempotency<'a> {
+    pub kind: RecordKind,
+    pub key: &'a str,
+    pub fingerprint: String,
+}
+
+/// What a request stored under an idempotency key: its shape and its first response.
+#[derive(Clone, PartialEq, Message)]
+struct IdempotencyRecord {
+    #[prost(string, tag = "1")]
+    fingerprint: String,
+    #[prost(bytes = "vec", tag = "2")]
+    response: Vec<u8>,
+}
+
+/// The schema version this build writes for each event type; bumped when a type gains fields
+/// that older readers must have upcast.
+pub fn schema_version(body: &Body) -> (&'static str, u32) {
+    match body {
+        Body::AccountOpened(_) => ("AccountOpened", 1),
+        Body::CashDeposited(_) => ("CashDeposited", 1),
+        Body::CashWithdrawn(_) => ("CashWithdrawn", 1),
+        Body::TradeExecuted(_) => ("TradeExecuted", 2),
+        Body::InstrumentUpserted(_) => ("InstrumentUpserted", 1),
+        Body::PriceUpdated(_) => ("PriceUpdated", 1),
+    }
+}
+
+/// Called after a commit and before the outbox hears of it; only the crash-recovery tests set
+/// it (through the `failpoint` setting), to die exactly between commit and publish.
+pub type AfterCommitHook = Arc<dyn Fn() + Send + Sync>;
+
+pub struct Commands {
+    store: Arc<Store>,
+    outbox: Outbox,
+    locks: Vec<Mutex<()>>,
+    hasher: RandomState,
+    after_commit: Option<AfterCommitHook>,
+}
+
+impl Commands {
+    pub fn new(store: Arc<Store>, outbox: Outbox, after_commit: Option<AfterCommitHook>) -> Self {
+        Self {
+            store,
+            outbox,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            after_commit,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The current state of an aggregate, `None` if it was never written.
+    pub async fn current<A: Aggregate>(&self, id: &str) -> Result<Option<A>, CommandError> {
+        let key = AggregateKey {
+            kind: A::KIND,
+            id: id.to_owned(),
+        };
+        let stored = self.store.load(&key, false).await?;
+        decode_stored(&key, &stored)
+    }
+
+    /// The response recorded under an idempotency key, if any.
+    pub async fn recorded<M: Message + Default>(
+        &self,
+        key: &AggregateKey,
+        kind: RecordKind,
+        record_key: &str,
+    ) -> Result<Option<M>, CommandError> {
+        let Some(bytes) = self.store.load_record(key, kind, record_key).await? else {
+            return Ok(None);
+        };
+        let record = IdempotencyRecord::decode(bytes.as_slice())
+            .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))?;
+        M::decode(record.response.as_slice())
+            .map(Some)
+            .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))
+    }
+
+    /// Runs one command on aggregate `id`: `decide` turns the current state (`None` if the
+    /// aggregate does not exist yet) into event bodies, `respond` builds the response from the
+    /// new state and the stamped events. A replayed idempotency key returns the first response.
+    pub async fn execute<A, M>(
+        &self,
+        id: &str,
+        idempotency: Option<Idempotency<'_>>,
+        context: &RequestContext,
+        decide: impl Fn(Option<&A>) -> Result<Vec<Body>, DomainError>,
+        respond: impl Fn(&A, &[RawEvent]) -> M,
+    ) -> Result<M, CommandError>
+    where
+        A: Aggregate,
+        M: Message + Default,
+    {
+        let key = AggregateKey {
+            kind: A::KIND,
+            id: id.to_owned(),
+        };
+        let stripe = self.hasher.hash_one(&key) as usize % LOCK_STRIPES;
+        let _serialized = self.locks[stripe].lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let serial = attempt > 0;
+            let (stored, replay) = tokio::join!(self.store.load(&key, serial), async {
+                match &idempotency {
+                    Some(idempotency) => self
+                        .store
+                        .load_record(&key, idempotency.kind, idempotency.key)
+                        .await
+                        .map(|record| record.map(|bytes| (bytes, idempotency))),
+                    None => Ok(None),
+                }
+            });
+            if let Some((bytes, idempotency)) = replay? {
+                return replay_record(&key, &bytes, idempotency);
+            }
+            let stored = stored?;
+            let current: Option<A> = decode_stored(&key, &stored)?;
+            let bodies = decide(current.as_ref())?;
+            let events = stamp(&key, stored.version, bodies, context);
+            let mut state = current.unwrap_or_default();
+            for event in &events {
+                state
+                    .apply(event)
+                    .map_err(|error| CommandError::Corrupt(key.id.clone(), error))?;
+            }
+            let response = respond(&state, &events);
+            let record = idempotency.as_ref().map(|idempotency| {
+                let record = IdempotencyRecord {
+                    fingerprint: idempotency.fingerprint.clone(),
+                    response: response.encode_to_vec(),
+                };
+                (idempotency.kind, idempotency.key, record.encode_to_vec())
+            });
+            let occurred_at = SystemTime::now();
+            let rows: Vec<NewEvent> = events
+                .iter()
+                .map(|event| NewEvent {
+                    version: event
+                        .envelope
+                        .as_ref()
+                        .map_or(0, |envelope| envelope.version),
+                    payload: event.encode_to_vec(),
+                    occurred_at,
+                })
+                .collect();
+            let last_version = stored.version + rows.len() as u64;
+            // The marker goes first: if this process dies after the commit, a sweep finds it.
+            self.store.mark_pending(&key, last_version).await?;
+            let committed = self
+                .store
+                .append(Append {
+                    key: &key,
+                    expected_version: stored.version,
+                    state: state.encode(),
+                    events: &rows,
+                    record,
+                })
+                .await?;
+            if committed {
+                if let Some(hook) = &self.after_commit {
+                    hook();
+                }
+                // Sent while the aggregate is still locked, so the outbox hears of its commits
+                // in version order.
+                self.outbox.committed(key, rows);
+                return Ok(response);
+            }
+            tracing::debug!(aggregate = %key.id, attempt, "lost a commit race, retrying");
+            tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 2)).await;
+        }
+        Err(CommandError::Contention)
+    }
+}
+
+fn decode_stored<A: Aggregate>(
+    key: &AggregateKey,
+    stored: &Stored,
+) -> Result<Option<A>, CommandError> {
+    match (&stored.state, stored.version) {
+        (Some(bytes), version) if version > 0 => A::decode(bytes)
+            .map(Some)
+            .map_err(|error| CommandError::Corrupt(key.id.clone(), error)),
+        _ => Ok(None),
+    }
+}
+
+fn replay_record<M: Message + Default>(
+    key: &AggregateKey,
+    bytes: &[u8],
+    idempotency: &Idempotency<'_>,
+) -> Result<M, CommandError> {
+    let record = IdempotencyRecord::decode(bytes)
+        .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))?;
+    if record.fingerprint != idempotency.fingerprint {
+        return Err(DomainError::Conflict {
+            reason: "IDEMPOTENCY_KEY_REUSED",
+            detail: format!(
+                "key {:?} was already used for a different request on {}",
+                idempotency.key, key.id
+            ),
+        }
+        .into());
+    }
+    M::decode(record.response.as_slice())
+        .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))
+}
+
+/// Wraps decided bodies in envelopes with the next versions of `key`.
+fn stamp(
+    key: &AggregateKey,
+    current_version: u64,
+    bodies: Vec<Body>,
+    context: &RequestContext,
+) -> Vec<RawEvent> {
+    let now = prost_types::Timestamp::from(SystemTime::now());
+    bodies
+        .into_iter()
+        .zip(current_version + 1..)
+        .map(|(body, version)| {
+            let (event_type, schema_version) = schema_version(&body);
+            let mut metadata = context.trace.clone();
+            metadata.insert("region".to_owned(), context.region.clone());
+            RawEvent {
+                envelope: Some(EventEnvelope {
+                    event_id: uuid::Uuid::new_v4().to_string(),
+                    event_type: event_type.to_owned(),
+                    schema_version,
+                    aggregate_type: key.kind.as_str().to_owned(),
+                    aggregate_id: key.id.clone(),
+                    version,
+                    occurred_at: Some(now),
+                    correlation_id: context.correlation_id.clone(),
+                    causation_id: context.causation_id.clone(),
+                    metadata,
+                }),
+                body: Some(body),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,139 @@
+//! The write region's settings: defaults for the local stack, overridden by the TOML file named
+//! in `WRITE_REGION_CONFIG` and by `WRITE_REGION_*` environment variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ledger::parse_decimal;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::{outbox::OutboxConfig, store::StoreConfig};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    /// Stamped into every event's metadata.
+    pub region: String,
+    pub cassandra_contact_points: Vec<String>,
+    pub keyspace: String,
+    pub replication_factor: u32,
+    pub store_timeout_ms: u64,
+    pub nats_url: String,
+    /// Raw events go to `<prefix>.account.<id>` and `<prefix>.market.<symbol>`.
+    pub subject_prefix: String,
+    pub account_stream: String,
+    pub market_stream: String,
+    pub outbox_workers: usize,
+    pub outbox_sweep_interval_ms: u64,
+    pub duplicate_window_secs: u64,
+    /// Largest notional (price x quantity) one order may have, a decimal string.
+    pub max_order_notional: String,
+    /// Requests served at once; beyond it requests are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace_ms: u64,
+    /// Test-only: `abort-after-commit` kills the process right after a commit, before the
+    /// outbox hears of it, to prove recovery.
+    pub failpoint: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            region: "us".into(),
+            cassandra_contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: "trading".into(),
+            replication_factor: 1,
+            store_timeout_ms: 5_000,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: "raw".into(),
+            account_stream: "RAW_ACCOUNTS".into(),
+            market_stream: "RAW_MARKET".into(),
+            outbox_workers: 8,
+            outbox_sweep_interval_ms: 2_000,
+            duplicate_window_secs: 600,
+            max_order_notional: "1000000".into(),
+            max_concurrent_requests: 512,
+            shutdown_grace_ms: 10_000,
+            failpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Checks every setting before anything is bound or connected.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.cassandra_contact_points.is_empty() {
+            return invalid("cassandra_contact_points", "needs at least one node");
+        }
+        let keyspace_ok = !self.keyspace.is_empty()
+            && self.keyspace.len() <= 48
+            && self
+                .keyspace
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !keyspace_ok {
+            return invalid("keyspace", "must be 1-48 characters of a-z, 0-9 or '_'");
+        }
+        if self.replication_factor == 0 {
+            return invalid("replication_factor", "must be at least 1");
+        }
+        if self.outbox_workers == 0 {
+            return invalid("outbox_workers", "must be at least 1");
+        }
+        if self.max_concurrent_requests == 0 {
+            return invalid("max_concurrent_requests", "must be at least 1");
+        }
+        if !matches!(self.failpoint.as_deref(), None | Some("abort-after-commit")) {
+            return invalid("failpoint", "the only failpoint is abort-after-commit");
+        }
+        self.max_order_notional()?;
+        Ok(())
+    }
+
+    pub fn max_order_notional(&self) -> Result<Decimal, ConfigError> {
+        match parse_decimal(&self.max_order_notional) {
+            Ok(value) if value > Decimal::ZERO => Ok(value),
+            _ => Err(ConfigError::Invalid {
+                field: "max_order_notional",
+                problem: "must be a positive decimal".into(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            contact_points: self.cassandra_contact_points.clone(),
+            keyspace: self.keyspace.clone(),
+            replication_factor: self.replication_factor,
+            request_timeout: Duration::from_millis(self.store_timeout_ms),
+        }
+    }
+
+    pub fn outbox(&self) -> OutboxConfig {
+        OutboxConfig {
+            subject_prefix: self.subject_prefix.clone(),
+            account_stream: self.account_stream.clone(),
+            market_stream: self.market_stream.clone(),
+            workers: self.outbox_workers,
+            sweep_interval: Duration::from_millis(self.outbox_sweep_interval_ms),
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+        }
+    }
+}

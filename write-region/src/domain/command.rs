@@ -1,0 +1,344 @@
+//! Requests parsed into validated commands. Every check that needs no state happens here, so a
+//! malformed request is refused before anything is read or written.
+
+use ledger::{DecimalError, parse_decimal};
+use rust_decimal::Decimal;
+use trading_proto::trading::v1 as api;
+
+use super::{DomainError, InstrumentState};
+
+const MAX_ID_LEN: usize = 64;
+const MAX_TEXT_LEN: usize = 200;
+
+/// Account ids and idempotency keys: 1-64 of `A-Z a-z 0-9 _ -`, so they are safe in NATS
+/// subjects, Redis keys and logs.
+fn identifier(field: &'static str, value: &str) -> Result<String, DomainError> {
+    if value.is_empty() {
+        return Err(DomainError::invalid(field, "is required"));
+    }
+    if value.len() > MAX_ID_LEN
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be 1-{MAX_ID_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+pub fn account_id(value: &str) -> Result<String, DomainError> {
+    identifier("account_id", value)
+}
+
+/// Symbols: 1-16 of `A-Z 0-9 _ -`, starting with a letter or digit.
+pub fn symbol(value: &str) -> Result<String, DomainError> {
+    let valid = (1..=16).contains(&value.len())
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if value.is_empty() {
+        return Err(DomainError::invalid("symbol", "is required"));
+    }
+    if !valid {
+        return Err(DomainError::invalid(
+            "symbol",
+            "must be 1-16 characters of A-Z, 0-9, '_' or '-'",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn currency(field: &'static str, value: &str) -> Result<String, DomainError> {
+    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(value.to_owned())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            "must be a three-letter ISO 4217 code such as \"USD\"",
+        ))
+    }
+}
+
+fn text(field: &'static str, value: &str) -> Result<String, DomainError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(DomainError::invalid(field, "is required"));
+    }
+    if trimmed.chars().count() > MAX_TEXT_LEN || trimmed.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {MAX_TEXT_LEN} printable characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A strictly positive decimal.
+fn positive(field: &'static str, value: &str) -> Result<Decimal, DomainError> {
+    let number = parse_decimal(value).map_err(|error| match error {
+        DecimalError::Empty => DomainError::invalid(field, "is required"),
+        error => DomainError::invalid(field, error.to_string()),
+    })?;
+    if number <= Decimal::ZERO {
+        return Err(DomainError::invalid(field, "must be greater than zero"));
+    }
+    Ok(number)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAccount {
+    pub account_id: String,
+    pub owner_name: String,
+    pub base_currency: String,
+}
+
+impl TryFrom<&api::OpenAccountRequest> for OpenAccount {
+    type Error = DomainError;
+
+    fn try_from(request: &api::OpenAccountRequest) -> Result<Self, DomainError> {
+        Ok(Self {
+            account_id: account_id(&request.account_id)?,
+            owner_name: text("owner_name", &request.owner_name)?,
+            base_currency: currency("base_currency", &request.base_currency)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CashDirection {
+    Deposit,
+    Withdraw,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CashMovement {
+    pub account_id: String,
+    pub direction: CashDirection,
+    pub amount: Decimal,
+    pub idempotency_key: String,
+}
+
+impl CashMovement {
+    pub fn parse(
+        direction: CashDirection,
+        account: &str,
+        amount: &str,
+        idempotency_key: &str,
+    ) -> Result<Self, DomainError> {
+        Ok(Self {
+            account_id: account_id(account)?,
+            direction,
+            amount: positive("amount", amount)?,
+            idempotency_key: identifier("idempotency_key", idempotency_key)?,
+        })
+    }
+
+    /// What makes two requests with one idempotency key the same request.
+    pub fn fingerprint(&self) -> String {
+        format!("{:?}|{}", self.direction, self.amount.normalize())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Buy => "BUY",
+            Self::Sell => "SELL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderKind {
+    Market,
+    Limit(Decimal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCommand {
+    pub account_id: String,
+    pub client_order_id: String,
+    pub symbol: String,
+    pub side: Side,
+    pub quantity: i64,
+    pub kind: OrderKind,
+}
+
+impl TryFrom<&api::PlaceOrderRequest> for OrderCommand {
+    type Error = DomainError;
+
+    fn try_from(request: &api::PlaceOrderRequest) -> Result<Self, DomainError> {
+        let side = match api::Side::try_from(request.side) {
+            Ok(api::Side::Buy) => Side::Buy,
+            Ok(api::Side::Sell) => Side::Sell,
+            _ => return Err(DomainError::invalid("side", "must be BUY or SELL")),
+        };
+        let kind = match api::OrderType::try_from(request.order_type) {
+            Ok(api::OrderType::Market) if request.limit_price.is_empty() => OrderKind::Market,
+            Ok(api::OrderType::Market) => {
+                return Err(DomainError::invalid(
+                    "limit_price",
+                    "must be empty for a MARKET order",
+                ));
+            }
+            Ok(api::OrderType::Limit) => {
+                OrderKind::Limit(positive("limit_price", &request.limit_price)?)
+            }
+            _ => {
+                return Err(DomainError::invalid(
+                    "order_type",
+                    "must be MARKET or LIMIT",
+                ));
+            }
+        };
+        if request.quantity <= 0 {
+            return Err(DomainError::invalid(
+                "quantity",
+                "must be greater than zero",
+            ));
+        }
+        Ok(Self {
+            account_id: account_id(&request.account_id)?,
+            client_order_id: identifier("client_order_id", &request.client_order_id)?,
+            symbol: symbol(&request.symbol)?,
+            side,
+            quantity: request.quantity,
+            kind,
+        })
+    }
+}
+
+impl OrderCommand {
+    pub fn fingerprint(&self) -> String {
+        let limit = match &self.kind {
+            OrderKind::Market => "MARKET".to_owned(),
+            OrderKind::Limit(price) => format!("LIMIT@{}", price.normalize()),
+        };
+        format!(
+            "{}|{}|{}|{limit}",
+            self.symbol,
+            self.side.as_str(),
+            self.quantity
+        )
+    }
+}
+
+/// A validated instrument definition (reference data).
+pub fn instrument(request: &api::UpsertInstrumentRequest) -> Result<InstrumentState, DomainError> {
+    if request.lot_size <= 0 {
+        return Err(DomainError::invalid(
+            "lot_size",
+            "must be greater than zero",
+        ));
+    }
+    Ok(InstrumentState {
+        symbol: symbol(&request.symbol)?,
+        name: text("name", &request.name)?,
+        asset_class: text("asset_class", &request.asset_class)?,
+        sector: text("sector", &request.sector)?,
+        currency: currency("currency", &request.currency)?,
+        tick_size: positive("tick_size", &request.tick_size)?,
+        lot_size: request.lot_size,
+        tradable: request.tradable,
+        last_price: None,
+        version: 0,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceUpdate {
+    pub symbol: String,
+    pub price: Decimal,
+}
+
+impl TryFrom<&api::PublishPriceRequest> for PriceUpdate {
+    type Error = DomainError;
+
+    fn try_from(request: &api::PublishPriceRequest) -> Result<Self, DomainError> {
+        Ok(Self {
+            symbol: symbol(&request.symbol)?,
+            price: positive("price", &request.price)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> api::PlaceOrderRequest {
+        api::PlaceOrderRequest {
+            account_id: "acc-1".into(),
+            client_order_id: "ord-1".into(),
+            symbol: "AAPL".into(),
+            side: api::Side::Buy.into(),
+            quantity: 10,
+            order_type: api::OrderType::Limit.into(),
+            limit_price: "175.50".into(),
+        }
+    }
+
+    fn field_of(result: Result<OrderCommand, DomainError>) -> &'static str {
+        match result {
+            Err(DomainError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_limit_order_parses() {
+        let command = OrderCommand::try_from(&order()).expect("valid");
+        assert_eq!(command.kind, OrderKind::Limit(Decimal::new(17550, 2)));
+        assert_eq!(command.fingerprint(), "AAPL|BUY|10|LIMIT@175.5");
+    }
+
+    #[test]
+    fn each_malformed_field_is_named() {
+        type Mutation = fn(&mut api::PlaceOrderRequest);
+        let cases: [(&str, Mutation); 8] = [
+            ("account_id", |r| r.account_id = "a b".into()),
+            ("client_order_id", |r| r.client_order_id.clear()),
+            ("symbol", |r| r.symbol = "aapl".into()),
+            ("side", |r| r.side = 0),
+            ("quantity", |r| r.quantity = -5),
+            ("order_type", |r| r.order_type = 9),
+            ("limit_price", |r| r.limit_price = "1e3".into()),
+            ("limit_price", |r| {
+                r.order_type = api::OrderType::Market.into();
+            }),
+        ];
+        for (field, mutate) in cases {
+            let mut request = order();
+            mutate(&mut request);
+            assert_eq!(field_of(OrderCommand::try_from(&request)), field);
+        }
+    }
+
+    #[test]
+    fn cash_amounts_must_be_positive_plain_decimals() {
+        let parse = |amount| CashMovement::parse(CashDirection::Deposit, "a", amount, "k");
+        assert!(parse("100.25").is_ok());
+        for amount in ["0", "-1", "abc", ""] {
+            assert!(matches!(
+                parse(amount),
+                Err(DomainError::Invalid {
+                    field: "amount",
+                    ..
+                })
+            ));
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Commands decided against current state. Each decision is the list of event bodies that
+//! records the command; the store stamps envelopes and versions and derives the new state by
+//! folding those same events, so state and stream can never disagree.
+
+use ledger::{AccountState, format_decimal};
+use rust_decimal::Decimal;
+use trading_proto::events::v1::{
+    AccountOpened, CashDeposited, CashWithdrawn, TradeExecuted, raw_event::Body,
+};
+
+use super::{
+    CashDirection, CashMovement, DomainError, InstrumentState, OpenAccount, OrderCommand,
+    RejectReason,
+    command::{OrderKind, Side},
+};
+
+/// Limits set by configuration rather than by the instrument or the account.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderLimits {
+    pub max_order_notional: Decimal,
+}
+
+/// The events recording an accepted command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Body>,
+}
+
+pub fn decide_open(command: &OpenAccount) -> Decision {
+    Decision {
+        events: vec![Body::AccountOpened(AccountOpened {
+            account_id: command.account_id.clone(),
+            owner_name: command.owner_name.clone(),
+            base_currency: command.base_currency.clone(),
+        })],
+    }
+}
+
+pub fn decide_cash(
+    account: &AccountState,
+    command: &CashMovement,
+) -> Result<Decision, DomainError> {
+    let amount = format_decimal(command.amount);
+    let body = match command.direction {
+        CashDirection::Deposit => Body::CashDeposited(CashDeposited {
+            account_id: command.account_id.clone(),
+            amount,
+            cash_balance: format_decimal(account.cash + command.amount),
+            idempotency_key: command.idempotency_key.clone(),
+        }),
+        CashDirection::Withdraw => {
+            if command.amount > account.cash {
+                return Err(DomainError::rejected(
+                    RejectReason::InsufficientFunds,
+                    format!(
+                        "withdrawal of {amount} exceeds the cash balance of {}",
+                        format_decimal(account.cash)
+                    ),
+                ));
+            }
+            Body::CashWithdrawn(CashWithdrawn {
+                account_id: command.account_id.clone(),
+                amount,
+                cash_balance: format_decimal(account.cash - command.amount),
+                idempotency_key: command.idempotency_key.clone(),
+            })
+        }
+    };
+    Ok(Decision { events: vec![body] })
+}
+
+/// Ids the caller generates for a new trade (kept out of the pure decision so it is testable).
+#[derive(Debug, Clone)]
+pub struct TradeIds {
+    pub order_id: String,
+    pub trade_id: String,
+}
+
+/// Fills `order` at the instrument's current price, or refuses it.
+pub fn decide_order(
+    account: &AccountState,
+    instrument: &InstrumentState,
+    order: &OrderCommand,
+    limits: OrderLimits,
+    ids: TradeIds,
+) -> Result<Decision, DomainError> {
+    if order.quantity % instrument.lot_size != 0 {
+        return Err(DomainError::invalid(
+            "quantity",
+            format!(
+                "must be a whole number of lots of {} for {}",
+                instrument.lot_size, instrument.symbol
+            ),
+        ));
+    }
+    if let OrderKind::Limit(limit) = order.kind
+        && !(limit % instrument.tick_size).is_zero()
+    {
+        return Err(DomainError::invalid(
+            "limit_price",
+            format!(
+                "{} is not on the tick size {} of {}",
+                format_decimal(limit),
+                format_decimal(instrument.tick_size),
+                instrument.symbol
+            ),
+        ));
+    }
+    if !instrument.tradable {
+        return Err(DomainError::rejected(
+            RejectReason::InstrumentHalted,
+            format!("{} is not tradable", instrument.symbol),
+        ));
+    }
+    if instrument.currency != account.base_currency {
+        return Err(DomainError::rejected(
+            RejectReason::CurrencyMismatch,
+            format!(
+                "{} trades in {} but the account is in {}",
+                instrument.symbol, instrument.currency, account.base_currency
+            ),
+        ));
+    }
+    let Some(price) = instrument.last_price else {
+        return Err(DomainError::rejected(
+            RejectReason::NoPrice,
+            format!("{} has no price yet", instrument.symbol),
+        ));
+    };
+    if let OrderKind::Limit(limit) = order.kind {
+        let marketable = match order.side {
+            Side::Buy => price <= limit,
+            Side::Sell => price >= limit,
+        };
+        if !marketable {
+            return Err(DomainError::rejected(
+                RejectReason::NotMarketable,
+                format!(
+                    "{} limit {} is not marketable at the current price {}",
+                    order.side.as_str(),
+                    format_decimal(limit),
+                    format_decimal(price)
+                ),
+            ));
+        }
+    }
+    let notional = price * Decimal::from(order.quantity);
+    if notional > limits.max_order_notional {
+        return Err(DomainError::rejected(
+            RejectReason::MaxNotionalExceeded,
+            format!(
+                "notional {} exceeds the maximum order notional {}",
+                format_decimal(notional),
+                format_decimal(limits.max_order_notional)
+            ),
+        ));
+    }
+    let mut position = account
+        .positions
+        .get(&order.symbol)
+        .cloned()
+        .unwrap_or_default();
+    let cash_after = match order.side {
+        Side::Buy => {
+            if notional > account.cash {
+                return Err(DomainError::rejected(
+                    RejectReason::InsufficientFunds,
+                    format!(
+                        "notional {} exceeds the cash balance of {}",
+                        format_decimal(notional),
+                        format_decimal(account.cash)
+                    ),
+                ));
+            }
+            position.buy(order.quantity, price);
+            account.cash - notional
+        }
+        Side::Sell => {
+            if order.quantity > position.quantity {
+                return Err(DomainError::rejected(
+                    RejectReason::InsufficientPosition,
+                    format!(
+                        "selling {} {} but {} held",
+                        order.quantity, order.symbol, position.quantity
+                    ),
+                ));
+            }
+            position.sell(order.quantity, price);
+            account.cash + notional
+        }
+    };
+    let limit_price = match order.kind {
+        OrderKind::Market => String::new(),
+        OrderKind::Limit(limit) => format_decimal(limit),
+    };
+    Ok(Decision {
+        events: vec![Body::TradeExecuted(TradeExecuted {
+            account_id: order.account_id.clone(),
+            trade_id: ids.trade_id,
+            order_id: ids.order_id,
+            client_order_id: order.client_order_id.clone(),
+            symbol: order.symbol.clone(),
+            side: order.side.as_str().to_owned(),
+            quantity: order.quantity,
+            price: format_decimal(price),
+            notional: format_decimal(notional),
+            cash_balance: format_decimal(cash_after),
+            position_quantity: position.quantity,
+            position_average_cost: format_decimal(position.average_cost),
+            order_type: if limit_price.is_empty() {
+                "MARKET"
+            } else {
+                "LIMIT"
+            }
+            .to_owned(),
+            limit_price,
+        })],
+    })
+}

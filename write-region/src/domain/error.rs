@@ -1,0 +1,75 @@
+//! Why a command is refused, in terms a client can act on. The API maps each kind to its gRPC
+//! code; `RejectReason` is the machine-readable reason clients branch on.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    InsufficientFunds,
+    InsufficientPosition,
+    InstrumentHalted,
+    NoPrice,
+    NotMarketable,
+    MaxNotionalExceeded,
+    CurrencyMismatch,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Self::InsufficientPosition => "INSUFFICIENT_POSITION",
+            Self::InstrumentHalted => "INSTRUMENT_HALTED",
+            Self::NoPrice => "NO_PRICE",
+            Self::NotMarketable => "NOT_MARKETABLE",
+            Self::MaxNotionalExceeded => "MAX_NOTIONAL_EXCEEDED",
+            Self::CurrencyMismatch => "CURRENCY_MISMATCH",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// Malformed input; `field` names the offending request field.
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// A business rule refuses a well-formed command.
+    #[error("{reason}: {detail}")]
+    Rejected {
+        reason: RejectReason,
+        detail: String,
+    },
+    /// An idempotency key (or account id) already names a different request.
+    #[error("{detail}")]
+    Conflict {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+impl DomainError {
+    pub fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    pub fn rejected(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self::Rejected {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}

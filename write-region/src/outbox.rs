@@ -1,0 +1,336 @@
+//! The transactional outbox: every committed event is published, after its commit, to the
+//! hub's JetStream (`<prefix>.account.<id>` or `<prefix>.market.<symbol>`), with
+//! `Nats-Msg-Id` = `event_id` and in per-aggregate order.
+//!
+//! Each aggregate belongs to one worker (by hash), which publishes from the aggregate's last
+//! published version onwards, in order, and only then records the new published version and
+//! clears the aggregate's pending markers. Commands write a marker before they commit, so a
+//! crash between commit and publish, or a NATS outage, leaves markers that the periodic sweep
+//! finds; the worker then reloads the unpublished events from the store. Republishing after a
+//! crash is harmless: JetStream drops a repeated `Nats-Msg-Id` inside its duplicate window and
+//! every consumer checks versions.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use async_nats::{HeaderMap, jetstream};
+use prost::Message;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use trading_proto::events::v1::RawEvent;
+
+use crate::store::{AggregateKey, AggregateType, NewEvent, Store};
+
+/// A marker older than this, for a version that was never committed, is a lost race's leftover.
+const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub subject_prefix: String,
+    pub account_stream: String,
+    pub market_stream: String,
+    pub workers: usize,
+    pub sweep_interval: Duration,
+    pub duplicate_window: Duration,
+}
+
+impl OutboxConfig {
+    pub fn subject(&self, key: &AggregateKey) -> String {
+        match key.kind {
+            AggregateType::Account => format!("{}.account.{}", self.subject_prefix, key.id),
+            AggregateType::Instrument => format!("{}.market.{}", self.subject_prefix, key.id),
+        }
+    }
+}
+
+enum Job {
+    /// Events just committed, in version order.
+    Committed(AggregateKey, Vec<NewEvent>),
+    /// A sweep found markers up to `version`, the oldest written at `marked_at`.
+    Pending {
+        key: AggregateKey,
+        version: u64,
+        marked_at: SystemTime,
+    },
+}
+
+impl Job {
+    fn key(&self) -> &AggregateKey {
+        match self {
+            Self::Committed(key, _) | Self::Pending { key, .. } => key,
+        }
+    }
+}
+
+/// The handle commands use to report commits.
+#[derive(Clone)]
+pub struct Outbox {
+    workers: Vec<mpsc::UnboundedSender<Job>>,
+}
+
+impl Outbox {
+    /// Starts the workers and the sweeper; they stop when `shutdown` is cancelled, after
+    /// publishing what they already hold.
+    pub fn start(
+        config: OutboxConfig,
+        store: Arc<Store>,
+        client: async_nats::Client,
+        shutdown: CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) -> Self {
+        let config = Arc::new(config);
+        let jetstream = jetstream::new(client);
+        let mut workers = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers.max(1) {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            workers.push(sender);
+            let worker = Worker {
+                config: config.clone(),
+                store: store.clone(),
+                jetstream: jetstream.clone(),
+                published: HashMap::new(),
+                queue: VecDeque::new(),
+                queued: HashMap::new(),
+                streams_ready: false,
+            };
+            tasks.spawn(worker.run(receiver, shutdown.clone()));
+        }
+        let outbox = Self { workers };
+        tasks.spawn(outbox.clone().sweep(store, config.sweep_interval, shutdown));
+        outbox
+    }
+
+    fn dispatch(&self, job: Job) {
+        let hash = job.key().id.bytes().fold(0u64, |hash, byte| {
+            hash.wrapping_mul(31).wrapping_add(u64::from(byte))
+        });
+        let worker = &self.workers[hash as usize % self.workers.len()];
+        if worker.send(job).is_err() {
+            // Only after shutdown; the marker stays and the next start publishes the events.
+            tracing::warn!("outbox worker gone; events stay pending until the next start");
+        }
+    }
+
+    /// Hands freshly committed events to their aggregate's worker.
+    pub fn committed(&self, key: AggregateKey, events: Vec<NewEvent>) {
+        self.dispatch(Job::Committed(key, events));
+    }
+
+    /// Finds pending markers now and every `interval`, and hands them to the workers.
+    async fn sweep(self, store: Arc<Store>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            match store.pending().await {
+                Ok(markers) => {
+                    let mut newest: HashMap<AggregateKey, (u64, SystemTime)> = HashMap::new();
+                    for marker in markers {
+                        let entry = newest
+                            .entry(marker.key)
+                            .or_insert((marker.version, marker.marked_at));
+                        entry.0 = entry.0.max(marker.version);
+                        entry.1 = entry.1.min(marker.marked_at);
+                    }
+                    if !newest.is_empty() {
+                        tracing::debug!(aggregates = newest.len(), "outbox sweep found pending");
+                    }
+                    for (key, (version, marked_at)) in newest {
+                        self.dispatch(Job::Pending {
+                            key,
+                            version,
+                            marked_at,
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "outbox sweep failed; retrying later"),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("jetstream: {0}")]
+    JetStream(String),
+    #[error("stored event is unreadable: {0}")]
+    Corrupt(#[from] prost::DecodeError),
+}
+
+struct Worker {
+    config: Arc<OutboxConfig>,
+    store: Arc<Store>,
+    jetstream: jetstream::Context,
+    /// Last published version per aggregate, as far as this worker knows.
+    published: HashMap<AggregateKey, u64>,
+    /// Aggregates with work, in arrival order, each once.
+    queue: VecDeque<AggregateKey>,
+    queued: HashMap<AggregateKey, Queued>,
+    streams_ready: bool,
+}
+
+/// What a worker knows about an aggregate waiting in its queue.
+#[derive(Default)]
+struct Queued {
+    /// Committed events reported in-process (saves a store read when contiguous).
+    events: Vec<NewEvent>,
+    /// Highest version a sweep saw marked, and when the oldest of those markers was written.
+    marker: Option<(u64, SystemTime)>,
+}
+
+impl Worker {
+    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // Take everything already waiting so commits to one aggregate are published as one
+            // run; then wait for more only when idle.
+            while let Ok(job) = jobs.try_recv() {
+                self.enqueue(job);
+            }
+            let Some(key) = self.queue.pop_front() else {
+                tokio::select! {
+                    job = jobs.recv() => match job {
+                        Some(job) => { self.enqueue(job); continue; }
+                        None => return,
+                    },
+                    () = shutdown.cancelled() => return,
+                }
+            };
+            let queued = self.queued.remove(&key).unwrap_or_default();
+            match self.publish(&key, &queued).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(error) => {
+                    tracing::warn!(aggregate = %key.id, %error, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed");
+                    self.queued.insert(key.clone(), queued);
+                    self.queue.push_front(key);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let key = job.key().clone();
+        let entry = match self.queued.get_mut(&key) {
+            Some(entry) => entry,
+            None => {
+                self.queue.push_back(key.clone());
+                self.queued.entry(key).or_default()
+            }
+        };
+        match job {
+            Job::Committed(_, events) => entry.events.extend(events),
+            Job::Pending {
+                version, marked_at, ..
+            } => {
+                let (newest, oldest) = entry.marker.get_or_insert((version, marked_at));
+                *newest = (*newest).max(version);
+                *oldest = (*oldest).min(marked_at);
+            }
+        }
+    }
+
+    async fn ensure_streams(&mut self) -> Result<(), PublishError> {
+        if self.streams_ready {
+            return Ok(());
+        }
+        let prefix = &self.config.subject_prefix;
+        for (name, subject) in [
+            (&self.config.account_stream, format!("{prefix}.account.>")),
+            (&self.config.market_stream, format!("{prefix}.market.>")),
+        ] {
+            self.jetstream
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![subject],
+                    storage: jetstream::stream::StorageType::File,
+                    duplicate_window: self.config.duplicate_window,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| PublishError::JetStream(error.to_string()))?;
+        }
+        self.streams_ready = true;
+        Ok(())
+    }
+
+    /// Publishes every unpublished event of `key` in version order.
+    async fn publish(&mut self, key: &AggregateKey, queued: &Queued) -> Result<(), PublishError> {
+        self.ensure_streams().await?;
+        let published = match self.published.get(key) {
+            Some(version) => *version,
+            None => self.store.published_version(key).await?,
+        };
+        let hinted: Vec<&NewEvent> = queued
+            .events
+            .iter()
+            .filter(|event| event.version > published)
+            .collect();
+        let contiguous = hinted
+            .iter()
+            .zip(published + 1..)
+            .all(|(event, expected)| event.version == expected);
+        let payloads: Vec<Vec<u8>> = if contiguous && queued.marker.is_none() {
+            hinted.iter().map(|event| event.payload.clone()).collect()
+        } else {
+            let stored = self.store.load(key, false).await?;
+            self.store
+                .load_events(key, published, stored.version)
+                .await?
+        };
+        let mut last = published;
+        let mut acks = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let event = RawEvent::decode(payload.as_slice())?;
+            let envelope = event.envelope.unwrap_or_default();
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                envelope.event_id.as_str(),
+            );
+            headers.insert("event-type", envelope.event_type.as_str());
+            for (name, value) in &envelope.metadata {
+                if name == "traceparent" || name == "tracestate" {
+                    headers.insert(name.as_str(), value.as_str());
+                }
+            }
+            // Publishes go out in order on one connection, so the stream stores them in order;
+            // the acks are awaited together below.
+            let ack = self
+                .jetstream
+                .publish_with_headers(self.config.subject(key), headers, payload.into())
+                .await
+                .map_err(|error| PublishError::JetStream(error.to_string()))?;
+            acks.push(ack);
+            last = envelope.version;
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|error| PublishError::JetStream(error.to_string()))?;
+        }
+        if last > published || queued.marker.is_some() {
+            self.store.mark_published(key, last).await?;
+        }
+        if let Some((marked, oldest)) = queued.marker
+            && marked > last
+            && oldest.elapsed().unwrap_or_default() > STALE_MARKER_AGE
+        {
+            // Written by a command whose commit lost its race: nothing to publish.
+            self.store.clear_pending(key, marked).await?;
+        }
+        self.published.insert(key.clone(), last);
+        Ok(())
+    }
+}
