@@ -2,11 +2,25 @@
 # Sourced by infra/up after the infrastructure is up (skipped with --infra-only).
 # lib.sh helpers are available (start_component, port_open, ...) and the
 # variables of infra/.run/endpoints.env are exported.
-# Example:
-#   start_component write-region 127.0.0.1 50051 60 port_open 127.0.0.1 50051 \
-#       -- "$REPO_DIR/target/debug/write-region"
 # infra/down stops whatever start_component started here, before the infrastructure.
 
+# The services run from a release build: they are what load tests measure.
+SERVICE_BIN_DIR="$REPO_DIR/target/release"
+
+grpc_serving() { "$SERVICE_BIN_DIR/grpc-health-probe" "$1" >/dev/null 2>&1; }
+
+build_services() {
+    log "building the services (cargo build --release; the first build takes minutes)"
+    (cd "$REPO_DIR" && cargo build --release --locked -p write-region -p platform --bins) ||
+        die "services: cargo build failed"
+}
+
 start_services() {
-    : # The Rust services (write-region, read-region eu/ap) are added here.
+    build_services
+    # The write region reads its settings from WRITE_REGION_* variables.
+    WRITE_REGION_LISTEN_ADDR="$WRITE_ADDR" \
+        WRITE_REGION_NATS_URL="$NATS_HUB_URL" \
+        WRITE_REGION_CASSANDRA_CONTACT_POINTS="[\"${CASSANDRA_CONTACT_POINTS}\"]" \
+        start_component write-region "${WRITE_ADDR%:*}" "${WRITE_ADDR##*:}" 120 \
+        grpc_serving "$WRITE_ADDR" -- "$SERVICE_BIN_DIR/write-region"
 }

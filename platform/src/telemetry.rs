@@ -44,6 +44,8 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     let tracer = provider.tracer(service_name);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json");
+    // Colour only for a person at a terminal; log files stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(tracing_opentelemetry::layer().with_tracer(tracer));
@@ -57,7 +59,11 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
             .try_init()?;
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?;
     }
     Ok(TelemetryGuard { provider })

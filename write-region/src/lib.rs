@@ -84,19 +84,19 @@ pub async fn run(
     let commands = Arc::new(Commands::new(store, outbox, after_commit));
     let api = TradingApi::new(commands, max_order_notional, config.region.clone());
 
+    let services = [
+        "trading.v1.AccountService",
+        "trading.v1.MarketDataService",
+        "trading.v1.OrderService",
+    ];
     let mut routes = RoutesBuilder::default();
-    let health = platform::grpc::add_standard_services(&mut routes)?;
+    let health = platform::grpc::add_standard_services(&mut routes, &services)?;
     routes
         .add_service(AccountServiceServer::new(api.clone()))
         .add_service(MarketDataServiceServer::new(api.clone()))
         .add_service(OrderServiceServer::new(api));
     // The store answered (schema ready), so commands can be served.
-    for service in [
-        "",
-        "trading.v1.AccountService",
-        "trading.v1.MarketDataService",
-        "trading.v1.OrderService",
-    ] {
+    for service in std::iter::once("").chain(services) {
         health
             .set_service_status(service, ServingStatus::Serving)
             .await;

@@ -1,0 +1,42 @@
+//! `grpc-health-probe ADDR [SERVICE]`: exits 0 when the server at ADDR reports SERVING for
+//! SERVICE (default: the whole server), 1 otherwise. `infra/up` waits on it, because a service
+//! binds its port before its dependencies answer.
+
+use std::{process::ExitCode, time::Duration};
+
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let Some(addr) = args.next() else {
+        eprintln!("usage: grpc-health-probe ADDR [SERVICE]");
+        return ExitCode::from(2);
+    };
+    let service = args.next().unwrap_or_default();
+    match probe(&addr, service).await {
+        Ok(ServingStatus::Serving) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{addr}: {}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("{addr}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn probe(addr: &str, service: String) -> Result<ServingStatus, Box<dyn std::error::Error>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest { service })
+        .await?;
+    Ok(response.into_inner().status())
+}

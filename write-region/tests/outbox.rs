@@ -1,0 +1,476 @@
+//! The transactional outbox against real Cassandra and NATS: orders keep committing while NATS
+//! is down and every event reaches the raw stream once, in order, when it returns; a process
+//! that dies between commit and publish publishes the pending events after a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use support::{WriteRegion, WriteRegionProcess, order, versions_by_aggregate};
+use trading_proto::{
+    events::v1::{RawEvent, raw_event::Body},
+    trading::v1 as api,
+};
+use write_region::store::{AggregateKey, Store};
+
+/// A NATS server with JetStream that this test owns, so it can stop it and start it again on
+/// the same port and store directory.
+struct NatsServer {
+    port: u16,
+    scratch: support::ScratchDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl NatsServer {
+    async fn start() -> anyhow::Result<Self> {
+        let mut server = Self {
+            port: support::free_port()?,
+            scratch: support::ScratchDir::new("nats-outbox")?,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.scratch.path().join("nats.log")
+    }
+
+    /// Starts the server (again) on its port and store directory, and waits, bounded, until
+    /// JetStream answers.
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "nats-server is already running");
+        let store = self.scratch.path().join("jetstream");
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())?;
+        let mut child = tokio::process::Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&store)
+            .stdin(std::process::Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start nats-server")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "nats-server exited with {status}:\n{}",
+                    support::log_tail(&self.log())
+                );
+            }
+            if self.jetstream_answers().await {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "nats-server never served jetstream:\n{}",
+                    support::log_tail(&self.log())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Asks the JetStream API for account info; the raw request avoids depending on how
+    /// this client version parses the answer of this server version.
+    async fn jetstream_answers(&self) -> bool {
+        let probe = async {
+            let client = async_nats::connect(self.url()).await.ok()?;
+            let reply = client.request("$JS.API.INFO", "".into()).await.ok()?;
+            let text = String::from_utf8_lossy(&reply.payload).into_owned();
+            Some(text.contains("account_info_response") && !text.contains("\"error\""))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Some(true))
+        )
+    }
+
+    /// Stops the server with SIGTERM (it flushes its store, as in a planned outage) and waits,
+    /// bounded, until it is gone.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("nats-server is not running")?;
+        let pid = child.id().context("nats-server already reaped")?;
+        support::send_sigterm(pid).await?;
+        if tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .is_err()
+        {
+            child.start_kill()?;
+            child.wait().await?;
+            anyhow::bail!(
+                "nats-server ignored SIGTERM:\n{}",
+                support::log_tail(&self.log())
+            );
+        }
+        Ok(())
+    }
+}
+
+fn envelope(event: &RawEvent) -> trading_proto::events::v1::EventEnvelope {
+    event.envelope.clone().unwrap_or_default()
+}
+
+/// Asserts that the stream holds exactly versions 1..=N of each account, in order, once each,
+/// with N the version the write model reports.
+async fn assert_each_account_complete_and_ordered(
+    region: &WriteRegion,
+    events: &[RawEvent],
+    accounts: &[&str],
+) -> anyhow::Result<()> {
+    let by_account = versions_by_aggregate(events);
+    let mut expected_total = 0;
+    for account in accounts {
+        let version = support::account_version(&region.channel, account).await?;
+        let expected: Vec<u64> = (1..=version).collect();
+        assert_eq!(
+            by_account.get(*account),
+            Some(&expected),
+            "the stream must hold {account}'s versions 1..={version} in order, once each"
+        );
+        expected_total += version as usize;
+    }
+    assert_eq!(
+        by_account.keys().collect::<Vec<_>>(),
+        accounts.iter().collect::<Vec<_>>(),
+        "only these accounts have events"
+    );
+    assert_eq!(
+        events.len(),
+        expected_total,
+        "no extra events on the stream"
+    );
+    let mut ids: Vec<String> = events.iter().map(|e| envelope(e).event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "every event id appears once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn orders_commit_while_nats_is_down_and_publish_once_in_order_when_it_returns()
+-> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let region = WriteRegion::start_with(write_region::Config {
+        nats_url: nats.url(),
+        ..support::isolated_config()
+    })
+    .await?;
+    let accounts = ["ann", "ben", "cat"];
+    support::priced_instrument(&region, "AAPL", "100.00").await?;
+    for account in accounts {
+        support::funded_account(&region, account, "100000").await?;
+    }
+    let mut orders = region.orders();
+    for round in 0..2 {
+        for account in accounts {
+            orders
+                .place_order(order(
+                    account,
+                    &format!("before-{round}"),
+                    "AAPL",
+                    api::Side::Buy,
+                    1,
+                ))
+                .await?;
+        }
+    }
+    // Open, deposit and two fills per account, published while NATS is up.
+    let published = support::read_stream(
+        &nats.url(),
+        &region.config.account_stream,
+        12,
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_each_account_complete_and_ordered(&region, &published, &accounts).await?;
+
+    nats.stop().await?;
+    let outage_began = tokio::time::Instant::now();
+    // Interleaved across accounts, a deposit and a fill each round: all must commit while
+    // the outbox cannot publish.
+    let mut deposits = region.accounts();
+    for round in 0..3 {
+        for account in accounts {
+            let deposit = tokio::time::timeout(
+                Duration::from_secs(15),
+                deposits.deposit(api::DepositRequest {
+                    account_id: account.into(),
+                    amount: "25.50".into(),
+                    idempotency_key: format!("outage-deposit-{round}"),
+                }),
+            )
+            .await
+            .context("a deposit hung while nats was down")?
+            .context("a deposit failed while nats was down")?;
+            assert_eq!(deposit.into_inner().account_version, 5 + 2 * round);
+            let fill = tokio::time::timeout(
+                Duration::from_secs(15),
+                orders.place_order(order(
+                    account,
+                    &format!("outage-{round}"),
+                    "AAPL",
+                    api::Side::Buy,
+                    2,
+                )),
+            )
+            .await
+            .context("an order hung while nats was down")?
+            .context("an order failed while nats was down")?;
+            assert_eq!(fill.into_inner().account_version, 6 + 2 * round);
+        }
+    }
+    // Stay down longer than a JetStream publish waits for its ack (5 s), so the outbox's
+    // first attempts fail and it has to retry, not merely flush a buffer on reconnect.
+    tokio::time::sleep_until(outage_began + Duration::from_secs(7)).await;
+
+    nats.restart().await?;
+    let expected: u64 = accounts.len() as u64 * 10;
+    let events = support::read_stream(
+        &nats.url(),
+        &region.config.account_stream,
+        expected as usize,
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_each_account_complete_and_ordered(&region, &events, &accounts).await?;
+    for account in accounts {
+        assert_eq!(
+            support::account_version(&region.channel, account).await?,
+            10
+        );
+    }
+    // What went out after the outage is what was committed during it.
+    let outage_fills: Vec<_> = events
+        .iter()
+        .filter_map(|event| match &event.body {
+            Some(Body::TradeExecuted(trade)) if trade.client_order_id.starts_with("outage-") => {
+                Some(trade.quantity)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outage_fills, vec![2; 9]);
+    region.stop().await?;
+    nats.stop().await
+}
+
+/// Settings for the binary tests: a shared hub NATS, isolated keyspace and streams.
+fn process_config() -> write_region::Config {
+    support::isolated_config()
+}
+
+async fn event_count_on(nats_url: &str, stream: &str) -> anyhow::Result<Option<u64>> {
+    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
+    match jetstream.get_stream(stream).await {
+        Ok(mut stream) => Ok(Some(stream.info().await?.state.messages)),
+        Err(_) => Ok(None),
+    }
+}
+
+#[tokio::test]
+async fn a_process_aborted_right_after_a_commit_publishes_the_trade_after_restart()
+-> anyhow::Result<()> {
+    let config = process_config();
+    let setup = WriteRegionProcess::spawn(&config).await?;
+    support::funded_account_via(&setup.channel, "eve", "10000").await?;
+    support::priced_instrument_via(&setup.channel, "AAPL", "100.00").await?;
+    let before = support::read_stream(
+        &config.nats_url,
+        &config.account_stream,
+        2,
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_eq!(versions_by_aggregate(&before)["eve"], [1, 2]);
+    setup.stop().await?;
+
+    // The failpoint aborts the process right after the order's LWT commits, before the outbox
+    // hears of it. Its sweep is slowed down so nothing but a restart can find the marker.
+    let mut doomed = WriteRegionProcess::spawn(&write_region::Config {
+        failpoint: Some("abort-after-commit".into()),
+        outbox_sweep_interval_ms: 3_600_000,
+        ..config.clone()
+    })
+    .await?;
+    let placed = tokio::time::timeout(
+        Duration::from_secs(20),
+        doomed
+            .orders()
+            .place_order(order("eve", "crash-1", "AAPL", api::Side::Buy, 7)),
+    )
+    .await
+    .context("the order to the aborting process hung")?;
+    assert!(
+        placed.is_err(),
+        "the process must die before answering: {placed:?}"
+    );
+    let status = doomed.wait_for_exit(Duration::from_secs(10)).await?;
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "aborted (SIGABRT): {status}");
+    }
+    assert!(doomed.log().contains("failpoint abort-after-commit"));
+    drop(doomed);
+
+    // Committed, but not published: the store has version 3 and its marker, the stream has not.
+    let store = Store::connect(&config.store()).await?;
+    let key = AggregateKey::account("eve");
+    assert_eq!(
+        store.load(&key, false).await?.version,
+        3,
+        "the trade committed"
+    );
+    assert_eq!(store.published_version(&key).await?, 2);
+    assert!(
+        store
+            .pending()
+            .await?
+            .iter()
+            .any(|marker| marker.key == key && marker.version == 3),
+        "the commit left its outbox marker"
+    );
+    assert_eq!(
+        event_count_on(&config.nats_url, &config.account_stream).await?,
+        Some(2),
+        "the trade must not be on the stream before the restart"
+    );
+
+    let restarted = WriteRegionProcess::spawn(&config).await?;
+    let events = support::read_stream(
+        &config.nats_url,
+        &config.account_stream,
+        3,
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(versions_by_aggregate(&events)["eve"], [1, 2, 3]);
+    assert_eq!(events.len(), 3, "published exactly once");
+    let recorded = restarted
+        .orders()
+        .get_order(api::GetOrderRequest {
+            account_id: "eve".into(),
+            client_order_id: "crash-1".into(),
+        })
+        .await?
+        .into_inner();
+    match &events[2].body {
+        Some(Body::TradeExecuted(trade)) => {
+            assert_eq!(
+                (trade.client_order_id.as_str(), trade.quantity),
+                ("crash-1", 7)
+            );
+            assert_eq!(trade.trade_id, recorded.trade_id);
+        }
+        other => panic!("expected the trade, got {other:?}"),
+    }
+    let account = restarted
+        .accounts()
+        .get_account(api::GetAccountRequest {
+            account_id: "eve".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (account.version, account.cash_balance.as_str()),
+        (3, "9300")
+    );
+
+    // Once published, the marker is gone and progress recorded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.published_version(&key).await? != 3
+        || store
+            .pending()
+            .await?
+            .iter()
+            .any(|marker| marker.key == key)
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "outbox progress never reached version 3"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    restarted.stop().await
+}
+
+#[tokio::test]
+async fn a_process_killed_after_answering_publishes_everything_after_restart() -> anyhow::Result<()>
+{
+    let config = process_config();
+    // NATS is unreachable for the first process, so everything it commits is still pending
+    // when SIGKILL lands: only the markers can bring the events out.
+    let unreachable = write_region::Config {
+        nats_url: format!("nats://127.0.0.1:{}", support::free_port()?),
+        ..config.clone()
+    };
+    let mut killed = WriteRegionProcess::spawn(&unreachable).await?;
+    let accounts = ["fay", "gus"];
+    support::priced_instrument_via(&killed.channel, "AAPL", "50.00").await?;
+    for account in accounts {
+        support::funded_account_via(&killed.channel, account, "10000").await?;
+    }
+    let calls = (0..6).map(|index| {
+        let mut orders = killed.orders();
+        let account = accounts[index % accounts.len()];
+        async move {
+            orders
+                .place_order(order(
+                    account,
+                    &format!("kill-{index}"),
+                    "AAPL",
+                    api::Side::Buy,
+                    3,
+                ))
+                .await
+        }
+    });
+    for answer in futures::future::join_all(calls).await {
+        answer?;
+    }
+    killed.kill().await?;
+    drop(killed);
+    assert_eq!(
+        event_count_on(&config.nats_url, &config.account_stream).await?,
+        None,
+        "nothing can have been published before the restart"
+    );
+
+    let restarted = WriteRegionProcess::spawn(&config).await?;
+    let events = support::read_stream(
+        &config.nats_url,
+        &config.account_stream,
+        10,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let by_account = versions_by_aggregate(&events);
+    for account in accounts {
+        assert_eq!(
+            support::account_version(&restarted.channel, account).await?,
+            5
+        );
+        assert_eq!(by_account[account], [1, 2, 3, 4, 5], "{account}");
+    }
+    assert_eq!(events.len(), 10, "published exactly once");
+    restarted.stop().await
+}
