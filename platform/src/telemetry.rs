@@ -139,21 +139,23 @@ impl Extractor for NatsHeaderExtractor<'_> {
     }
 }
 
-/// Reads a trace context from incoming gRPC metadata.
-pub struct GrpcMetadataExtractor<'a>(pub &'a tonic::metadata::MetadataMap);
+/// Reads a trace context from HTTP/2 request headers (gRPC metadata).
+pub struct HttpHeaderExtractor<'a>(pub &'a tonic::codegen::http::HeaderMap);
 
-impl Extractor for GrpcMetadataExtractor<'_> {
+impl Extractor for HttpHeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).and_then(|value| value.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0
-            .keys()
-            .filter_map(|key| match key {
-                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
-                tonic::metadata::KeyRef::Binary(_) => None,
-            })
-            .collect()
+        self.0.keys().map(|name| name.as_str()).collect()
     }
+}
+
+/// The span of one incoming gRPC request, continuing the caller's trace when its headers carry
+/// one (for `tonic::transport::Server::trace_fn`).
+pub fn grpc_request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("grpc.request", path = %request.uri().path());
+    continue_trace(&span, &HttpHeaderExtractor(request.headers()));
+    span
 }

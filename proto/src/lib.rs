@@ -21,5 +21,45 @@ pub mod events {
     }
 }
 
+impl events::v1::raw_event::Body {
+    /// The envelope's `event_type` for this body.
+    pub fn event_type(&self) -> &'static str {
+        use events::v1::raw_event::Body;
+        match self {
+            Body::AccountOpened(_) => "AccountOpened",
+            Body::CashDeposited(_) => "CashDeposited",
+            Body::CashWithdrawn(_) => "CashWithdrawn",
+            Body::TradeExecuted(_) => "TradeExecuted",
+            Body::InstrumentUpserted(_) => "InstrumentUpserted",
+            Body::PriceUpdated(_) => "PriceUpdated",
+        }
+    }
+
+    /// The schema version writers stamp today; bumped when a type gains fields that readers of
+    /// older events must upcast (TradeExecuted 2 added `notional`).
+    pub fn schema_version(&self) -> u32 {
+        match self {
+            Self::TradeExecuted(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl events::v1::enriched_event::Body {
+    /// The envelope's `event_type` for this body.
+    pub fn event_type(&self) -> &'static str {
+        use events::v1::enriched_event::Body;
+        match self {
+            Body::AccountRegistered(_) => "AccountRegistered",
+            Body::CashBalanceChanged(_) => "CashBalanceChanged",
+            Body::TradeProfitCalculated(_) => "TradeProfitCalculated",
+            Body::PortfolioValueUpdated(_) => "PortfolioValueUpdated",
+            Body::RiskThresholdBreached(_) => "RiskThresholdBreached",
+            Body::InstrumentReferenceUpdated(_) => "InstrumentReferenceUpdated",
+            Body::MarketPriceChanged(_) => "MarketPriceChanged",
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every schema above, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -117,19 +117,6 @@ struct IdempotencyRecord {
     response: Vec<u8>,
 }
 
-/// The schema version this build writes for each event type; bumped when a type gains fields
-/// that older readers must have upcast.
-pub fn schema_version(body: &Body) -> (&'static str, u32) {
-    match body {
-        Body::AccountOpened(_) => ("AccountOpened", 1),
-        Body::CashDeposited(_) => ("CashDeposited", 1),
-        Body::CashWithdrawn(_) => ("CashWithdrawn", 1),
-        Body::TradeExecuted(_) => ("TradeExecuted", 2),
-        Body::InstrumentUpserted(_) => ("InstrumentUpserted", 1),
-        Body::PriceUpdated(_) => ("PriceUpdated", 1),
-    }
-}
-
 /// Called after a commit and before the outbox hears of it; only the crash-recovery tests set
 /// it (through the `failpoint` setting), to die exactly between commit and publish.
 pub type AfterCommitHook = Arc<dyn Fn() + Send + Sync>;
@@ -324,14 +311,13 @@ fn stamp(
         .into_iter()
         .zip(current_version + 1..)
         .map(|(body, version)| {
-            let (event_type, schema_version) = schema_version(&body);
             let mut metadata = context.trace.clone();
             metadata.insert("region".to_owned(), context.region.clone());
             RawEvent {
                 envelope: Some(EventEnvelope {
                     event_id: uuid::Uuid::new_v4().to_string(),
-                    event_type: event_type.to_owned(),
-                    schema_version,
+                    event_type: body.event_type().to_owned(),
+                    schema_version: body.schema_version(),
                     aggregate_type: key.kind.as_str().to_owned(),
                     aggregate_id: key.id.clone(),
                     version,

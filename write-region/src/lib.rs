@@ -104,6 +104,7 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "write region serving");
 
     let served = tonic::transport::Server::builder()
+        .trace_fn(platform::telemetry::grpc_request_span)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.max_concurrent_requests,
         ))

@@ -1,0 +1,393 @@
+//! Enrichment, pure and deterministic: a raw event plus the relay's state becomes the ordered
+//! set of high-level events the read regions project (see `EnrichedEvent` in events.proto).
+//!
+//! Account books are the same fold the write region keeps (`ledger::AccountState`), so average
+//! costs, realized profit and cash here can never drift from the write model. Reference data and
+//! prices come from the instrument stream only.
+
+use std::collections::{BTreeSet, HashMap};
+
+use ledger::{AccountState, format_decimal, parse_decimal};
+use rust_decimal::Decimal;
+use trading_proto::{
+    events::v1::{
+        AccountRegistered, CashBalanceChanged, InstrumentReferenceUpdated, MarketPriceChanged,
+        PortfolioValueUpdated, RawEvent, RiskThresholdBreached, TradeProfitCalculated,
+        ValuedPosition, enriched_event, raw_event::Body as Raw,
+    },
+    trading::v1 as api,
+};
+
+/// Reference data and last price of one symbol, as the relay learned them from events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Instrument {
+    pub symbol: String,
+    pub name: String,
+    pub asset_class: String,
+    pub sector: String,
+    pub currency: String,
+    pub tick_size: String,
+    pub lot_size: i64,
+    pub tradable: bool,
+    pub last_price: Option<Decimal>,
+    /// Version of the instrument's raw stream applied last.
+    pub version: u64,
+}
+
+impl Instrument {
+    pub fn to_api(&self) -> api::Instrument {
+        api::Instrument {
+            symbol: self.symbol.clone(),
+            name: self.name.clone(),
+            asset_class: self.asset_class.clone(),
+            sector: self.sector.clone(),
+            currency: self.currency.clone(),
+            tick_size: self.tick_size.clone(),
+            lot_size: self.lot_size,
+            tradable: self.tradable,
+            last_price: self.last_price.map(format_decimal).unwrap_or_default(),
+            version: self.version,
+        }
+    }
+
+    pub fn from_api(instrument: &api::Instrument) -> Result<Self, EnrichError> {
+        Ok(Self {
+            symbol: instrument.symbol.clone(),
+            name: instrument.name.clone(),
+            asset_class: instrument.asset_class.clone(),
+            sector: instrument.sector.clone(),
+            currency: instrument.currency.clone(),
+            tick_size: instrument.tick_size.clone(),
+            lot_size: instrument.lot_size,
+            tradable: instrument.tradable,
+            last_price: match instrument.last_price.as_str() {
+                "" => None,
+                price => Some(decimal("last_price", price)?),
+            },
+            version: instrument.version,
+        })
+    }
+}
+
+/// Thresholds of the risk rules, as shares (0.25 = 25 %).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiskRules {
+    /// A trade leaving one position above this share of the portfolio's value raises an alert.
+    pub max_concentration: Decimal,
+    /// A price leaving a position's loss against its cost above this share raises an alert.
+    pub stop_loss: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrichError {
+    #[error("event has no envelope")]
+    NoEnvelope,
+    #[error("event has no body (unknown event type {0:?})")]
+    UnknownType(String),
+    #[error("{0} is not an event of a {1} stream")]
+    WrongStream(String, &'static str),
+    #[error("field {field}: {problem}")]
+    BadField {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("account fold refused the event: {0}")]
+    Fold(#[from] ledger::FoldError),
+}
+
+fn decimal(field: &'static str, text: &str) -> Result<Decimal, EnrichError> {
+    parse_decimal(text).map_err(|error| EnrichError::BadField {
+        field,
+        problem: error.to_string(),
+    })
+}
+
+/// What a raw event means to the relay, before envelopes are stamped.
+pub type Bodies = Vec<enriched_event::Body>;
+
+/// Values a book at the latest known prices (the trade price when a symbol has none yet).
+pub fn valuation(
+    book: &AccountState,
+    instruments: &HashMap<String, Instrument>,
+    fallback_prices: &HashMap<&str, Decimal>,
+) -> PortfolioValueUpdated {
+    let mut total_market_value = Decimal::ZERO;
+    let mut realized = Decimal::ZERO;
+    let mut unrealized = Decimal::ZERO;
+    let positions = book
+        .positions
+        .iter()
+        .map(|(symbol, position)| {
+            let instrument = instruments.get(symbol);
+            let price = instrument
+                .and_then(|instrument| instrument.last_price)
+                .or_else(|| fallback_prices.get(symbol.as_str()).copied())
+                .unwrap_or(position.average_cost);
+            let market_value = position.market_value(price);
+            let position_unrealized = position.unrealized_pnl(price);
+            total_market_value += market_value;
+            realized += position.realized_pnl;
+            unrealized += position_unrealized;
+            ValuedPosition {
+                symbol: symbol.clone(),
+                name: instrument.map(|i| i.name.clone()).unwrap_or_default(),
+                sector: instrument.map(|i| i.sector.clone()).unwrap_or_default(),
+                quantity: position.quantity,
+                average_cost: format_decimal(position.average_cost),
+                last_price: format_decimal(price),
+                market_value: format_decimal(market_value),
+                unrealized_pnl: format_decimal(position_unrealized),
+                realized_pnl: format_decimal(position.realized_pnl),
+            }
+        })
+        .collect();
+    PortfolioValueUpdated {
+        account_id: book.account_id.clone(),
+        cash_balance: format_decimal(book.cash),
+        positions,
+        total_market_value: format_decimal(total_market_value),
+        total_value: format_decimal(book.cash + total_market_value),
+        realized_pnl: format_decimal(realized),
+        unrealized_pnl: format_decimal(unrealized),
+    }
+}
+
+/// Applies a raw account event to its book and returns the enriched set. The caller has checked
+/// that the event is the book's next version.
+pub fn enrich_account(
+    book: &mut AccountState,
+    instruments: &HashMap<String, Instrument>,
+    rules: RiskRules,
+    raw: &RawEvent,
+) -> Result<Bodies, EnrichError> {
+    let before = book.clone();
+    book.apply(raw)?;
+    let value = || {
+        enriched_event::Body::PortfolioValueUpdated(valuation(book, instruments, &HashMap::new()))
+    };
+    match &raw.body {
+        Some(Raw::AccountOpened(opened)) => Ok(vec![enriched_event::Body::AccountRegistered(
+            AccountRegistered {
+                account_id: opened.account_id.clone(),
+                owner_name: opened.owner_name.clone(),
+                base_currency: opened.base_currency.clone(),
+            },
+        )]),
+        Some(Raw::CashDeposited(movement)) => Ok(vec![
+            enriched_event::Body::CashBalanceChanged(CashBalanceChanged {
+                account_id: book.account_id.clone(),
+                amount: movement.amount.clone(),
+                cash_balance: format_decimal(book.cash),
+                reason: "deposit".into(),
+            }),
+            value(),
+        ]),
+        Some(Raw::CashWithdrawn(movement)) => Ok(vec![
+            enriched_event::Body::CashBalanceChanged(CashBalanceChanged {
+                account_id: book.account_id.clone(),
+                amount: format_decimal(-decimal("amount", &movement.amount)?),
+                cash_balance: format_decimal(book.cash),
+                reason: "withdrawal".into(),
+            }),
+            value(),
+        ]),
+        Some(Raw::TradeExecuted(trade)) => {
+            let price = decimal("price", &trade.price)?;
+            let held_before = before
+                .positions
+                .get(&trade.symbol)
+                .cloned()
+                .unwrap_or_default();
+            let held_after = book
+                .positions
+                .get(&trade.symbol)
+                .cloned()
+                .unwrap_or_default();
+            let instrument = instruments.get(&trade.symbol);
+            let profit = TradeProfitCalculated {
+                account_id: trade.account_id.clone(),
+                trade_id: trade.trade_id.clone(),
+                order_id: trade.order_id.clone(),
+                client_order_id: trade.client_order_id.clone(),
+                symbol: trade.symbol.clone(),
+                instrument_name: instrument.map(|i| i.name.clone()).unwrap_or_default(),
+                sector: instrument.map(|i| i.sector.clone()).unwrap_or_default(),
+                currency: instrument
+                    .map(|i| i.currency.clone())
+                    .unwrap_or_else(|| book.base_currency.clone()),
+                side: trade.side.clone(),
+                quantity: trade.quantity,
+                price: format_decimal(price),
+                notional: format_decimal(price * Decimal::from(trade.quantity)),
+                realized_pnl: format_decimal(held_after.realized_pnl - held_before.realized_pnl),
+                average_cost_before: format_decimal(held_before.average_cost),
+                average_cost_after: format_decimal(held_after.average_cost),
+                position_quantity_after: held_after.quantity,
+            };
+            let fallback = HashMap::from([(trade.symbol.as_str(), price)]);
+            let valued = valuation(book, instruments, &fallback);
+            let alert = (trade.side == "BUY")
+                .then(|| concentration_alert(&valued, &trade.symbol, rules))
+                .flatten();
+            let mut bodies = vec![
+                enriched_event::Body::TradeProfitCalculated(profit),
+                enriched_event::Body::PortfolioValueUpdated(valued),
+            ];
+            bodies.extend(alert);
+            Ok(bodies)
+        }
+        Some(other) => Err(EnrichError::WrongStream(
+            other.event_type().to_owned(),
+            "account",
+        )),
+        None => Err(EnrichError::UnknownType(
+            raw.envelope
+                .as_ref()
+                .map(|envelope| envelope.event_type.clone())
+                .unwrap_or_default(),
+        )),
+    }
+}
+
+fn concentration_alert(
+    valued: &PortfolioValueUpdated,
+    symbol: &str,
+    rules: RiskRules,
+) -> Option<enriched_event::Body> {
+    let total = parse_decimal(&valued.total_value).ok()?;
+    let position = valued.positions.iter().find(|p| p.symbol == symbol)?;
+    let value = parse_decimal(&position.market_value).ok()?;
+    if total <= Decimal::ZERO {
+        return None;
+    }
+    let share = (value / total).round_dp(6);
+    (share > rules.max_concentration).then(|| {
+        enriched_event::Body::RiskThresholdBreached(RiskThresholdBreached {
+            account_id: valued.account_id.clone(),
+            rule: "concentration".into(),
+            symbol: symbol.to_owned(),
+            observed: format_decimal(share),
+            threshold: format_decimal(rules.max_concentration),
+            detail: format!(
+                "{symbol} is {}% of the portfolio's value (limit {}%)",
+                format_decimal(share * Decimal::ONE_HUNDRED),
+                format_decimal(rules.max_concentration * Decimal::ONE_HUNDRED)
+            ),
+        })
+    })
+}
+
+/// A holder of a symbol, as the price rule sees it.
+pub struct Holder<'a> {
+    pub book: &'a AccountState,
+    /// Whether this holder's position is already flagged as beyond its stop-loss.
+    pub flagged: bool,
+}
+
+/// Applies a raw instrument event and returns the enriched set, plus the holders whose
+/// stop-loss flag changes (account id, now flagged). A price move does not revalue holders
+/// (read regions value positions from prices); it only finds the holders that cross the
+/// stop-loss.
+pub fn enrich_instrument<'a>(
+    instrument: &mut Instrument,
+    holders: impl IntoIterator<Item = Holder<'a>>,
+    rules: RiskRules,
+    raw: &RawEvent,
+) -> Result<(Bodies, Vec<(String, bool)>), EnrichError> {
+    let version = raw
+        .envelope
+        .as_ref()
+        .ok_or(EnrichError::NoEnvelope)?
+        .version;
+    match &raw.body {
+        Some(Raw::InstrumentUpserted(definition)) => {
+            instrument.symbol.clone_from(&definition.symbol);
+            instrument.name.clone_from(&definition.name);
+            instrument.asset_class.clone_from(&definition.asset_class);
+            instrument.sector.clone_from(&definition.sector);
+            instrument.currency.clone_from(&definition.currency);
+            instrument.tick_size.clone_from(&definition.tick_size);
+            instrument.lot_size = definition.lot_size;
+            instrument.tradable = definition.tradable;
+            instrument.version = version;
+            Ok((
+                vec![enriched_event::Body::InstrumentReferenceUpdated(
+                    InstrumentReferenceUpdated {
+                        symbol: definition.symbol.clone(),
+                        name: definition.name.clone(),
+                        asset_class: definition.asset_class.clone(),
+                        sector: definition.sector.clone(),
+                        currency: definition.currency.clone(),
+                        tick_size: definition.tick_size.clone(),
+                        lot_size: definition.lot_size,
+                        tradable: definition.tradable,
+                    },
+                )],
+                Vec::new(),
+            ))
+        }
+        Some(Raw::PriceUpdated(update)) => {
+            let price = decimal("price", &update.price)?;
+            instrument.symbol.clone_from(&update.symbol);
+            instrument.last_price = Some(price);
+            instrument.version = version;
+            let mut bodies = vec![enriched_event::Body::MarketPriceChanged(
+                MarketPriceChanged {
+                    symbol: update.symbol.clone(),
+                    price: update.price.clone(),
+                    previous_price: update.previous_price.clone(),
+                },
+            )];
+            let mut flags = Vec::new();
+            // Sorted by account so the set is the same whatever order the holders come in.
+            let mut holders: Vec<_> = holders.into_iter().collect();
+            holders.sort_by(|a, b| a.book.account_id.cmp(&b.book.account_id));
+            for holder in holders {
+                let Some(position) = holder.book.positions.get(&update.symbol) else {
+                    continue;
+                };
+                if position.quantity <= 0 || position.average_cost <= Decimal::ZERO {
+                    continue;
+                }
+                let loss = ((position.average_cost - price) / position.average_cost).round_dp(6);
+                let beyond = loss > rules.stop_loss;
+                if beyond && !holder.flagged {
+                    bodies.push(enriched_event::Body::RiskThresholdBreached(
+                        RiskThresholdBreached {
+                            account_id: holder.book.account_id.clone(),
+                            rule: "stop_loss".into(),
+                            symbol: update.symbol.clone(),
+                            observed: format_decimal(loss),
+                            threshold: format_decimal(rules.stop_loss),
+                            detail: format!(
+                                "{} at {} is {}% below the average cost {} (stop-loss {}%)",
+                                update.symbol,
+                                format_decimal(price),
+                                format_decimal(loss * Decimal::ONE_HUNDRED),
+                                format_decimal(position.average_cost),
+                                format_decimal(rules.stop_loss * Decimal::ONE_HUNDRED)
+                            ),
+                        },
+                    ));
+                }
+                if beyond != holder.flagged {
+                    flags.push((holder.book.account_id.clone(), beyond));
+                }
+            }
+            Ok((bodies, flags))
+        }
+        Some(other) => Err(EnrichError::WrongStream(
+            other.event_type().to_owned(),
+            "instrument",
+        )),
+        None => Err(EnrichError::UnknownType(
+            raw.envelope
+                .as_ref()
+                .map(|envelope| envelope.event_type.clone())
+                .unwrap_or_default(),
+        )),
+    }
+}
+
+/// Accounts flagged beyond their stop-loss, per symbol.
+pub type StopLossFlags = HashMap<String, BTreeSet<String>>;
