@@ -11,7 +11,7 @@ grpc_serving() { "$SERVICE_BIN_DIR/grpc-health-probe" "$1" >/dev/null 2>&1; }
 
 build_services() {
     log "building the services (cargo build --release; the first build takes minutes)"
-    (cd "$REPO_DIR" && cargo build --release --locked -p write-region -p platform --bins) ||
+    (cd "$REPO_DIR" && cargo build --release --locked -p write-region -p relay -p platform --bins) ||
         die "services: cargo build failed"
 }
 
@@ -23,4 +23,8 @@ start_services() {
         WRITE_REGION_CASSANDRA_CONTACT_POINTS="[\"${CASSANDRA_CONTACT_POINTS}\"]" \
         start_component write-region "${WRITE_ADDR%:*}" "${WRITE_ADDR##*:}" 120 \
         grpc_serving "$WRITE_ADDR" -- "$SERVICE_BIN_DIR/write-region"
+    RELAY_LISTEN_ADDR="$HUB_RELAY_ADDR" \
+        RELAY_NATS_URL="$NATS_HUB_URL" \
+        start_component relay "${HUB_RELAY_ADDR%:*}" "${HUB_RELAY_ADDR##*:}" 120 \
+        grpc_serving "$HUB_RELAY_ADDR" -- "$SERVICE_BIN_DIR/relay"
 }
