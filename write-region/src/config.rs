@@ -54,7 +54,7 @@ impl Default for Config {
             outbox_sweep_interval_ms: 2_000,
             duplicate_window_secs: 600,
             max_order_notional: "1000000".into(),
-            max_concurrent_requests: 512,
+            max_concurrent_requests: 128,
             shutdown_grace_ms: 10_000,
             failpoint: None,
         }

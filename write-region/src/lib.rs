@@ -105,9 +105,16 @@ pub async fn run(
 
     let served = tonic::transport::Server::builder()
         .trace_fn(platform::telemetry::grpc_request_span)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            config.max_concurrent_requests,
-        ))
+        // Beyond the limit a request is refused at once with RESOURCE_EXHAUSTED rather than
+        // queued: queueing would raise every accepted request's latency under overload.
+        .layer(
+            tower::ServiceBuilder::new()
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    config.max_concurrent_requests,
+                ))
+                .into_inner(),
+        )
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
