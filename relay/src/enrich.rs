@@ -7,67 +7,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use ledger::{AccountState, format_decimal, parse_decimal};
+use ledger::{AccountState, Instrument, format_decimal, parse_decimal};
 use rust_decimal::Decimal;
-use trading_proto::{
-    events::v1::{
-        AccountRegistered, CashBalanceChanged, InstrumentReferenceUpdated, MarketPriceChanged,
-        PortfolioValueUpdated, RawEvent, RiskThresholdBreached, TradeProfitCalculated,
-        ValuedPosition, enriched_event, raw_event::Body as Raw,
-    },
-    trading::v1 as api,
+use trading_proto::events::v1::{
+    AccountRegistered, CashBalanceChanged, InstrumentReferenceUpdated, MarketPriceChanged,
+    PortfolioValueUpdated, RawEvent, RiskThresholdBreached, TradeProfitCalculated, ValuedPosition,
+    enriched_event, raw_event::Body as Raw,
 };
-
-/// Reference data and last price of one symbol, as the relay learned them from events.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Instrument {
-    pub symbol: String,
-    pub name: String,
-    pub asset_class: String,
-    pub sector: String,
-    pub currency: String,
-    pub tick_size: String,
-    pub lot_size: i64,
-    pub tradable: bool,
-    pub last_price: Option<Decimal>,
-    /// Version of the instrument's raw stream applied last.
-    pub version: u64,
-}
-
-impl Instrument {
-    pub fn to_api(&self) -> api::Instrument {
-        api::Instrument {
-            symbol: self.symbol.clone(),
-            name: self.name.clone(),
-            asset_class: self.asset_class.clone(),
-            sector: self.sector.clone(),
-            currency: self.currency.clone(),
-            tick_size: self.tick_size.clone(),
-            lot_size: self.lot_size,
-            tradable: self.tradable,
-            last_price: self.last_price.map(format_decimal).unwrap_or_default(),
-            version: self.version,
-        }
-    }
-
-    pub fn from_api(instrument: &api::Instrument) -> Result<Self, EnrichError> {
-        Ok(Self {
-            symbol: instrument.symbol.clone(),
-            name: instrument.name.clone(),
-            asset_class: instrument.asset_class.clone(),
-            sector: instrument.sector.clone(),
-            currency: instrument.currency.clone(),
-            tick_size: instrument.tick_size.clone(),
-            lot_size: instrument.lot_size,
-            tradable: instrument.tradable,
-            last_price: match instrument.last_price.as_str() {
-                "" => None,
-                price => Some(decimal("last_price", price)?),
-            },
-            version: instrument.version,
-        })
-    }
-}
 
 /// Thresholds of the risk rules, as shares (0.25 = 25 %).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +39,8 @@ pub enum EnrichError {
     },
     #[error("account fold refused the event: {0}")]
     Fold(#[from] ledger::FoldError),
+    #[error("instrument refused the event: {0}")]
+    Instrument(#[from] ledger::InstrumentEventError),
 }
 
 fn decimal(field: &'static str, text: &str) -> Result<Decimal, EnrichError> {
@@ -299,38 +247,27 @@ pub fn enrich_instrument<'a>(
         .as_ref()
         .ok_or(EnrichError::NoEnvelope)?
         .version;
+    if let Some(body @ (Raw::InstrumentUpserted(_) | Raw::PriceUpdated(_))) = &raw.body {
+        instrument.apply(version, body)?;
+    }
     match &raw.body {
-        Some(Raw::InstrumentUpserted(definition)) => {
-            instrument.symbol.clone_from(&definition.symbol);
-            instrument.name.clone_from(&definition.name);
-            instrument.asset_class.clone_from(&definition.asset_class);
-            instrument.sector.clone_from(&definition.sector);
-            instrument.currency.clone_from(&definition.currency);
-            instrument.tick_size.clone_from(&definition.tick_size);
-            instrument.lot_size = definition.lot_size;
-            instrument.tradable = definition.tradable;
-            instrument.version = version;
-            Ok((
-                vec![enriched_event::Body::InstrumentReferenceUpdated(
-                    InstrumentReferenceUpdated {
-                        symbol: definition.symbol.clone(),
-                        name: definition.name.clone(),
-                        asset_class: definition.asset_class.clone(),
-                        sector: definition.sector.clone(),
-                        currency: definition.currency.clone(),
-                        tick_size: definition.tick_size.clone(),
-                        lot_size: definition.lot_size,
-                        tradable: definition.tradable,
-                    },
-                )],
-                Vec::new(),
-            ))
-        }
+        Some(Raw::InstrumentUpserted(definition)) => Ok((
+            vec![enriched_event::Body::InstrumentReferenceUpdated(
+                InstrumentReferenceUpdated {
+                    symbol: definition.symbol.clone(),
+                    name: definition.name.clone(),
+                    asset_class: definition.asset_class.clone(),
+                    sector: definition.sector.clone(),
+                    currency: definition.currency.clone(),
+                    tick_size: definition.tick_size.clone(),
+                    lot_size: definition.lot_size,
+                    tradable: definition.tradable,
+                },
+            )],
+            Vec::new(),
+        )),
         Some(Raw::PriceUpdated(update)) => {
             let price = decimal("price", &update.price)?;
-            instrument.symbol.clone_from(&update.symbol);
-            instrument.last_price = Some(price);
-            instrument.version = version;
             let mut bodies = vec![enriched_event::Body::MarketPriceChanged(
                 MarketPriceChanged {
                     symbol: update.symbol.clone(),

@@ -8,11 +8,11 @@ use std::collections::{BTreeSet, HashMap};
 use async_nats::jetstream::{self, kv};
 
 use futures::{StreamExt, TryStreamExt};
-use ledger::AccountState;
+use ledger::{AccountState, Instrument};
 use prost::Message;
 use trading_proto::trading::v1 as api;
 
-use crate::enrich::{Instrument, StopLossFlags};
+use crate::enrich::StopLossFlags;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

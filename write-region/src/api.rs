@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use ledger::{AccountState, format_decimal};
+use ledger::{AccountState, Instrument, format_decimal};
 use rust_decimal::Decimal;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -18,8 +18,8 @@ use trading_proto::{
 use crate::{
     commands::{CommandError, Commands, Idempotency, RequestContext},
     domain::{
-        self, CashDirection, CashMovement, DomainError, InstrumentState, OpenAccount, OrderCommand,
-        PriceUpdate, command, decide::OrderLimits, decide::TradeIds,
+        self, CashDirection, CashMovement, DomainError, OpenAccount, OrderCommand, PriceUpdate,
+        command, decide::OrderLimits, decide::TradeIds,
     },
     store::{AggregateKey, RecordKind},
 };
@@ -150,7 +150,7 @@ impl TradingApi {
     ) -> Result<api::PlaceOrderResponse, CommandError> {
         let instrument = self
             .commands
-            .current::<InstrumentState>(&order.symbol)
+            .current::<Instrument>(&order.symbol)
             .await?
             .ok_or_else(|| not_found("symbol", &order.symbol))?;
         let idempotency = Idempotency {
@@ -398,7 +398,7 @@ impl MarketDataService for TradingApi {
                     &definition.symbol,
                     None,
                     &context,
-                    |_: Option<&InstrumentState>| Ok(vec![definition.upserted()]),
+                    |_: Option<&Instrument>| Ok(vec![definition.upserted()]),
                     |instrument, _| instrument.to_api(),
                 )
                 .await
@@ -416,7 +416,7 @@ impl MarketDataService for TradingApi {
             let states = futures::future::try_join_all(
                 symbols
                     .iter()
-                    .map(|symbol| self.commands.current::<InstrumentState>(symbol)),
+                    .map(|symbol| self.commands.current::<Instrument>(symbol)),
             )
             .await?;
             // An indexed symbol without state is an upsert that never committed.
@@ -439,7 +439,7 @@ impl MarketDataService for TradingApi {
                     &update.symbol,
                     None,
                     &context,
-                    |instrument: Option<&InstrumentState>| {
+                    |instrument: Option<&Instrument>| {
                         let instrument =
                             instrument.ok_or_else(|| not_found("symbol", &update.symbol))?;
                         Ok(vec![instrument.repriced(update.price)])

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ledger::AccountState;
+use ledger::{AccountState, Instrument};
 use prost::Message;
 use tokio::sync::Mutex;
 use trading_proto::{
@@ -22,7 +22,7 @@ use trading_proto::{
 };
 
 use crate::{
-    domain::{DomainError, InstrumentState},
+    domain::DomainError,
     outbox::Outbox,
     store::{AggregateKey, AggregateType, Append, NewEvent, RecordKind, Store, StoreError, Stored},
 };
@@ -69,12 +69,12 @@ impl Aggregate for AccountState {
     }
 }
 
-impl Aggregate for InstrumentState {
+impl Aggregate for Instrument {
     const KIND: AggregateType = AggregateType::Instrument;
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         let instrument = api::Instrument::decode(bytes).map_err(|error| error.to_string())?;
-        InstrumentState::from_api(&instrument).map_err(|error| error.to_string())
+        Instrument::from_api(&instrument).map_err(|error| error.to_string())
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -87,7 +87,7 @@ impl Aggregate for InstrumentState {
             .as_ref()
             .map_or(0, |envelope| envelope.version);
         let body = event.body.as_ref().ok_or("event without body")?;
-        InstrumentState::apply(self, version, body).map_err(|error| error.to_string())
+        Instrument::apply(self, version, body).map_err(|error| error.to_string())
     }
 }
 

@@ -5,7 +5,9 @@ use ledger::{DecimalError, parse_decimal};
 use rust_decimal::Decimal;
 use trading_proto::trading::v1 as api;
 
-use super::{DomainError, InstrumentState};
+use ledger::Instrument;
+
+use super::DomainError;
 
 const MAX_ID_LEN: usize = 64;
 const MAX_TEXT_LEN: usize = 200;
@@ -237,14 +239,14 @@ impl OrderCommand {
 }
 
 /// A validated instrument definition (reference data).
-pub fn instrument(request: &api::UpsertInstrumentRequest) -> Result<InstrumentState, DomainError> {
+pub fn instrument(request: &api::UpsertInstrumentRequest) -> Result<Instrument, DomainError> {
     if request.lot_size <= 0 {
         return Err(DomainError::invalid(
             "lot_size",
             "must be greater than zero",
         ));
     }
-    Ok(InstrumentState {
+    Ok(Instrument {
         symbol: symbol(&request.symbol)?,
         name: text("name", &request.name)?,
         asset_class: text("asset_class", &request.asset_class)?,

@@ -2,15 +2,14 @@
 //! records the command; the store stamps envelopes and versions and derives the new state by
 //! folding those same events, so state and stream can never disagree.
 
-use ledger::{AccountState, format_decimal};
+use ledger::{AccountState, Instrument, format_decimal};
 use rust_decimal::Decimal;
 use trading_proto::events::v1::{
     AccountOpened, CashDeposited, CashWithdrawn, TradeExecuted, raw_event::Body,
 };
 
 use super::{
-    CashDirection, CashMovement, DomainError, InstrumentState, OpenAccount, OrderCommand,
-    RejectReason,
+    CashDirection, CashMovement, DomainError, OpenAccount, OrderCommand, RejectReason,
     command::{OrderKind, Side},
 };
 
@@ -79,7 +78,7 @@ pub struct TradeIds {
 /// Fills `order` at the instrument's current price, or refuses it.
 pub fn decide_order(
     account: &AccountState,
-    instrument: &InstrumentState,
+    instrument: &Instrument,
     order: &OrderCommand,
     limits: OrderLimits,
     ids: TradeIds,

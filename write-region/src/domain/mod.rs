@@ -5,9 +5,7 @@
 pub mod command;
 pub mod decide;
 pub mod error;
-pub mod instrument;
 
 pub use command::{CashDirection, CashMovement, OpenAccount, OrderCommand, PriceUpdate};
 pub use decide::{Decision, decide_cash, decide_open, decide_order};
 pub use error::{DomainError, RejectReason};
-pub use instrument::InstrumentState;

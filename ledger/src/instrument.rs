@@ -1,7 +1,8 @@
-//! An instrument's reference data and last price: the state of the instrument's own event
-//! stream (upserts and price updates), stored next to those events.
+//! An instrument's reference data and last price: the fold of the instrument's own event
+//! stream (upserts and price updates). The write region stores it next to those events; the
+//! relay keeps its own copy, built from the same events.
 
-use ledger::{DecimalError, format_decimal, parse_decimal};
+use crate::{DecimalError, format_decimal, parse_decimal};
 use rust_decimal::Decimal;
 use trading_proto::{
     events::v1::{InstrumentUpserted, PriceUpdated, raw_event::Body},
@@ -17,7 +18,7 @@ pub enum InstrumentEventError {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InstrumentState {
+pub struct Instrument {
     pub symbol: String,
     pub name: String,
     pub asset_class: String,
@@ -30,7 +31,7 @@ pub struct InstrumentState {
     pub version: u64,
 }
 
-impl InstrumentState {
+impl Instrument {
     /// The event recording this definition.
     pub fn upserted(&self) -> Body {
         Body::InstrumentUpserted(InstrumentUpserted {

@@ -1,0 +1,419 @@
+//! The gRPC adapter: `portfolio.v1.PortfolioService`, answered from the region's Redis views
+//! alone. Positions are valued at the region's own latest prices at query time.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use ledger::format_decimal;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use trading_proto::portfolio::v1::{self as api, portfolio_service_server::PortfolioService};
+
+use crate::{
+    model::{self, Book},
+    project::Freshness,
+    views::{Read, ViewError, Views, timestamp_from_ms},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {problem}")]
+    InvalidArgument {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("account {0} is not known in this region")]
+    AccountNotFound(String),
+    #[error(
+        "min_version {wanted} not reached: the {region} view of account {account_id} is at version {reached}"
+    )]
+    VersionNotReached {
+        account_id: String,
+        region: String,
+        wanted: u64,
+        reached: u64,
+    },
+    #[error("the region's views are being rebuilt; retry shortly")]
+    Rebuilding,
+    #[error(transparent)]
+    Views(#[from] ViewError),
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match &error {
+            ApiError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            ApiError::AccountNotFound(_) => Status::not_found(error.to_string()),
+            ApiError::VersionNotReached { .. } => Status::failed_precondition(error.to_string()),
+            ApiError::Rebuilding => Status::unavailable(error.to_string()),
+            ApiError::Views(cause) => {
+                tracing::error!(%cause, "view read failed");
+                Status::unavailable("the region's views cannot be read right now")
+            }
+        }
+    }
+}
+
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 500;
+
+fn account_id(value: &str) -> Result<&str, ApiError> {
+    let problem = if value.is_empty() {
+        "is required"
+    } else if value.len() > 128 {
+        "is longer than 128 characters"
+    } else if value.chars().any(char::is_control) {
+        "contains control characters"
+    } else {
+        return Ok(value);
+    };
+    Err(ApiError::InvalidArgument {
+        field: "account_id",
+        problem: problem.into(),
+    })
+}
+
+#[derive(Clone)]
+pub struct PortfolioApi {
+    views: Views,
+    region: String,
+    freshness: Arc<Freshness>,
+    applied: broadcast::Sender<Arc<Book>>,
+    default_wait: Duration,
+    /// Ends open watch streams, so a graceful shutdown is not held up by them.
+    shutdown: CancellationToken,
+}
+
+/// How long a `min_version` read may wait: the call's deadline (answering a little before it
+/// so the caller receives the explanation rather than its own timeout), else the default.
+fn wait_budget(metadata: &tonic::metadata::MetadataMap, default: Duration) -> Duration {
+    match metadata
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(model::parse_grpc_timeout)
+    {
+        Some(timeout) => timeout.saturating_sub((timeout / 10).min(Duration::from_millis(100))),
+        None => default,
+    }
+}
+
+impl PortfolioApi {
+    pub fn new(
+        views: Views,
+        region: String,
+        freshness: Arc<Freshness>,
+        applied: broadcast::Sender<Arc<Book>>,
+        default_wait: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            views,
+            region,
+            freshness,
+            applied,
+            default_wait,
+            shutdown,
+        }
+    }
+
+    async fn book(&self, account_id: &str) -> Result<Book, ApiError> {
+        match self.views.portfolio(account_id).await? {
+            Read::Found { value, .. } => Ok(value),
+            Read::NotFound => Err(ApiError::AccountNotFound(account_id.to_owned())),
+            Read::NoGeneration => Err(ApiError::Rebuilding),
+        }
+    }
+
+    fn portfolio(&self, book: &Book) -> api::Portfolio {
+        let valuation = model::value(book);
+        api::Portfolio {
+            account_id: book.account_id.clone(),
+            region: self.region.clone(),
+            version: book.version,
+            as_of: Some(timestamp_from_ms(book.as_of_ms)),
+            staleness_ms: self.freshness.staleness_ms(),
+            cash_balance: format_decimal(book.cash),
+            total_market_value: format_decimal(valuation.total_market_value),
+            total_value: format_decimal(valuation.total_value),
+            realized_pnl: format_decimal(book.realized_pnl),
+            unrealized_pnl: format_decimal(valuation.unrealized_pnl),
+            positions: valuation
+                .positions
+                .into_iter()
+                .map(|valued| api::PortfolioPosition {
+                    symbol: valued.position.symbol,
+                    name: valued.position.name,
+                    sector: valued.position.sector,
+                    quantity: valued.position.quantity,
+                    average_cost: format_decimal(valued.position.average_cost),
+                    last_price: format_decimal(valued.price),
+                    market_value: format_decimal(valued.market_value),
+                    unrealized_pnl: format_decimal(valued.unrealized_pnl),
+                    realized_pnl: format_decimal(valued.position.realized_pnl),
+                    weight: format_decimal(valued.weight),
+                })
+                .collect(),
+        }
+    }
+
+    async fn get_portfolio_inner(
+        &self,
+        request: Request<api::GetPortfolioRequest>,
+    ) -> Result<api::Portfolio, ApiError> {
+        let budget = wait_budget(request.metadata(), self.default_wait);
+        let request = request.into_inner();
+        let account = account_id(&request.account_id)?;
+        // Subscribed before the first read, so a version applied in between is not missed.
+        let mut applied = self.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            let book = self.book(account).await?;
+            if book.version >= request.min_version {
+                return Ok(self.portfolio(&book));
+            }
+            // Woken by the projector when this account reaches the version; the short poll
+            // covers versions applied by another process (a rebuild's switch).
+            let reached = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => true,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+                _ = async {
+                    loop {
+                        match applied.recv().await {
+                            Ok(update) if update.account_id == account
+                                && update.version >= request.min_version => return,
+                            Ok(_) => {}
+                            Err(broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                } => false,
+            };
+            if reached {
+                // One last read: the version may have arrived with the deadline.
+                let book = self.book(account).await?;
+                if book.version >= request.min_version {
+                    return Ok(self.portfolio(&book));
+                }
+                return Err(ApiError::VersionNotReached {
+                    account_id: account.to_owned(),
+                    region: self.region.clone(),
+                    wanted: request.min_version,
+                    reached: book.version,
+                });
+            }
+        }
+    }
+
+    async fn list_trades_inner(
+        &self,
+        request: api::ListTradesRequest,
+    ) -> Result<api::ListTradesResponse, ApiError> {
+        let account = account_id(&request.account_id)?;
+        let page_size = match request.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            size => size.min(MAX_PAGE_SIZE),
+        };
+        let before = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                model::decode_page_token(&request.page_token).map_err(|error| {
+                    ApiError::InvalidArgument {
+                        field: "page_token",
+                        problem: error.to_string(),
+                    }
+                })?,
+            )
+        };
+        // One more than asked tells whether another page follows.
+        let mut trades = match self.views.trades(account, before, page_size + 1).await? {
+            Read::Found { value, .. } => value,
+            Read::NotFound => return Err(ApiError::AccountNotFound(account.to_owned())),
+            Read::NoGeneration => return Err(ApiError::Rebuilding),
+        };
+        let next_page_token = if trades.len() > page_size {
+            trades.truncate(page_size);
+            trades
+                .last()
+                .map(|trade| model::encode_page_token(trade.account_version))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(api::ListTradesResponse {
+            trades,
+            next_page_token,
+        })
+    }
+
+    async fn list_risk_alerts_inner(
+        &self,
+        request: api::ListRiskAlertsRequest,
+    ) -> Result<api::ListRiskAlertsResponse, ApiError> {
+        let account = account_id(&request.account_id)?;
+        match self.views.alerts(account).await? {
+            Read::Found { value, .. } => Ok(api::ListRiskAlertsResponse { alerts: value }),
+            Read::NotFound => Err(ApiError::AccountNotFound(account.to_owned())),
+            Read::NoGeneration => Err(ApiError::Rebuilding),
+        }
+    }
+
+    async fn dashboard_inner(&self) -> Result<api::MarketDashboard, ApiError> {
+        let dashboard = match self.views.dashboard().await? {
+            Read::Found { value, .. } => value,
+            Read::NotFound | Read::NoGeneration => return Err(ApiError::Rebuilding),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let today = model::utc_day(now);
+        let totals_today = dashboard.day == today;
+        Ok(api::MarketDashboard {
+            region: self.region.clone(),
+            symbols: dashboard
+                .symbols
+                .into_iter()
+                .map(|row| {
+                    let counts = row.day == today;
+                    api::SymbolDashboard {
+                        symbol: row.symbol,
+                        name: row.name,
+                        sector: row.sector,
+                        last_price: row.last_price.map(format_decimal).unwrap_or_default(),
+                        trades_today: if counts { row.trades } else { 0 },
+                        volume_today: if counts { row.volume } else { 0 },
+                        notional_today: format_decimal(if counts {
+                            row.notional
+                        } else {
+                            rust_decimal::Decimal::ZERO
+                        }),
+                        holders: row.holders,
+                    }
+                })
+                .collect(),
+            trades_today: if totals_today { dashboard.trades } else { 0 },
+            volume_today: if totals_today { dashboard.volume } else { 0 },
+            notional_today: format_decimal(if totals_today {
+                dashboard.notional
+            } else {
+                rust_decimal::Decimal::ZERO
+            }),
+            accounts: dashboard.accounts,
+            as_of: Some(timestamp_from_ms(now)),
+        })
+    }
+
+    /// Streams the current portfolio, then every version the projector applies, in order.
+    async fn watch_inner(
+        &self,
+        request: api::WatchPortfolioRequest,
+    ) -> Result<WatchStream, ApiError> {
+        let account = account_id(&request.account_id)?.to_owned();
+        let mut applied = self.applied.subscribe();
+        let initial = self.book(&account).await?;
+        let (sender, receiver) = mpsc::channel::<Result<api::Portfolio, Status>>(64);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut last = initial.version;
+            if sender.send(Ok(api.portfolio(&initial))).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = api.shutdown.cancelled() => return,
+                    update = applied.recv() => match update {
+                        Ok(book) if book.account_id == account => Some(book),
+                        Ok(_) => continue,
+                        // Fell behind the projector: the view itself is the truth. A version
+                        // may be skipped then, but never reordered.
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    // Versions applied by a rebuild or another process show up here.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+                };
+                let book = match next {
+                    Some(book) => book,
+                    None => match api.book(&account).await {
+                        Ok(book) => Arc::new(book),
+                        Err(ApiError::Rebuilding) => continue,
+                        Err(error) => {
+                            let _ = sender.send(Err(error.into())).await;
+                            return;
+                        }
+                    },
+                };
+                if book.version > last {
+                    last = book.version;
+                    if sender.send(Ok(api.portfolio(&book))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<api::Portfolio, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PortfolioService for PortfolioApi {
+    async fn get_portfolio(
+        &self,
+        request: Request<api::GetPortfolioRequest>,
+    ) -> Result<Response<api::Portfolio>, Status> {
+        self.get_portfolio_inner(request)
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    async fn list_trades(
+        &self,
+        request: Request<api::ListTradesRequest>,
+    ) -> Result<Response<api::ListTradesResponse>, Status> {
+        self.list_trades_inner(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    async fn list_risk_alerts(
+        &self,
+        request: Request<api::ListRiskAlertsRequest>,
+    ) -> Result<Response<api::ListRiskAlertsResponse>, Status> {
+        self.list_risk_alerts_inner(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    type WatchPortfolioStream = WatchStream;
+
+    async fn watch_portfolio(
+        &self,
+        request: Request<api::WatchPortfolioRequest>,
+    ) -> Result<Response<Self::WatchPortfolioStream>, Status> {
+        self.watch_inner(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    async fn get_market_dashboard(
+        &self,
+        _request: Request<api::GetMarketDashboardRequest>,
+    ) -> Result<Response<api::MarketDashboard>, Status> {
+        self.dashboard_inner()
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+}

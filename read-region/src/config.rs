@@ -1,0 +1,163 @@
+//! The read region's settings: defaults for region `eu` on the local stack, overridden by the
+//! TOML file named in `READ_REGION_CONFIG` and by `READ_REGION_*` environment variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    /// The region's name (`eu`, `ap`), reported in every answer.
+    pub region: String,
+    /// The region's own NATS leaf server.
+    pub nats_url: String,
+    /// The leaf's JetStream domain, where the mirror lives.
+    pub js_domain: String,
+    /// The relay's enriched stream on the hub.
+    pub hub_stream: String,
+    /// The hub's JetStream API as seen from the leaf (`$JS.<hub domain>.API`).
+    pub hub_api_prefix: String,
+    /// The leaf-local mirror of `hub_stream`, created if missing.
+    pub mirror_stream: String,
+    /// Durable pull consumer on the mirror that feeds the live projection.
+    pub consumer_name: String,
+    pub redis_url: String,
+    /// Every Redis key of the region starts with this; empty means `portfolio:<region>`.
+    pub key_prefix: String,
+    /// Events fetched and applied (pipelined) per round trip.
+    pub batch_size: usize,
+    /// How long an event that arrived before its predecessor waits before it is redelivered.
+    pub gap_retry_ms: u64,
+    /// How long `min_version` waits when the call carries no deadline.
+    pub default_wait_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50061)),
+            region: "eu".into(),
+            nats_url: "nats://127.0.0.1:4223".into(),
+            js_domain: "eu".into(),
+            hub_stream: "PORTFOLIO_EVENTS".into(),
+            hub_api_prefix: "$JS.hub.API".into(),
+            mirror_stream: "PORTFOLIO_EVENTS_MIRROR".into(),
+            consumer_name: "read-region".into(),
+            redis_url: "redis://127.0.0.1:6380".into(),
+            key_prefix: String::new(),
+            batch_size: 512,
+            gap_retry_ms: 300,
+            default_wait_ms: 5_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: &'static str,
+    },
+}
+
+/// NATS stream and consumer names may not contain these (they become subject tokens).
+fn valid_nats_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+}
+
+impl Config {
+    /// Checks every setting before anything is bound or connected.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem| Err(ConfigError::Invalid { field, problem });
+        if self.region.is_empty() || !self.region.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return invalid("region", "must be a non-empty name of letters and digits");
+        }
+        if self.js_domain.is_empty() {
+            return invalid("js_domain", "must name the leaf's JetStream domain");
+        }
+        for (field, name) in [
+            ("hub_stream", &self.hub_stream),
+            ("mirror_stream", &self.mirror_stream),
+            ("consumer_name", &self.consumer_name),
+        ] {
+            if !valid_nats_name(name) {
+                return invalid(
+                    field,
+                    "must be a non-empty name without '.', '*', '>' or blanks",
+                );
+            }
+        }
+        if !self.hub_api_prefix.starts_with("$JS.") {
+            return invalid(
+                "hub_api_prefix",
+                "must be a JetStream API prefix such as $JS.hub.API",
+            );
+        }
+        if self.key_prefix.contains(char::is_whitespace) {
+            return invalid("key_prefix", "must not contain blanks");
+        }
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            return invalid("batch_size", "must be between 1 and 10000");
+        }
+        if self.default_wait_ms == 0 {
+            return invalid("default_wait_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The prefix of every Redis key this region owns.
+    pub fn key_prefix(&self) -> String {
+        if self.key_prefix.is_empty() {
+            format!("portfolio:{}", self.region)
+        } else {
+            self.key_prefix.clone()
+        }
+    }
+
+    pub fn gap_retry(&self) -> Duration {
+        Duration::from_millis(self.gap_retry_ms)
+    }
+
+    pub fn default_wait(&self) -> Duration {
+        Duration::from_millis(self.default_wait_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_derive_the_key_prefix_from_the_region() {
+        let config = Config::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.key_prefix(), "portfolio:eu");
+    }
+
+    #[test]
+    fn names_that_would_break_subjects_are_refused() {
+        let config = Config {
+            mirror_stream: "a.b".into(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "mirror_stream",
+                ..
+            })
+        ));
+    }
+}

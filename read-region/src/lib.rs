@@ -1,0 +1,141 @@
+//! A read region: serves `portfolio.v1.PortfolioService` from its own Redis views, built from
+//! the relay's enriched events as the region's NATS leaf server mirrors them from the hub.
+//!
+//! The flow is `project` (the leaf mirror, a durable consumer, one atomic Lua apply per event,
+//! rebuild and self-healing) -> `views` (Redis key layout, the apply and read scripts) -> `api`
+//! (gRPC). `model` holds the pure rules: cursor successor, valuation, page tokens.
+
+pub mod api;
+pub mod config;
+pub mod model;
+pub mod project;
+pub mod views;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::broadcast, task::JoinSet};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use trading_proto::portfolio::v1::portfolio_service_server::PortfolioServiceServer;
+
+pub use config::Config;
+
+use crate::{
+    api::PortfolioApi,
+    project::{Freshness, Projector, RebuildReport},
+    views::Views,
+};
+
+pub const SERVICE_NAME: &str = "portfolio.v1.PortfolioService";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Views(#[from] views::ViewError),
+    #[error(transparent)]
+    Project(#[from] project::ProjectError),
+    #[error("cannot build reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+async fn connect(
+    config: &Config,
+) -> Result<(Views, async_nats::jetstream::stream::Stream), RunError> {
+    config.validate()?;
+    let views = Views::connect(&config.redis_url, config.key_prefix()).await?;
+    let jetstream = project::connect(config).await?;
+    let mirror = project::ensure_mirror(&jetstream, config).await?;
+    Ok((views, mirror))
+}
+
+/// Serves the region on `listener` until `shutdown` is cancelled; the projector drains its
+/// batch within the grace period.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let (views, mirror) = connect(&config).await?;
+    let freshness = Arc::new(Freshness::default());
+    let (applied, _) = broadcast::channel(4096);
+
+    let mut routes = RoutesBuilder::default();
+    let health = platform::grpc::add_standard_services(&mut routes, &[SERVICE_NAME])?;
+    routes.add_service(PortfolioServiceServer::new(PortfolioApi::new(
+        views.clone(),
+        config.region.clone(),
+        freshness.clone(),
+        applied.clone(),
+        config.default_wait(),
+        shutdown.clone(),
+    )));
+
+    let workers_stop = CancellationToken::new();
+    let mut background = JoinSet::new();
+    background.spawn(project::monitor(
+        views.clone(),
+        mirror.clone(),
+        freshness.clone(),
+        health,
+        vec![SERVICE_NAME],
+        workers_stop.clone(),
+    ));
+    let projector = Projector {
+        views,
+        mirror,
+        config: config.clone(),
+        freshness,
+        applied,
+    };
+    let projector_stop = workers_stop.clone();
+    background.spawn(async move {
+        if let Err(error) = projector.run(projector_stop).await {
+            tracing::error!(%error, "projector stopped");
+        }
+    });
+    tracing::info!(
+        region = %config.region,
+        addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        "read region serving"
+    );
+    let served = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await;
+    workers_stop.cancel();
+    if tokio::time::timeout(config.shutdown_grace(), async {
+        while background.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "projector did not stop within the grace period; unacked events are redelivered"
+        );
+    }
+    served?;
+    tracing::info!("read region stopped");
+    Ok(())
+}
+
+/// Rebuilds the region's views from its mirror into a fresh generation, switches to it, and
+/// removes the generation it replaced. `progress` hears about once a second.
+pub async fn rebuild(
+    config: Config,
+    shutdown: CancellationToken,
+    progress: &mut (dyn FnMut(&project::Progress) + Send),
+) -> Result<RebuildReport, RunError> {
+    let (views, mirror) = connect(&config).await?;
+    let report = project::rebuild(&views, &mirror, config.batch_size, &shutdown, progress).await?;
+    if let Some(previous) = report.previous_generation {
+        // Reads that picked the old generation just before the switch finish first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        views.drop_generation(previous).await?;
+    }
+    Ok(report)
+}

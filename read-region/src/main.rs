@@ -1,0 +1,51 @@
+//! `read-region [serve]` runs the region until SIGTERM/SIGINT; `read-region rebuild` rebuilds
+//! its views from the mirror into a fresh generation and switches to it. Both read their
+//! settings from `READ_REGION_*` (and the TOML file named by `READ_REGION_CONFIG`).
+
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _telemetry = platform::telemetry::init("read-region")?;
+    let command = std::env::args().nth(1);
+    let config: read_region::Config = platform::config::load("READ_REGION_")?;
+    config.validate()?;
+    let shutdown = platform::shutdown::on_signals()?;
+    match command.as_deref() {
+        None | Some("serve") => {
+            let listener = tokio::net::TcpListener::bind(config.listen_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+            read_region::run(config, listener, shutdown).await?;
+        }
+        Some("rebuild") => {
+            let region = config.region.clone();
+            let report = read_region::rebuild(config, shutdown, &mut |progress| {
+                println!(
+                    "region {region} generation {}: {} events applied, stream at {}/{}, {:.0} events/s",
+                    progress.generation,
+                    progress.events,
+                    progress.stream_sequence,
+                    progress.target_sequence,
+                    progress.rate_per_second()
+                );
+            })
+            .await?;
+            println!(
+                "rebuilt region {region}: generation {} now served ({} events in {:.2} s, {:.0} events/s; replaced generation {}; {} events still waiting for a predecessor)",
+                report.progress.generation,
+                report.progress.events,
+                report.progress.elapsed.as_secs_f64(),
+                report.progress.rate_per_second(),
+                report
+                    .previous_generation
+                    .map_or_else(|| "none".to_owned(), |g| g.to_string()),
+                report.waiting,
+            );
+        }
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?}; use `serve` (default) or `rebuild`")
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! The read region's pure rules, free of I/O so they are tested without servers: the cursor
+//! successor rule that makes projection idempotent, valuation of a book at local prices, exact
+//! scaled-integer money for Redis counters, page tokens and the gRPC deadline header.
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+/// The last applied event of an aggregate: raw `version`, and `part` of that version's `parts`.
+/// The zero cursor means nothing applied yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub version: u64,
+    pub part: u32,
+    pub parts: u32,
+}
+
+/// What to do with an event given its aggregate's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Apply,
+    /// At or below the cursor: applied before (redelivery, duplicate, replay).
+    Duplicate,
+    /// Beyond the successor: its predecessor has not been applied yet.
+    Gap,
+}
+
+impl Cursor {
+    /// The one (version, part) that may be applied next: the next part of the current set, or
+    /// the first part of the next version once the set is complete.
+    pub fn successor(&self) -> (u64, u32) {
+        if self.part < self.parts {
+            (self.version, self.part + 1)
+        } else {
+            (self.version + 1, 1)
+        }
+    }
+
+    pub fn classify(&self, version: u64, part: u32) -> Disposition {
+        if (version, part) <= (self.version, self.part) {
+            Disposition::Duplicate
+        } else if (version, part) == self.successor() {
+            Disposition::Apply
+        } else {
+            Disposition::Gap
+        }
+    }
+}
+
+/// Money and prices carry at most 8 fractional digits (`ledger::decimal::MAX_SCALE`), so
+/// amounts summed by Redis (`HINCRBY`, exact 64-bit integers) are kept in units of 1e-8.
+pub const SCALE: u32 = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("amount {0} does not fit the view's exact integer range")]
+pub struct ScaleError(pub Decimal);
+
+pub fn to_scaled(value: Decimal) -> Result<i64, ScaleError> {
+    let factor = Decimal::from(10_u64.pow(SCALE));
+    let scaled = value
+        .checked_mul(factor)
+        .ok_or(ScaleError(value))?
+        .round_dp(0);
+    i64::try_from(scaled).map_err(|_| ScaleError(value))
+}
+
+pub fn from_scaled(value: i64) -> Decimal {
+    Decimal::new(value, SCALE)
+}
+
+/// The UTC day number (days since 1970-01-01) of a time in milliseconds since the epoch:
+/// "today" for the dashboard's counters.
+pub fn utc_day(epoch_ms: i64) -> i64 {
+    epoch_ms.div_euclid(86_400_000)
+}
+
+/// One position as the view holds it, with the region's local price of its symbol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookPosition {
+    pub symbol: String,
+    pub name: String,
+    pub sector: String,
+    pub quantity: i64,
+    pub average_cost: Decimal,
+    pub realized_pnl: Decimal,
+    /// None when the region has not heard a price for the symbol yet.
+    pub last_price: Option<Decimal>,
+}
+
+/// An account's book as of one version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Book {
+    pub account_id: String,
+    pub version: u64,
+    pub as_of_ms: i64,
+    pub cash: Decimal,
+    pub realized_pnl: Decimal,
+    pub positions: Vec<BookPosition>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValuedPosition {
+    pub position: BookPosition,
+    pub price: Decimal,
+    pub market_value: Decimal,
+    pub unrealized_pnl: Decimal,
+    pub weight: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Valuation {
+    pub positions: Vec<ValuedPosition>,
+    pub total_market_value: Decimal,
+    pub total_value: Decimal,
+    pub unrealized_pnl: Decimal,
+}
+
+/// Weights are shares of the total value rounded to this many digits.
+const WEIGHT_DIGITS: u32 = 8;
+
+/// Values every open position at the region's local price: market value = quantity x price,
+/// unrealized = (price - average cost) x quantity, weight = market value / total value where
+/// total value = cash + total market value. A symbol without a local price yet is valued at its
+/// average cost (no unrealized P&L) rather than at zero, which would show a fictitious loss.
+pub fn value(book: &Book) -> Valuation {
+    let mut positions: Vec<ValuedPosition> = book
+        .positions
+        .iter()
+        .filter(|position| position.quantity != 0)
+        .map(|position| {
+            let price = position.last_price.unwrap_or(position.average_cost);
+            let quantity = Decimal::from(position.quantity);
+            ValuedPosition {
+                position: position.clone(),
+                price,
+                market_value: quantity * price,
+                unrealized_pnl: (price - position.average_cost) * quantity,
+                weight: Decimal::ZERO,
+            }
+        })
+        .collect();
+    let total_market_value: Decimal = positions.iter().map(|p| p.market_value).sum();
+    let unrealized_pnl: Decimal = positions.iter().map(|p| p.unrealized_pnl).sum();
+    let total_value = book.cash + total_market_value;
+    if !total_value.is_zero() {
+        for position in &mut positions {
+            position.weight = (position.market_value / total_value).round_dp(WEIGHT_DIGITS);
+        }
+    }
+    positions.sort_by(|a, b| a.position.symbol.cmp(&b.position.symbol));
+    Valuation {
+        positions,
+        total_market_value,
+        total_value,
+        unrealized_pnl,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("is not a page token this server issued")]
+pub struct PageTokenError;
+
+const PAGE_TOKEN_PREFIX: &str = "pt1-";
+
+/// A page token names the account version of the last trade returned; the next page starts
+/// strictly below it, so trades appended meanwhile never shift or repeat a page.
+pub fn encode_page_token(last_version: u64) -> String {
+    format!("{PAGE_TOKEN_PREFIX}{last_version:x}")
+}
+
+pub fn decode_page_token(token: &str) -> Result<u64, PageTokenError> {
+    let hex = token
+        .strip_prefix(PAGE_TOKEN_PREFIX)
+        .ok_or(PageTokenError)?;
+    if hex.is_empty() || hex.len() > 16 {
+        return Err(PageTokenError);
+    }
+    u64::from_str_radix(hex, 16).map_err(|_| PageTokenError)
+}
+
+/// Parses a `grpc-timeout` header value (an integer of at most 8 digits and a unit).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
+        return None;
+    }
+    let (amount, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(text: &str) -> Decimal {
+        ledger::parse_decimal(text).expect("test decimal")
+    }
+
+    #[test]
+    fn the_first_event_of_an_aggregate_is_version_one_part_one() {
+        let cursor = Cursor::default();
+        assert_eq!(cursor.successor(), (1, 1));
+        assert_eq!(cursor.classify(1, 1), Disposition::Apply);
+        assert_eq!(cursor.classify(1, 2), Disposition::Gap);
+        assert_eq!(cursor.classify(2, 1), Disposition::Gap);
+    }
+
+    #[test]
+    fn parts_of_a_set_apply_in_order_then_the_next_version() {
+        let middle = Cursor {
+            version: 4,
+            part: 1,
+            parts: 3,
+        };
+        assert_eq!(middle.classify(4, 2), Disposition::Apply);
+        assert_eq!(middle.classify(4, 3), Disposition::Gap);
+        assert_eq!(middle.classify(5, 1), Disposition::Gap);
+        assert_eq!(middle.classify(4, 1), Disposition::Duplicate);
+        assert_eq!(middle.classify(3, 9), Disposition::Duplicate);
+        let complete = Cursor {
+            version: 4,
+            part: 3,
+            parts: 3,
+        };
+        assert_eq!(complete.successor(), (5, 1));
+        assert_eq!(complete.classify(5, 1), Disposition::Apply);
+        assert_eq!(complete.classify(4, 3), Disposition::Duplicate);
+        assert_eq!(complete.classify(6, 1), Disposition::Gap);
+    }
+
+    #[test]
+    fn scaled_money_round_trips_exactly() {
+        for text in ["0", "175.5", "-12.34567891", "92233720368.54775807"] {
+            let value = dec(text);
+            assert_eq!(from_scaled(to_scaled(value).expect("fits")), value);
+        }
+        assert!(to_scaled(dec("92233720368.54775808")).is_err());
+    }
+
+    #[test]
+    fn utc_days_split_at_midnight_even_before_the_epoch() {
+        assert_eq!(utc_day(0), 0);
+        assert_eq!(utc_day(86_399_999), 0);
+        assert_eq!(utc_day(86_400_000), 1);
+        assert_eq!(utc_day(-1), -1);
+    }
+
+    fn position(symbol: &str, quantity: i64, cost: &str, price: Option<&str>) -> BookPosition {
+        BookPosition {
+            symbol: symbol.into(),
+            name: String::new(),
+            sector: String::new(),
+            quantity,
+            average_cost: dec(cost),
+            realized_pnl: Decimal::ZERO,
+            last_price: price.map(dec),
+        }
+    }
+
+    #[test]
+    fn positions_are_valued_at_local_prices_with_weights_of_the_total() {
+        let book = Book {
+            account_id: "a".into(),
+            version: 7,
+            as_of_ms: 0,
+            cash: dec("1000"),
+            realized_pnl: dec("12.5"),
+            positions: vec![
+                position("MSFT", 5, "300", Some("310.10")),
+                position("AAPL", 10, "150", Some("140")),
+                position("GONE", 0, "0", None),
+            ],
+        };
+        let valuation = value(&book);
+        assert_eq!(valuation.positions.len(), 2);
+        let aapl = &valuation.positions[0];
+        assert_eq!(aapl.position.symbol, "AAPL");
+        assert_eq!(aapl.market_value, dec("1400"));
+        assert_eq!(aapl.unrealized_pnl, dec("-100"));
+        let msft = &valuation.positions[1];
+        assert_eq!(msft.market_value, dec("1550.50"));
+        assert_eq!(msft.unrealized_pnl, dec("50.50"));
+        assert_eq!(valuation.total_market_value, dec("2950.5"));
+        assert_eq!(valuation.total_value, dec("3950.5"));
+        assert_eq!(valuation.unrealized_pnl, dec("-49.5"));
+        // 1400 / 3950.5 and 1550.5 / 3950.5, rounded to 8 digits.
+        assert_eq!(aapl.weight, dec("0.35438552"));
+        assert_eq!(msft.weight, dec("0.39248196"));
+    }
+
+    #[test]
+    fn a_position_without_a_local_price_is_valued_at_cost_and_an_empty_book_weighs_nothing() {
+        let book = Book {
+            account_id: "a".into(),
+            version: 1,
+            as_of_ms: 0,
+            cash: Decimal::ZERO,
+            realized_pnl: Decimal::ZERO,
+            positions: vec![position("NEW", 2, "10", None)],
+        };
+        let valuation = value(&book);
+        assert_eq!(valuation.positions[0].market_value, dec("20"));
+        assert_eq!(valuation.unrealized_pnl, Decimal::ZERO);
+        assert_eq!(valuation.positions[0].weight, dec("1"));
+        let empty = Book {
+            positions: vec![],
+            ..book
+        };
+        assert_eq!(value(&empty).total_value, Decimal::ZERO);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_tokens_are_refused() {
+        for version in [0, 1, 250, u64::MAX] {
+            assert_eq!(decode_page_token(&encode_page_token(version)), Ok(version));
+        }
+        for token in [
+            "",
+            "pt1-",
+            "pt1-xyz",
+            "12",
+            "pt1-11111111111111111",
+            "pt2-1",
+        ] {
+            assert_eq!(decode_page_token(token), Err(PageTokenError), "{token}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "5", "5s", "-5S", "123456789S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! Projection: the region's leaf mirror of the hub's enriched stream, consumed in stream order
+//! by a durable pull consumer and applied to the Redis views one Lua script per event.
+//!
+//! Messages are acknowledged only after their script succeeded. An event at or below its
+//! aggregate's cursor is acknowledged and skipped; one beyond the successor (its predecessor
+//! has not arrived) is not applied but negatively acknowledged with a delay, so it comes back
+//! after the predecessor. The consumer's ack floor is where a restart resumes; the stream
+//! sequence recorded with every apply tells a rebuild how far a generation has got.
+//!
+//! Rebuild replays the mirror from sequence 1 with an ordered consumer into a fresh generation
+//! and switches the served pointer only once it has seen everything the live generation
+//! applied. The live projector runs the same rebuild when Redis comes back empty.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use futures::{FutureExt, StreamExt};
+use prost::Message as _;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use trading_proto::events::v1::EnrichedEvent;
+
+use crate::{
+    config::Config,
+    model::Book,
+    views::{self, ApplyOutcome, PreparedEvent, SwitchOutcome, Target, ViewError, Views},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("cannot connect to nats: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("cannot create or read the mirror stream: {0}")]
+    Stream(String),
+    #[error("cannot create the consumer: {0}")]
+    Consumer(String),
+    #[error("cannot read the mirror: {0}")]
+    Read(String),
+    #[error(transparent)]
+    Views(#[from] ViewError),
+    #[error("redis lost the generation being rebuilt")]
+    GenerationLost,
+    #[error("stopped by shutdown")]
+    Stopped,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How fresh the region's view is, fed by the projector and the mirror monitor.
+#[derive(Debug)]
+pub struct Freshness {
+    started_ms: i64,
+    /// When the mirror last had contact with the hub (0: never observed).
+    last_contact_ms: AtomicI64,
+    /// `occurred_at` of the last event applied.
+    last_applied_ms: AtomicI64,
+    /// Messages the consumer still had to deliver after the last batch.
+    pending: AtomicU64,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Self {
+            started_ms: now_ms(),
+            last_contact_ms: AtomicI64::new(0),
+            last_applied_ms: AtomicI64::new(0),
+            pending: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Freshness {
+    /// Milliseconds since the region last heard from the write region: the time since the
+    /// leaf's mirror last had contact with the hub (it grows while the link is cut), and,
+    /// while the consumer still has a backlog, at least the age of the last applied event
+    /// (the view lags what the mirror already holds).
+    pub fn staleness_ms(&self) -> u64 {
+        let now = now_ms();
+        let contact = match self.last_contact_ms.load(Ordering::Relaxed) {
+            0 => self.started_ms,
+            at => at,
+        };
+        let mut staleness = now.saturating_sub(contact);
+        if self.pending.load(Ordering::Relaxed) > 0 {
+            let applied = self.last_applied_ms.load(Ordering::Relaxed);
+            if applied > 0 {
+                staleness = staleness.max(now.saturating_sub(applied));
+            }
+        }
+        u64::try_from(staleness).unwrap_or(0)
+    }
+
+    fn record_contact(&self, ago: Duration) {
+        let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+        self.last_contact_ms
+            .store(now_ms().saturating_sub(ago), Ordering::Relaxed);
+    }
+}
+
+/// Connects to the region's leaf server and its JetStream domain.
+pub async fn connect(config: &Config) -> Result<jetstream::Context, ProjectError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("read-region-{}", config.region))
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await?;
+    Ok(jetstream::with_domain(client, &config.js_domain))
+}
+
+/// Creates (idempotently) the leaf-local mirror of the hub's enriched stream.
+pub async fn ensure_mirror(
+    jetstream: &jetstream::Context,
+    config: &Config,
+) -> Result<stream::Stream, ProjectError> {
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: config.mirror_stream.clone(),
+            mirror: Some(stream::Source {
+                name: config.hub_stream.clone(),
+                external: Some(stream::External {
+                    api_prefix: config.hub_api_prefix.clone(),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| ProjectError::Stream(error.to_string()))
+}
+
+/// The durable consumer of the live projection. Created from the start of the mirror: what
+/// an existing generation already holds is skipped by the cursor check.
+async fn ensure_consumer(
+    mirror: &stream::Stream,
+    config: &Config,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, ProjectError> {
+    mirror
+        .get_or_create_consumer(
+            &config.consumer_name,
+            pull::Config {
+                durable_name: Some(config.consumer_name.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|error| ProjectError::Consumer(error.to_string()))
+}
+
+/// Decodes a message into the apply script's arguments; `None` when it can never apply
+/// (logged; the caller terminates it so it is not redelivered forever).
+fn decode(payload: &[u8], stream_sequence: u64) -> Option<PreparedEvent> {
+    let event = match EnrichedEvent::decode(payload) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(stream_sequence, %error, "undecodable enriched event dropped");
+            return None;
+        }
+    };
+    let event_id = event
+        .envelope
+        .as_ref()
+        .map(|e| e.event_id.clone())
+        .unwrap_or_default();
+    match views::prepare(&event, stream_sequence) {
+        Ok((prepared, None)) => Some(prepared),
+        Ok((prepared, Some(problem))) => {
+            // The cursor still advances past it so the aggregate is not blocked forever.
+            tracing::error!(
+                stream_sequence,
+                event_id,
+                aggregate = %prepared.aggregate_id,
+                %problem,
+                "enriched event body unusable; skipped"
+            );
+            Some(prepared)
+        }
+        Err(problem) => {
+            tracing::error!(stream_sequence, event_id, %problem, "enriched event cannot be placed on a cursor; dropped");
+            None
+        }
+    }
+}
+
+/// Progress of a rebuild, reported about once a second and at the end.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub generation: u64,
+    pub events: u64,
+    pub stream_sequence: u64,
+    pub target_sequence: u64,
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    pub fn rate_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.events as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RebuildReport {
+    pub progress: Progress,
+    pub previous_generation: Option<u64>,
+    /// Events still waiting for a predecessor the stream does not hold yet.
+    pub waiting: usize,
+}
+
+/// Rebuilds the views from the mirror into a fresh generation and switches to it.
+pub async fn rebuild(
+    views: &Views,
+    mirror: &stream::Stream,
+    batch_size: usize,
+    shutdown: &CancellationToken,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<RebuildReport, ProjectError> {
+    let started = Instant::now();
+    let generation = views.begin_generation().await?;
+    let mut target = mirror
+        .get_info()
+        .await
+        .map_err(|error| ProjectError::Stream(error.to_string()))?
+        .state
+        .last_sequence;
+    let consumer = mirror
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| ProjectError::Consumer(error.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|error| ProjectError::Read(error.to_string()))?;
+    let mut seen = 0_u64;
+    let mut events = 0_u64;
+    // Events that arrived before their predecessor, per aggregate, by (version, part).
+    let mut waiting: HashMap<(String, String), BTreeMap<(u64, u32), PreparedEvent>> =
+        HashMap::new();
+    let mut last_report = Instant::now();
+    let report = |seen, events, target| Progress {
+        generation,
+        events,
+        stream_sequence: seen,
+        target_sequence: target,
+        elapsed: started.elapsed(),
+    };
+    loop {
+        if seen >= target {
+            match views.switch_to(generation).await? {
+                SwitchOutcome::Switched { previous } => {
+                    let done = report(seen, events, target);
+                    progress(&done);
+                    return Ok(RebuildReport {
+                        progress: done,
+                        previous_generation: previous,
+                        waiting: waiting.values().map(BTreeMap::len).sum(),
+                    });
+                }
+                // The live generation applied more meanwhile: read on to at least there.
+                SwitchOutcome::Behind(sequence) => target = sequence,
+                SwitchOutcome::NoGeneration => return Err(ProjectError::GenerationLost),
+            }
+        }
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Err(ProjectError::Stopped),
+            next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => next,
+        };
+        let first = match first {
+            Ok(Some(message)) => message,
+            Ok(None) => return Err(ProjectError::Read("mirror consumer ended".into())),
+            Err(_) => {
+                // Nothing more to read: the target was a sequence the mirror no longer holds.
+                target = seen;
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < batch_size {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+        let mut prepared = Vec::with_capacity(batch.len());
+        for message in batch {
+            let message = message.map_err(|error| ProjectError::Read(error.to_string()))?;
+            let info = message
+                .info()
+                .map_err(|error| ProjectError::Read(error.to_string()))?;
+            seen = seen.max(info.stream_sequence);
+            if info.pending == 0 {
+                target = target.min(seen);
+            }
+            if let Some(event) = decode(&message.payload, info.stream_sequence) {
+                prepared.push(event);
+            }
+        }
+        let outcomes = views
+            .apply_batch(Target::Generation(generation), &prepared, false)
+            .await?;
+        let mut unblocked = Vec::new();
+        for (event, outcome) in prepared.into_iter().zip(outcomes) {
+            match outcome {
+                ApplyOutcome::Applied { .. } => {
+                    events += 1;
+                    unblocked.push((event.aggregate_type.clone(), event.aggregate_id.clone()));
+                }
+                ApplyOutcome::Duplicate => {}
+                ApplyOutcome::Gap(_) => {
+                    waiting
+                        .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+                        .or_default()
+                        .insert((event.version, event.part), event);
+                }
+                ApplyOutcome::NoGeneration => return Err(ProjectError::GenerationLost),
+            }
+        }
+        // Rare: an event that came before its predecessor can go in once that one did.
+        for aggregate in unblocked {
+            while let Some(queue) = waiting.get_mut(&aggregate) {
+                let Some((_, event)) = queue.pop_first() else {
+                    waiting.remove(&aggregate);
+                    break;
+                };
+                match views
+                    .apply_batch(
+                        Target::Generation(generation),
+                        std::slice::from_ref(&event),
+                        false,
+                    )
+                    .await?
+                    .first()
+                {
+                    Some(ApplyOutcome::Applied { .. }) => events += 1,
+                    Some(ApplyOutcome::Duplicate) => {}
+                    Some(ApplyOutcome::Gap(_)) => {
+                        queue.insert((event.version, event.part), event);
+                        break;
+                    }
+                    _ => return Err(ProjectError::GenerationLost),
+                }
+            }
+        }
+        views.mark_seen(generation, seen).await?;
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            progress(&report(seen, events, target));
+        }
+    }
+}
+
+/// The live projector: what the server runs in the background.
+pub struct Projector {
+    pub views: Views,
+    pub mirror: stream::Stream,
+    pub config: Config,
+    pub freshness: Arc<Freshness>,
+    /// Each account's book after every version applied, in apply order.
+    pub applied: broadcast::Sender<Arc<Book>>,
+}
+
+impl Projector {
+    /// Rebuilds into a fresh generation when Redis holds none (first start, or restarted
+    /// empty); keeps retrying while Redis is unreachable.
+    async fn heal(&self, shutdown: &CancellationToken) -> Result<(), ProjectError> {
+        match self.views.current_generation().await? {
+            Some(_) => Ok(()),
+            None => {
+                tracing::warn!(region = %self.config.region, "no views in redis; rebuilding from the mirror");
+                let report = rebuild(
+                    &self.views,
+                    &self.mirror,
+                    self.config.batch_size,
+                    shutdown,
+                    &mut |progress| {
+                        tracing::info!(
+                            generation = progress.generation,
+                            events = progress.events,
+                            stream_sequence = progress.stream_sequence,
+                            rate = progress.rate_per_second() as u64,
+                            "rebuilding"
+                        );
+                    },
+                )
+                .await?;
+                tracing::info!(
+                    generation = report.progress.generation,
+                    events = report.progress.events,
+                    elapsed_ms = report.progress.elapsed.as_millis() as u64,
+                    "views rebuilt"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectError> {
+        let consumer = ensure_consumer(&self.mirror, &self.config).await?;
+        let mut messages = loop {
+            match consumer
+                .stream()
+                .max_messages_per_batch(self.config.batch_size)
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await
+            {
+                Ok(messages) => break messages,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start consuming the mirror; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let mut healthy_check = Instant::now() - Duration::from_secs(10);
+        loop {
+            // Redis restarted empty shows as a missing generation; checked on every idle
+            // second and whenever a script reports it.
+            if healthy_check.elapsed() >= Duration::from_secs(1) {
+                healthy_check = Instant::now();
+                match self.heal(&shutdown).await {
+                    Ok(()) => {}
+                    Err(ProjectError::Stopped) => return Ok(()),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot check or rebuild the views; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = tokio::time::timeout(Duration::from_secs(1), messages.next()) => next,
+            };
+            let first = match first {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => {
+                    // Missed heartbeats while the leaf is away, and similar: the stream
+                    // keeps trying by itself.
+                    tracing::debug!(%error, "mirror consumer hiccup");
+                    continue;
+                }
+                Ok(None) => return Err(ProjectError::Read("consumer stream ended".into())),
+                Err(_) => continue,
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.config.batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            if self.process(batch).await {
+                healthy_check = Instant::now() - Duration::from_secs(10);
+            }
+        }
+    }
+
+    /// Applies one batch and acknowledges each message by its outcome. Returns whether the
+    /// views were found missing (the caller rebuilds at once).
+    async fn process(&self, batch: Vec<jetstream::Message>) -> bool {
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut prepared = Vec::with_capacity(batch.len());
+        let mut pending = 0;
+        for message in batch {
+            let (sequence, left) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.pending),
+                Err(error) => {
+                    tracing::error!(%error, "message without jetstream metadata ignored");
+                    continue;
+                }
+            };
+            pending = left;
+            match decode(&message.payload, sequence) {
+                Some(event) => {
+                    prepared.push(event);
+                    messages.push(message);
+                }
+                None => {
+                    if let Err(error) = message.ack_with(AckKind::Term).await {
+                        tracing::warn!(%error, "cannot terminate an unusable message");
+                    }
+                }
+            }
+        }
+        self.freshness.pending.store(pending, Ordering::Relaxed);
+        let outcomes = match self
+            .views
+            .apply_batch(Target::Current, &prepared, true)
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::warn!(%error, events = prepared.len(), "cannot apply to redis; redelivering later");
+                for message in &messages {
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return false;
+            }
+        };
+        let mut missing = false;
+        for ((message, event), outcome) in messages.iter().zip(&prepared).zip(outcomes) {
+            let ack = match outcome {
+                ApplyOutcome::Applied { book, .. } => {
+                    self.freshness
+                        .last_applied_ms
+                        .store(event.occurred_ms, Ordering::Relaxed);
+                    if let Some(book) = book {
+                        // No receiver is fine: nobody is waiting or watching.
+                        let _ = self.applied.send(Arc::new(book));
+                    }
+                    message.ack().await
+                }
+                ApplyOutcome::Duplicate => {
+                    tracing::debug!(aggregate = %event.aggregate_id, version = event.version, part = event.part, "duplicate skipped");
+                    message.ack().await
+                }
+                ApplyOutcome::Gap(cursor) => {
+                    tracing::warn!(
+                        aggregate_type = %event.aggregate_type,
+                        aggregate = %event.aggregate_id,
+                        version = event.version,
+                        part = event.part,
+                        cursor_version = cursor.version,
+                        cursor_part = cursor.part,
+                        stream_sequence = event.stream_sequence,
+                        "event ahead of its predecessor; retrying later"
+                    );
+                    message
+                        .ack_with(AckKind::Nak(Some(self.config.gap_retry())))
+                        .await
+                }
+                ApplyOutcome::NoGeneration => {
+                    missing = true;
+                    message.ack_with(AckKind::Nak(None)).await
+                }
+            };
+            if let Err(error) = ack {
+                tracing::warn!(%error, stream_sequence = event.stream_sequence, "ack failed; the event will be redelivered and skipped");
+            }
+        }
+        missing
+    }
+}
+
+/// Watches the mirror's contact with the hub and the health of Redis and the leaf, every
+/// quarter second, for `staleness_ms` and the health service.
+pub async fn monitor(
+    views: Views,
+    mirror: stream::Stream,
+    freshness: Arc<Freshness>,
+    health: tonic_health::server::HealthReporter,
+    services: Vec<&'static str>,
+    shutdown: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let redis_ok = views.ping().await.is_ok();
+        let leaf_ok = match mirror.get_info().await {
+            Ok(info) => {
+                if let Some(active) = info.mirror.and_then(|mirror| mirror.active) {
+                    freshness.record_contact(active);
+                }
+                true
+            }
+            Err(_) => false,
+        };
+        let now_serving = redis_ok && leaf_ok;
+        if serving != Some(now_serving) {
+            serving = Some(now_serving);
+            let status = if now_serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::warn!(redis_ok, leaf_ok, "dependencies not answering");
+                tonic_health::ServingStatus::NotServing
+            };
+            for service in std::iter::once("").chain(services.iter().copied()) {
+                health.set_service_status(service, status).await;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}

@@ -1,0 +1,709 @@
+//! Test harness: read regions served in-process on 127.0.0.1:0 against the real NATS leafs and
+//! Redis servers that `infra/up` started, each test isolated by its own hub stream (and
+//! subjects), mirror names and Redis key prefix; and a small stand-in for the relay that
+//! builds enriched event sets the way the relay publishes them.
+
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use ledger::{Position, format_decimal, parse_decimal};
+use prost::Message;
+use read_region::Config;
+use rust_decimal::Decimal;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use trading_proto::{
+    events::v1::{self as events, EnrichedEvent, EventEnvelope, enriched_event::Body},
+    portfolio::v1::{self as api, portfolio_service_client::PortfolioServiceClient},
+};
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn hub_url() -> String {
+    env_or("NATS_HUB_URL", "nats://127.0.0.1:4222")
+}
+
+pub fn tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+pub fn dec(text: &str) -> Decimal {
+    parse_decimal(text).expect("test decimal")
+}
+
+/// The relay's enriched stream, as a test creates it on the hub: a name and subjects no other
+/// test shares.
+pub struct HubStream {
+    pub name: String,
+    pub subject_prefix: String,
+    jetstream: jetstream::Context,
+}
+
+impl HubStream {
+    pub async fn create(tag: &str) -> anyhow::Result<Self> {
+        Self::create_at(&hub_url(), tag).await
+    }
+
+    pub async fn create_at(url: &str, tag: &str) -> anyhow::Result<Self> {
+        let client = async_nats::connect(url).await?;
+        let jetstream = jetstream::new(client);
+        let name = format!("T{tag}_ENRICHED");
+        let subject_prefix = format!("t{tag}.enriched");
+        jetstream
+            .create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{subject_prefix}.>")],
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Self {
+            name,
+            subject_prefix,
+            jetstream,
+        })
+    }
+
+    /// Publishes like the relay: account events on `.account.<id>`, instrument events on
+    /// `.market.<symbol>`, `Nats-Msg-Id` = event id (so a republished event de-duplicates).
+    pub async fn publish(&self, events: &[EnrichedEvent]) -> anyhow::Result<()> {
+        self.publish_with_ids(events, |event| event_id(event).to_owned())
+            .await
+    }
+
+    /// Publishes with message ids of the caller's choosing (a different id makes the hub
+    /// store a duplicate, as a republish after the de-duplication window would).
+    pub async fn publish_with_ids(
+        &self,
+        events: &[EnrichedEvent],
+        message_id: impl Fn(&EnrichedEvent) -> String,
+    ) -> anyhow::Result<()> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let envelope = event.envelope.as_ref().context("envelope")?;
+            let scope = if envelope.aggregate_type == "account" {
+                "account"
+            } else {
+                "market"
+            };
+            let subject = format!("{}.{scope}.{}", self.subject_prefix, envelope.aggregate_id);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", message_id(event).as_str());
+            acks.push(
+                self.jetstream
+                    .publish_with_headers(subject, headers, event.encode_to_vec().into())
+                    .await?,
+            );
+            if acks.len() >= 2000 {
+                for ack in acks.drain(..) {
+                    ack.await?;
+                }
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete(self) {
+        let _ = self.jetstream.delete_stream(&self.name).await;
+    }
+}
+
+pub fn event_id(event: &EnrichedEvent) -> &str {
+    event
+        .envelope
+        .as_ref()
+        .map_or("", |envelope| envelope.event_id.as_str())
+}
+
+/// A stand-in for the relay: keeps each aggregate's state and version and emits the enriched
+/// set each raw event becomes, numbered in parts.
+#[derive(Default)]
+pub struct Relay {
+    pub accounts: BTreeMap<String, AccountModel>,
+    pub instruments: BTreeMap<String, InstrumentModel>,
+    pub occurred_ms: Option<i64>,
+}
+
+#[derive(Default, Clone)]
+pub struct AccountModel {
+    pub version: u64,
+    pub cash: Decimal,
+    pub positions: BTreeMap<String, Position>,
+    pub trades: u64,
+}
+
+#[derive(Default, Clone)]
+pub struct InstrumentModel {
+    pub version: u64,
+    pub name: String,
+    pub sector: String,
+    pub price: Option<Decimal>,
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    prost_types::Timestamp {
+        seconds: now.as_secs() as i64,
+        nanos: (now.subsec_millis() * 1_000_000) as i32,
+    }
+}
+
+impl Relay {
+    fn occurred(&self) -> prost_types::Timestamp {
+        match self.occurred_ms {
+            Some(ms) => prost_types::Timestamp {
+                seconds: ms.div_euclid(1000),
+                nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+            },
+            None => now_timestamp(),
+        }
+    }
+
+    fn set(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        version: u64,
+        bodies: Vec<(&str, Body)>,
+    ) -> Vec<EnrichedEvent> {
+        let parts = bodies.len() as u32;
+        let occurred_at = self.occurred();
+        let raw_id = format!("{aggregate_type}-{aggregate_id}-{version}");
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(index, (event_type, body))| EnrichedEvent {
+                envelope: Some(EventEnvelope {
+                    event_id: format!("{raw_id}-{}", index + 1),
+                    event_type: event_type.into(),
+                    schema_version: 1,
+                    aggregate_type: aggregate_type.into(),
+                    aggregate_id: aggregate_id.into(),
+                    version,
+                    occurred_at: Some(occurred_at),
+                    correlation_id: format!("req-{raw_id}"),
+                    causation_id: raw_id.clone(),
+                    metadata: [("region".to_owned(), "us".to_owned())].into(),
+                }),
+                part: index as u32 + 1,
+                parts,
+                body: Some(body),
+            })
+            .collect()
+    }
+
+    pub fn open_account(&mut self, account_id: &str) -> Vec<EnrichedEvent> {
+        let account = self.accounts.entry(account_id.into()).or_default();
+        account.version += 1;
+        let version = account.version;
+        self.set(
+            "account",
+            account_id,
+            version,
+            vec![(
+                "AccountRegistered",
+                Body::AccountRegistered(events::AccountRegistered {
+                    account_id: account_id.into(),
+                    owner_name: "Test Owner".into(),
+                    base_currency: "USD".into(),
+                }),
+            )],
+        )
+    }
+
+    fn book(&self, account_id: &str) -> events::PortfolioValueUpdated {
+        let account = &self.accounts[account_id];
+        events::PortfolioValueUpdated {
+            account_id: account_id.into(),
+            cash_balance: format_decimal(account.cash),
+            positions: account
+                .positions
+                .iter()
+                .filter(|(_, position)| position.quantity > 0)
+                .map(|(symbol, position)| {
+                    let instrument = self.instruments.get(symbol).cloned().unwrap_or_default();
+                    let price = instrument.price.unwrap_or(position.average_cost);
+                    events::ValuedPosition {
+                        symbol: symbol.clone(),
+                        name: instrument.name,
+                        sector: instrument.sector,
+                        quantity: position.quantity,
+                        average_cost: format_decimal(position.average_cost),
+                        last_price: format_decimal(price),
+                        market_value: format_decimal(position.market_value(price)),
+                        unrealized_pnl: format_decimal(position.unrealized_pnl(price)),
+                        realized_pnl: format_decimal(position.realized_pnl),
+                    }
+                })
+                .collect(),
+            total_market_value: String::new(),
+            total_value: String::new(),
+            realized_pnl: format_decimal(account.positions.values().map(|p| p.realized_pnl).sum()),
+            unrealized_pnl: String::new(),
+        }
+    }
+
+    pub fn deposit(&mut self, account_id: &str, amount: &str) -> Vec<EnrichedEvent> {
+        let account = self.accounts.get_mut(account_id).expect("open account");
+        account.version += 1;
+        account.cash += dec(amount);
+        let (version, cash) = (account.version, account.cash);
+        let book = self.book(account_id);
+        self.set(
+            "account",
+            account_id,
+            version,
+            vec![
+                (
+                    "CashBalanceChanged",
+                    Body::CashBalanceChanged(events::CashBalanceChanged {
+                        account_id: account_id.into(),
+                        amount: amount.into(),
+                        cash_balance: format_decimal(cash),
+                        reason: "deposit".into(),
+                    }),
+                ),
+                ("PortfolioValueUpdated", Body::PortfolioValueUpdated(book)),
+            ],
+        )
+    }
+
+    pub fn instrument(&mut self, symbol: &str, name: &str, sector: &str) -> Vec<EnrichedEvent> {
+        let instrument = self.instruments.entry(symbol.into()).or_default();
+        instrument.version += 1;
+        instrument.name = name.into();
+        instrument.sector = sector.into();
+        let version = instrument.version;
+        self.set(
+            "instrument",
+            symbol,
+            version,
+            vec![(
+                "InstrumentReferenceUpdated",
+                Body::InstrumentReferenceUpdated(events::InstrumentReferenceUpdated {
+                    symbol: symbol.into(),
+                    name: name.into(),
+                    asset_class: "equity".into(),
+                    sector: sector.into(),
+                    currency: "USD".into(),
+                    tick_size: "0.01".into(),
+                    lot_size: 1,
+                    tradable: true,
+                }),
+            )],
+        )
+    }
+
+    /// A price move; `stop_loss` names accounts whose stop-loss it crosses.
+    pub fn price(&mut self, symbol: &str, price: &str, stop_loss: &[&str]) -> Vec<EnrichedEvent> {
+        let instrument = self.instruments.get_mut(symbol).expect("listed instrument");
+        instrument.version += 1;
+        let previous = instrument.price.map(format_decimal).unwrap_or_default();
+        instrument.price = Some(dec(price));
+        let version = instrument.version;
+        let mut bodies = vec![(
+            "MarketPriceChanged",
+            Body::MarketPriceChanged(events::MarketPriceChanged {
+                symbol: symbol.into(),
+                price: price.into(),
+                previous_price: previous,
+            }),
+        )];
+        for account in stop_loss {
+            bodies.push((
+                "RiskThresholdBreached",
+                Body::RiskThresholdBreached(events::RiskThresholdBreached {
+                    account_id: (*account).into(),
+                    rule: "stop_loss".into(),
+                    symbol: symbol.into(),
+                    observed: price.into(),
+                    threshold: "0.1".into(),
+                    detail: "price fell below the stop-loss".into(),
+                }),
+            ));
+        }
+        self.set("instrument", symbol, version, bodies)
+    }
+
+    /// A fill at the instrument's current price; `concentration` adds that alert.
+    pub fn trade(
+        &mut self,
+        account_id: &str,
+        symbol: &str,
+        side: &str,
+        quantity: i64,
+        concentration: bool,
+    ) -> Vec<EnrichedEvent> {
+        let instrument = self.instruments[symbol].clone();
+        let price = instrument.price.expect("priced instrument");
+        let account = self.accounts.get_mut(account_id).expect("open account");
+        account.version += 1;
+        account.trades += 1;
+        let version = account.version;
+        let position = account.positions.entry(symbol.into()).or_default();
+        let cost_before = position.average_cost;
+        let notional = price * Decimal::from(quantity);
+        let realized = if side == "BUY" {
+            position.buy(quantity, price);
+            account.cash -= notional;
+            Decimal::ZERO
+        } else {
+            account.cash += notional;
+            position.sell(quantity, price)
+        };
+        let position = position.clone();
+        let trade = events::TradeProfitCalculated {
+            account_id: account_id.into(),
+            trade_id: format!("trade-{account_id}-{version}"),
+            order_id: format!("order-{account_id}-{version}"),
+            client_order_id: format!("client-{version}"),
+            symbol: symbol.into(),
+            instrument_name: instrument.name.clone(),
+            sector: instrument.sector.clone(),
+            currency: "USD".into(),
+            side: side.into(),
+            quantity,
+            price: format_decimal(price),
+            notional: format_decimal(notional),
+            realized_pnl: format_decimal(realized),
+            average_cost_before: format_decimal(cost_before),
+            average_cost_after: format_decimal(position.average_cost),
+            position_quantity_after: position.quantity,
+        };
+        let book = self.book(account_id);
+        let mut bodies = vec![
+            ("TradeProfitCalculated", Body::TradeProfitCalculated(trade)),
+            ("PortfolioValueUpdated", Body::PortfolioValueUpdated(book)),
+        ];
+        if concentration {
+            bodies.push((
+                "RiskThresholdBreached",
+                Body::RiskThresholdBreached(events::RiskThresholdBreached {
+                    account_id: account_id.into(),
+                    rule: "concentration".into(),
+                    symbol: symbol.into(),
+                    observed: "0.6".into(),
+                    threshold: "0.25".into(),
+                    detail: "position above a quarter of the portfolio".into(),
+                }),
+            ));
+        }
+        self.set("account", account_id, version, bodies)
+    }
+}
+
+/// Whose Redis and leaf a read region uses.
+#[derive(Clone)]
+pub struct Site {
+    pub region: String,
+    pub nats_url: String,
+    pub js_domain: String,
+    pub redis_url: String,
+}
+
+pub fn eu() -> Site {
+    Site {
+        region: "eu".into(),
+        nats_url: env_or("NATS_EU_URL", "nats://127.0.0.1:4223"),
+        js_domain: "eu".into(),
+        redis_url: env_or("REDIS_EU_URL", "redis://127.0.0.1:6380"),
+    }
+}
+
+pub fn ap() -> Site {
+    Site {
+        region: "ap".into(),
+        nats_url: env_or("NATS_AP_URL", "nats://127.0.0.1:4224"),
+        js_domain: "ap".into(),
+        redis_url: env_or("REDIS_AP_URL", "redis://127.0.0.1:6381"),
+    }
+}
+
+/// A configuration no other test shares, reading `hub`.
+pub fn isolated_config(site: &Site, hub: &HubStream, tag: &str) -> Config {
+    Config {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        region: site.region.clone(),
+        nats_url: site.nats_url.clone(),
+        js_domain: site.js_domain.clone(),
+        hub_stream: hub.name.clone(),
+        mirror_stream: format!("T{tag}_MIRROR_{}", site.region.to_uppercase()),
+        consumer_name: format!("t{tag}-projector"),
+        redis_url: site.redis_url.clone(),
+        key_prefix: format!("t{tag}:{}", site.region),
+        gap_retry_ms: 200,
+        shutdown_grace_ms: 3_000,
+        ..Config::default()
+    }
+}
+
+/// A read region running in this process.
+pub struct ReadRegion {
+    pub config: Config,
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), read_region::RunError>>,
+}
+
+impl ReadRegion {
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(read_region::run(config.clone(), listener, shutdown.clone()));
+        let channel = connect(addr).await?;
+        Ok(Self {
+            config,
+            addr,
+            channel,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn client(&self) -> PortfolioServiceClient<Channel> {
+        PortfolioServiceClient::new(self.channel.clone())
+    }
+
+    pub async fn portfolio(&self, account_id: &str) -> Result<api::Portfolio, tonic::Status> {
+        self.client()
+            .get_portfolio(api::GetPortfolioRequest {
+                account_id: account_id.into(),
+                min_version: 0,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Waits (bounded) until the account's view reaches `version`, via `min_version`.
+    pub async fn portfolio_at(
+        &self,
+        account_id: &str,
+        version: u64,
+        within: Duration,
+    ) -> anyhow::Result<api::Portfolio> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut request = tonic::Request::new(api::GetPortfolioRequest {
+                account_id: account_id.into(),
+                min_version: version,
+            });
+            request.set_timeout(Duration::from_secs(2));
+            match self.client().get_portfolio(request).await {
+                Ok(portfolio) => return Ok(portfolio.into_inner()),
+                Err(status) if tokio::time::Instant::now() < deadline => {
+                    tracing_free_pause(&status).await;
+                }
+                Err(status) => anyhow::bail!(
+                    "{} never reached version {version} of {account_id}: {status}",
+                    self.config.region
+                ),
+            }
+        }
+    }
+
+    /// Stops the server and removes its mirror and Redis keys.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .context("read region did not stop")???;
+        Ok(())
+    }
+}
+
+async fn tracing_free_pause(_status: &tonic::Status) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Removes what a test left in the leaf and in Redis (best effort).
+pub async fn clean_up(config: &Config) {
+    if let Ok(client) = async_nats::connect(&config.nats_url).await {
+        let jetstream = jetstream::with_domain(client, &config.js_domain);
+        let _ = jetstream.delete_stream(&config.mirror_stream).await;
+    }
+    if let Ok(keys) = redis_keys(&config.redis_url, &format!("{}:*", config.key_prefix)).await
+        && let Ok(client) = redis::Client::open(config.redis_url.as_str())
+        && let Ok(mut connection) = client.get_multiplexed_async_connection().await
+    {
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut connection)
+                .await;
+        }
+    }
+}
+
+pub async fn redis_keys(url: &str, pattern: &str) -> anyhow::Result<Vec<String>> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut cursor = 0_u64;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// Every key of one generation, by its name after the generation prefix, read type-aware
+/// (field order inside a hash or set does not matter; list and sorted-set order does).
+pub async fn generation_contents(
+    url: &str,
+    key_prefix: &str,
+    generation: u64,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let prefix = format!("{key_prefix}:g{generation}:");
+    let keys = redis_keys(url, &format!("{prefix}*")).await?;
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut contents = BTreeMap::new();
+    for key in keys {
+        let name = key[prefix.len()..].to_owned();
+        if name == "meta" {
+            continue; // creation time and stream position are the generation's own
+        }
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await?;
+        let value = match kind.as_str() {
+            "hash" => {
+                let map: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await?;
+                format!("{map:?}")
+            }
+            "set" => {
+                let mut members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await?;
+                members.sort();
+                format!("{members:?}")
+            }
+            "zset" => {
+                let members: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut connection)
+                    .await?;
+                format!("{members:?}")
+            }
+            "list" => {
+                let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut connection)
+                    .await?;
+                format!("{items:?}")
+            }
+            "string" => {
+                let value: Vec<u8> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await?;
+                format!("{value:?}")
+            }
+            other => anyhow::bail!("unexpected redis type {other} for {key}"),
+        };
+        contents.insert(name, format!("{kind} {value}"));
+    }
+    Ok(contents)
+}
+
+pub async fn current_generation(url: &str, key_prefix: &str) -> anyhow::Result<Option<u64>> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    Ok(redis::cmd("GET")
+        .arg(format!("{key_prefix}:current"))
+        .query_async(&mut connection)
+        .await?)
+}
+
+/// Connects to a gRPC server, waiting (bounded) until it accepts connections.
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(format!("http://{addr}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(error) if tokio::time::Instant::now() > deadline => {
+                return Err(error).context("read region never accepted connections");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A port nothing listened on a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A directory of its own under the system temp dir, removed on drop.
+pub struct ScratchDir(pub std::path::PathBuf);
+
+impl ScratchDir {
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("{label}-{}", tag()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `check` until it returns Ok(Some), bounded by `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(last_error.unwrap_or_else(|| anyhow::anyhow!("condition never held")))
+                .context(format!("not reached within {within:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
