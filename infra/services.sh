@@ -11,7 +11,7 @@ grpc_serving() { "$SERVICE_BIN_DIR/grpc-health-probe" "$1" >/dev/null 2>&1; }
 
 build_services() {
     log "building the services (cargo build --release; the first build takes minutes)"
-    (cd "$REPO_DIR" && cargo build --release --locked -p write-region -p relay -p platform --bins) ||
+    (cd "$REPO_DIR" && cargo build --release --locked -p write-region -p relay -p read-region -p platform --bins) ||
         die "services: cargo build failed"
 }
 
@@ -27,4 +27,19 @@ start_services() {
         RELAY_NATS_URL="$NATS_HUB_URL" \
         start_component relay "${HUB_RELAY_ADDR%:*}" "${HUB_RELAY_ADDR##*:}" 120 \
         grpc_serving "$HUB_RELAY_ADDR" -- "$SERVICE_BIN_DIR/relay"
+    start_read_region eu "$READ_EU_ADDR" "$NATS_EU_URL" "$REDIS_EU_URL"
+    start_read_region ap "$READ_AP_ADDR" "$NATS_AP_URL" "$REDIS_AP_URL"
+}
+
+# start_read_region REGION ADDR LEAF_NATS_URL REDIS_URL: the region's view of the hub's
+# enriched stream, mirrored into its own leaf's JetStream domain (named after the region).
+start_read_region() {
+    local region=$1 addr=$2 nats=$3 redis=$4
+    READ_REGION_REGION="$region" \
+        READ_REGION_LISTEN_ADDR="$addr" \
+        READ_REGION_NATS_URL="$nats" \
+        READ_REGION_JS_DOMAIN="$region" \
+        READ_REGION_REDIS_URL="$redis" \
+        start_component "read-region-$region" "${addr%:*}" "${addr##*:}" 120 \
+        grpc_serving "$addr" -- "$SERVICE_BIN_DIR/read-region"
 }
