@@ -126,6 +126,48 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .context("nats-server is not running")
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is read or answered,
+    /// as when the server hangs or the network drops packets silently.
+    async fn freeze(&self) -> anyhow::Result<()> {
+        let status = tokio::process::Command::new("kill")
+            .args(["-STOP", &self.pid()?.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -STOP failed: {status}");
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL): whatever clients wrote to it and it had not read is lost.
+    async fn crash(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("nats-server is not running")?;
+        child.start_kill()?;
+        tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .context("nats-server survived SIGKILL")??;
+        Ok(())
+    }
+}
+
+/// How NATS goes away in an outage test.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// Stopped cleanly, later started again.
+    Stopped,
+    /// Hung for the whole outage, then killed and started again: the publishes the write
+    /// region's client wrote into the hung connection are lost, so only the outbox's own
+    /// retries and markers can bring those events out (a client buffer replaying on reconnect
+    /// cannot).
+    HungThenKilled,
+}
+
 fn envelope(event: &RawEvent) -> trading_proto::events::v1::EventEnvelope {
     event.envelope.clone().unwrap_or_default()
 }
@@ -169,6 +211,18 @@ async fn assert_each_account_complete_and_ordered(
 #[tokio::test]
 async fn orders_commit_while_nats_is_down_and_publish_once_in_order_when_it_returns()
 -> anyhow::Result<()> {
+    outage_scenario(Outage::Stopped).await
+}
+
+#[tokio::test]
+async fn orders_commit_while_nats_hangs_and_publish_once_in_order_after_it_restarts()
+-> anyhow::Result<()> {
+    outage_scenario(Outage::HungThenKilled).await
+}
+
+/// Three accounts trade with NATS up, then through an outage, then NATS returns: every
+/// command commits throughout and every event reaches the raw stream once, in order.
+async fn outage_scenario(outage: Outage) -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
     let region = WriteRegion::start_with(write_region::Config {
         nats_url: nats.url(),
@@ -204,7 +258,10 @@ async fn orders_commit_while_nats_is_down_and_publish_once_in_order_when_it_retu
     .await?;
     assert_each_account_complete_and_ordered(&region, &published, &accounts).await?;
 
-    nats.stop().await?;
+    match outage {
+        Outage::Stopped => nats.stop().await?,
+        Outage::HungThenKilled => nats.freeze().await?,
+    }
     let outage_began = tokio::time::Instant::now();
     // Interleaved across accounts, a deposit and a fill each round: all must commit while
     // the outbox cannot publish.
@@ -220,8 +277,8 @@ async fn orders_commit_while_nats_is_down_and_publish_once_in_order_when_it_retu
                 }),
             )
             .await
-            .context("a deposit hung while nats was down")?
-            .context("a deposit failed while nats was down")?;
+            .with_context(|| format!("a deposit hung during the outage ({outage:?})"))?
+            .with_context(|| format!("a deposit failed during the outage ({outage:?})"))?;
             assert_eq!(deposit.into_inner().account_version, 5 + 2 * round);
             let fill = tokio::time::timeout(
                 Duration::from_secs(15),
@@ -234,15 +291,17 @@ async fn orders_commit_while_nats_is_down_and_publish_once_in_order_when_it_retu
                 )),
             )
             .await
-            .context("an order hung while nats was down")?
-            .context("an order failed while nats was down")?;
+            .with_context(|| format!("an order hung during the outage ({outage:?})"))?
+            .with_context(|| format!("an order failed during the outage ({outage:?})"))?;
             assert_eq!(fill.into_inner().account_version, 6 + 2 * round);
         }
     }
-    // Stay down longer than a JetStream publish waits for its ack (5 s), so the outbox's
-    // first attempts fail and it has to retry, not merely flush a buffer on reconnect.
+    // Stay away longer than a JetStream publish waits for its ack (5 s), so the outbox's
+    // first attempts fail and it has to retry.
     tokio::time::sleep_until(outage_began + Duration::from_secs(7)).await;
-
+    if let Outage::HungThenKilled = outage {
+        nats.crash().await?;
+    }
     nats.restart().await?;
     let expected: u64 = accounts.len() as u64 * 10;
     let events = support::read_stream(
@@ -274,11 +333,6 @@ async fn orders_commit_while_nats_is_down_and_publish_once_in_order_when_it_retu
     nats.stop().await
 }
 
-/// Settings for the binary tests: a shared hub NATS, isolated keyspace and streams.
-fn process_config() -> write_region::Config {
-    support::isolated_config()
-}
-
 async fn event_count_on(nats_url: &str, stream: &str) -> anyhow::Result<Option<u64>> {
     let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
     match jetstream.get_stream(stream).await {
@@ -290,7 +344,7 @@ async fn event_count_on(nats_url: &str, stream: &str) -> anyhow::Result<Option<u
 #[tokio::test]
 async fn a_process_aborted_right_after_a_commit_publishes_the_trade_after_restart()
 -> anyhow::Result<()> {
-    let config = process_config();
+    let config = support::isolated_config();
     let setup = WriteRegionProcess::spawn(&config).await?;
     support::funded_account_via(&setup.channel, "eve", "10000").await?;
     support::priced_instrument_via(&setup.channel, "AAPL", "100.00").await?;
@@ -416,7 +470,7 @@ async fn a_process_aborted_right_after_a_commit_publishes_the_trade_after_restar
 #[tokio::test]
 async fn a_process_killed_after_answering_publishes_everything_after_restart() -> anyhow::Result<()>
 {
-    let config = process_config();
+    let config = support::isolated_config();
     // NATS is unreachable for the first process, so everything it commits is still pending
     // when SIGKILL lands: only the markers can bring the events out.
     let unreachable = write_region::Config {

@@ -25,7 +25,13 @@ async fn excess_requests_are_shed_and_accepted_ones_are_recorded() -> anyhow::Re
         let account = accounts[i % accounts.len()].clone();
         async move {
             client
-                .place_order(order(&account, &format!("o-{i}"), "AAPL", api::Side::Buy, 1))
+                .place_order(order(
+                    &account,
+                    &format!("o-{i}"),
+                    "AAPL",
+                    api::Side::Buy,
+                    1,
+                ))
                 .await
                 .map(|response| (account, response.into_inner()))
         }
@@ -35,14 +41,27 @@ async fn excess_requests_are_shed_and_accepted_ones_are_recorded() -> anyhow::Re
         .iter()
         .filter(|result| matches!(result, Err(status) if status.code() == Code::ResourceExhausted))
         .count();
-    let accepted: Vec<_> = results.iter().filter_map(|result| result.as_ref().ok()).collect();
-    assert!(shed > 0, "80 concurrent orders against a limit of 2 must shed some");
+    let accepted: Vec<_> = results
+        .iter()
+        .filter_map(|result| result.as_ref().ok())
+        .collect();
+    assert!(
+        shed > 0,
+        "80 concurrent orders against a limit of 2 must shed some"
+    );
     assert!(!accepted.is_empty(), "and still serve some");
-    assert_eq!(shed + accepted.len(), results.len(), "no other failure: {results:?}");
+    assert_eq!(
+        shed + accepted.len(),
+        results.len(),
+        "no other failure: {results:?}"
+    );
 
     // Every accepted order is in the write model: each account holds exactly its fills.
     for account in &accounts {
-        let fills = accepted.iter().filter(|(owner, _)| owner == account).count() as i64;
+        let fills = accepted
+            .iter()
+            .filter(|(owner, _)| owner == account)
+            .count() as i64;
         let state = region
             .accounts()
             .get_account(api::GetAccountRequest {
@@ -50,7 +69,10 @@ async fn excess_requests_are_shed_and_accepted_ones_are_recorded() -> anyhow::Re
             })
             .await?
             .into_inner();
-        let held = state.positions.first().map_or(0, |position| position.quantity);
+        let held = state
+            .positions
+            .first()
+            .map_or(0, |position| position.quantity);
         assert_eq!(held, fills, "{account}");
         assert_eq!(state.version, 2 + fills as u64);
     }

@@ -1,6 +1,6 @@
-//! Stopping the write region with SIGTERM: requests already in flight finish (or are refused
-//! cleanly with UNAVAILABLE), nothing a client was told is lost, the outbox publishes what it
-//! holds, and the process exits with status 0.
+//! Stopping the write region with SIGTERM: requests already in flight finish, requests that
+//! arrive during shutdown are refused without hanging, nothing a client was told is lost, the
+//! outbox publishes what it holds, and the process exits with status 0.
 
 mod support;
 
@@ -18,11 +18,18 @@ use trading_proto::{
     },
 };
 
-const ACCOUNTS: [&str; 5] = ["hal", "ivy", "jon", "kim", "lou"];
+const ACCOUNTS: [&str; 2] = ["hal", "ivy"];
+const INITIAL_CASH: i64 = 10_000;
+const PRICE: i64 = 100;
+const DEPOSIT: i64 = 10;
+/// Requests in flight when the signal lands: commands on one account run one at a time, so a
+/// burst on few accounts stays in flight long after its first answer.
 const BURST: usize = 50;
+/// Deposits sent just after the signal, as clients of a service being restarted would.
+const LATE: usize = 10;
 
-/// One request of the burst: a buy of one share at 100 or a deposit of 10, each under its own
-/// idempotency key so it can be retried safely.
+/// One request: a buy of one share or a deposit, each under its own idempotency key so it can
+/// be retried safely.
 #[derive(Debug, Clone)]
 enum Request {
     Buy { account: String, key: String },
@@ -30,23 +37,35 @@ enum Request {
 }
 
 impl Request {
-    fn burst() -> Vec<Self> {
-        (0..BURST)
-            .map(|index| {
-                let account = ACCOUNTS[index % ACCOUNTS.len()].to_owned();
-                let key = format!("burst-{index}");
-                if index % 2 == 0 {
-                    Self::Buy { account, key }
-                } else {
-                    Self::Deposit { account, key }
-                }
-            })
-            .collect()
+    /// The burst, then the late deposits.
+    fn all() -> Vec<Self> {
+        let account = |index: usize| ACCOUNTS[index % ACCOUNTS.len()].to_owned();
+        let burst = (0..BURST).map(|index| {
+            let (account, key) = (account(index), format!("burst-{index}"));
+            if (index / ACCOUNTS.len()).is_multiple_of(2) {
+                Self::Buy { account, key }
+            } else {
+                Self::Deposit { account, key }
+            }
+        });
+        let late = (0..LATE).map(|index| Self::Deposit {
+            account: account(index),
+            key: format!("late-{index}"),
+        });
+        burst.chain(late).collect()
     }
 
     fn account(&self) -> &str {
         match self {
             Self::Buy { account, .. } | Self::Deposit { account, .. } => account,
+        }
+    }
+
+    /// What the request does to its account's cash.
+    fn cash_change(&self) -> i64 {
+        match self {
+            Self::Buy { .. } => -PRICE,
+            Self::Deposit { .. } => DEPOSIT,
         }
     }
 
@@ -60,7 +79,7 @@ impl Request {
             Self::Deposit { account, key } => AccountServiceClient::new(channel)
                 .deposit(api::DepositRequest {
                     account_id: account.clone(),
-                    amount: "10".into(),
+                    amount: DEPOSIT.to_string(),
                     idempotency_key: key.clone(),
                 })
                 .await
@@ -82,6 +101,64 @@ impl Request {
     }
 }
 
+type Answer = (usize, Result<u64, Status>, Instant);
+
+/// Sends `requests[range]` concurrently, each reporting its answer and when it came.
+fn launch(
+    requests: &[Request],
+    range: std::ops::Range<usize>,
+    channels: &[Channel],
+    done: &tokio::sync::mpsc::UnboundedSender<Answer>,
+) {
+    for index in range {
+        let channel = channels[index % channels.len()].clone();
+        let request = requests[index].clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let result = request.send(channel).await;
+            let _ = done.send((index, result, Instant::now()));
+        });
+    }
+}
+
+/// A SIGTERM armed in advance. Starting a process from the test takes up to tens of
+/// milliseconds, as long as a whole burst may take, so a shell already waiting on its stdin
+/// sends the signal the moment that pipe closes.
+struct ArmedSigterm {
+    shell: tokio::process::Child,
+    trigger: Option<tokio::process::ChildStdin>,
+}
+
+impl ArmedSigterm {
+    fn arm(pid: u32) -> anyhow::Result<Self> {
+        let mut shell = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("read line; exec kill -TERM {pid}"))
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start sh")?;
+        let trigger = shell.stdin.take();
+        Ok(Self { shell, trigger })
+    }
+
+    /// Sends the signal and returns once it is delivered.
+    async fn fire(mut self) -> anyhow::Result<()> {
+        drop(self.trigger.take());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.shell.wait())
+            .await
+            .context("kill did not return")??;
+        anyhow::ensure!(status.success(), "kill -TERM failed: {status}");
+        Ok(())
+    }
+}
+
+/// Whether the client's transport produced `status` (the request never reached a handler).
+fn from_client_transport(status: &Status) -> bool {
+    std::error::Error::source(status)
+        .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
 /// The raw stream's events by (account, version).
 fn index(events: &[RawEvent]) -> BTreeMap<(String, u64), &RawEvent> {
     events
@@ -93,52 +170,44 @@ fn index(events: &[RawEvent]) -> BTreeMap<(String, u64), &RawEvent> {
         .collect()
 }
 
-#[tokio::test]
-async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly()
--> anyhow::Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly() -> anyhow::Result<()>
+{
     let config = support::isolated_config();
     let mut process = WriteRegionProcess::spawn(&config).await?;
-    support::priced_instrument_via(&process.channel, "AAPL", "100.00").await?;
+    support::priced_instrument_via(&process.channel, "AAPL", &PRICE.to_string()).await?;
     for account in ACCOUNTS {
-        support::funded_account_via(&process.channel, account, "1000").await?;
+        support::funded_account_via(&process.channel, account, &INITIAL_CASH.to_string()).await?;
     }
     let mut channels = Vec::new();
     for _ in 0..5 {
         channels.push(support::connect(process.addr).await?);
     }
+    let requests = Request::all();
+    let sigterm = ArmedSigterm::arm(process.pid()?)?;
 
-    let requests = Request::burst();
     let (done, mut answers) = tokio::sync::mpsc::unbounded_channel();
-    for (index, request) in requests.iter().enumerate() {
-        let channel = channels[index % channels.len()].clone();
-        let request = request.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let result = request.send(channel).await;
-            let _ = done.send((index, result, Instant::now()));
-        });
-    }
-    drop(done);
-    // The first answer means the whole burst is on the wire; commands on one account run one
-    // at a time, so most of it is still in flight when the signal lands.
+    launch(&requests, 0..BURST, &channels, &done);
+    // The first answer means the burst is on the wire and being served.
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = tokio::time::timeout_at(deadline, answers.recv())
         .await
         .context("no request of the burst was answered")?
         .context("every request task vanished")?;
-    process.terminate().await?;
+    sigterm.fire().await?;
     let signalled = Instant::now();
+    launch(&requests, BURST..requests.len(), &channels, &done);
+    drop(done);
     let mut results = vec![first];
-    while results.len() < BURST {
+    while results.len() < requests.len() {
         match tokio::time::timeout_at(deadline, answers.recv()).await {
             Ok(Some(answer)) => results.push(answer),
-            Ok(None) => break,
-            Err(_) => break,
+            Ok(None) | Err(_) => break,
         }
     }
     assert_eq!(
         results.len(),
-        BURST,
+        requests.len(),
         "requests hung after SIGTERM:\n{}",
         process.log()
     );
@@ -148,7 +217,6 @@ async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly()
         "write-region exited with {status}:\n{}",
         process.log()
     );
-    assert!(process.log().contains("write region stopped"));
 
     let mut succeeded = BTreeMap::new();
     let mut refused = Vec::new();
@@ -157,19 +225,24 @@ async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly()
         match result {
             Ok(version) => {
                 succeeded.insert(index, version);
-                if finished > signalled {
+                if index < BURST && finished > signalled {
                     finished_after_signal += 1;
                 }
             }
             Err(status) if status.code() == Code::Unavailable => refused.push(index),
-            Err(status) => panic!("request {index} failed uncleanly: {status:?}"),
+            // A request sent after the signal may race the server's GOAWAY on a connection
+            // it is closing; the client's own transport then fails it (as CANCELLED or an h2
+            // error, depending on the moment) before any handler saw it.
+            Err(status) if index >= BURST && from_client_transport(&status) => {
+                refused.push(index);
+            }
+            Err(status) => panic!("{:?} failed uncleanly: {status:?}", requests[index]),
         }
     }
-    eprintln!("DEBUG ok={} after={} refused={}", succeeded.len(), finished_after_signal, refused.len());
     assert!(
         finished_after_signal > 0,
-        "no in-flight request finished after SIGTERM ({} succeeded, {} refused): the test \
-         did not catch any request in flight, or the server cut them off",
+        "no request of the burst finished after SIGTERM ({} succeeded, {} refused): the test \
+         caught none in flight, or the server cut them off",
         succeeded.len(),
         refused.len()
     );
@@ -214,34 +287,39 @@ async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly()
             .await
             .with_context(|| format!("retrying {:?}", requests[request_index]))?;
     }
+    let mut expected_events = 0;
     for account in ACCOUNTS {
+        let mine: Vec<&Request> = requests.iter().filter(|r| r.account() == account).collect();
+        let cash = INITIAL_CASH + mine.iter().map(|r| r.cash_change()).sum::<i64>();
+        // Open, initial deposit, then every request exactly once.
+        let version = 2 + mine.len() as u64;
         let state = accounts
             .get_account(api::GetAccountRequest {
                 account_id: account.into(),
             })
             .await?
             .into_inner();
-        // Open, deposit, 5 buys of 100 and 5 deposits of 10, each exactly once.
         assert_eq!(
-            (state.version, state.cash_balance.as_str()),
-            (12, "550"),
+            (state.version, state.cash_balance),
+            (version, cash.to_string()),
             "{account}"
         );
+        expected_events += version as usize;
     }
     let events = support::read_stream(
         &config.nats_url,
         &config.account_stream,
-        12 * ACCOUNTS.len(),
+        expected_events,
         Duration::from_secs(30),
     )
     .await?;
-    assert_eq!(events.len(), 12 * ACCOUNTS.len(), "every event once");
+    assert_eq!(events.len(), expected_events, "every event once");
     let by_account = support::versions_by_aggregate(&events);
     for account in ACCOUNTS {
-        assert_eq!(
-            by_account.get(account),
-            Some(&(1..=12).collect::<Vec<u64>>()),
-            "{account}"
+        let versions = &by_account[account];
+        assert!(
+            versions.iter().copied().eq(1..=versions.len() as u64),
+            "{account}: {versions:?}"
         );
     }
     for request in &requests {

@@ -426,10 +426,13 @@ impl WriteRegionProcess {
         log_tail(&self.log)
     }
 
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("write-region already reaped")
+    }
+
     /// Sends SIGTERM, as an orchestrator stopping the service would.
     pub async fn terminate(&self) -> anyhow::Result<()> {
-        let pid = self.child.id().context("write-region already reaped")?;
-        send_sigterm(pid).await
+        send_sigterm(self.pid()?).await
     }
 
     /// Sends SIGKILL: the process gets no chance to finish anything.
