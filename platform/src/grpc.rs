@@ -30,3 +30,9 @@ pub fn add_standard_services(
         .add_service(reflection_v1alpha);
     Ok(reporter)
 }
+
+/// The connections a server accepts on `listener`, with Nagle's algorithm off: small gRPC
+/// responses would otherwise wait for the client's delayed ACK (about 40 ms each).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}

@@ -14,7 +14,6 @@ pub mod views;
 use std::{sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::broadcast, task::JoinSet};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use trading_proto::portfolio::v1::portfolio_service_server::PortfolioServiceServer;
@@ -105,7 +104,10 @@ pub async fn run(
     );
     let served = tonic::transport::Server::builder()
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            platform::grpc::incoming(listener),
+            shutdown.cancelled_owned(),
+        )
         .await;
     workers_stop.cancel();
     if tokio::time::timeout(config.shutdown_grace(), async {

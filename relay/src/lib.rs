@@ -14,7 +14,6 @@ pub mod upcast;
 use std::{sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -52,7 +51,10 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "relay serving health");
     let served = tonic::transport::Server::builder()
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            platform::grpc::incoming(listener),
+            shutdown.cancelled_owned(),
+        )
         .await;
     let grace = Duration::from_millis(pipeline.config.shutdown_grace_ms);
     if tokio::time::timeout(grace, pipeline.stopped())

@@ -14,7 +14,6 @@ pub mod store;
 use std::{sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -116,7 +115,10 @@ pub async fn run(
                 .into_inner(),
         )
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            platform::grpc::incoming(listener),
+            shutdown.cancelled_owned(),
+        )
         .await;
 
     // In-flight requests are done; give the outbox the grace period to publish their events.
