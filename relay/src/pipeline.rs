@@ -203,11 +203,14 @@ impl Pipeline {
                         () = shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    // Back to the last stored state: the failed batch may have half-applied.
+                    // Back to the last stored state of this loop's own entries: the failed
+                    // batch may have half-applied them. The other loop's entries stay: it may be
+                    // mid-batch, and rolled back under its feet it would store them older than
+                    // its checkpoint, and refuse every later event of those aggregates.
                     match self.store.load().await {
-                        Ok(state) => {
+                        Ok(stored) => {
                             if let Ok(mut current) = self.state.lock() {
-                                *current = state;
+                                self.restore(source, &mut current, stored);
                             }
                         }
                         Err(error) => tracing::warn!(%error, "cannot reload relay state"),
@@ -215,6 +218,23 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Replaces the entries `source`'s loop owns (and its checkpoint) with `stored`'s.
+    fn restore(&self, source: Source, current: &mut RelayState, mut stored: RelayState) {
+        match source {
+            Source::Accounts => {
+                current.books = stored.books;
+                current.holders = stored.holders;
+            }
+            Source::Market => {
+                current.instruments = stored.instruments;
+                current.stop_loss = stored.stop_loss;
+            }
+        }
+        let stream = self.stream_name(source);
+        let checkpoint = stored.checkpoints.remove(stream).unwrap_or(0);
+        current.checkpoints.insert(stream.to_owned(), checkpoint);
     }
 
     async fn consume(
