@@ -125,6 +125,22 @@ impl PortfolioApi {
         }
     }
 
+    /// The book once it has reached `min_version`, `None` before. With a `min_version`, an
+    /// account this region has not heard of yet is waited for like any other version: the
+    /// write that opened it may still be on its way here.
+    async fn book_at_least(
+        &self,
+        account_id: &str,
+        min_version: u64,
+    ) -> Result<Option<Book>, ApiError> {
+        match self.book(account_id).await {
+            Ok(book) if book.version >= min_version => Ok(Some(book)),
+            Ok(_) => Ok(None),
+            Err(ApiError::AccountNotFound(_)) if min_version > 0 => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     fn portfolio(&self, book: &Book) -> api::Portfolio {
         let valuation = model::value(book);
         api::Portfolio {
@@ -168,8 +184,7 @@ impl PortfolioApi {
         let mut applied = self.applied.subscribe();
         let deadline = tokio::time::Instant::now() + budget;
         loop {
-            let book = self.book(account).await?;
-            if book.version >= request.min_version {
+            if let Some(book) = self.book_at_least(account, request.min_version).await? {
                 return Ok(self.portfolio(&book));
             }
             // Woken by the projector when this account reaches the version; the short poll
@@ -193,15 +208,19 @@ impl PortfolioApi {
             };
             if reached {
                 // One last read: the version may have arrived with the deadline.
-                let book = self.book(account).await?;
-                if book.version >= request.min_version {
+                if let Some(book) = self.book_at_least(account, request.min_version).await? {
                     return Ok(self.portfolio(&book));
                 }
+                let reached = match self.book(account).await {
+                    Ok(book) => book.version,
+                    Err(ApiError::AccountNotFound(_)) => 0,
+                    Err(error) => return Err(error),
+                };
                 return Err(ApiError::VersionNotReached {
                     account_id: account.to_owned(),
                     region: self.region.clone(),
                     wanted: request.min_version,
-                    reached: book.version,
+                    reached,
                 });
             }
         }
