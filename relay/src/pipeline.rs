@@ -1,9 +1,11 @@
-//! consume -> enrich -> publish. One loop per raw stream (accounts, market), each strictly in
-//! stream order, so per-aggregate order holds by construction. A loop takes a batch, enriches
-//! it in memory, publishes every output (awaiting the acks), stores its state and checkpoint,
-//! and only then acknowledges the batch. A crash anywhere replays from the checkpoint: events
-//! already applied are recognized by version and skipped, and republished outputs carry the
-//! same deterministic ids, which JetStream de-duplicates.
+//! consume -> enrich -> journal -> publish. One loop per raw stream (accounts, market), each
+//! strictly in stream order, so per-aggregate order holds by construction. A loop takes a
+//! batch, enriches it in memory, stores the batch's outputs and state as one journal entry,
+//! publishes every output (awaiting the acks), stores its state and checkpoint, and only then
+//! acknowledges the batch. A crash before the journal entry is stored replays from the
+//! checkpoint (nothing of the batch was published); a crash after it finishes the entry on
+//! restart, republishing exactly what was enriched, under the same ids, which JetStream
+//! de-duplicates and version-checking consumers skip.
 
 use std::{
     collections::HashSet,
@@ -26,7 +28,7 @@ use trading_proto::events::v1::{EnrichedEvent, EventEnvelope, RawEvent, enriched
 use crate::{
     config::Config,
     enrich::{self, EnrichError, Holder, RiskRules},
-    state::{Dirty, RelayState, StateStore},
+    state::{Dirty, Journal, JournalDeadLetter, JournalOutput, RelayState, StateStore},
     upcast::upcast,
 };
 
@@ -55,16 +57,19 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub retries: AtomicU64,
+    /// Journal entries finished after a crash.
+    pub recovered: AtomicU64,
 }
 
 impl Counters {
-    pub fn snapshot(&self) -> [u64; 5] {
+    pub fn snapshot(&self) -> [u64; 6] {
         [
             self.processed.load(Ordering::Relaxed),
             self.published.load(Ordering::Relaxed),
             self.duplicates.load(Ordering::Relaxed),
             self.dead_lettered.load(Ordering::Relaxed),
             self.retries.load(Ordering::Relaxed),
+            self.recovered.load(Ordering::Relaxed),
         ]
     }
 }
@@ -93,19 +98,6 @@ pub struct Pipeline {
     pub store: StateStore,
     pub state: Mutex<RelayState>,
     pub counters: Counters,
-}
-
-/// One output message.
-struct Output {
-    subject: String,
-    event: EnrichedEvent,
-}
-
-/// One raw message that can never be processed.
-struct DeadLetter {
-    payload: bytes::Bytes,
-    sequence: u64,
-    reason: String,
 }
 
 impl Pipeline {
@@ -242,6 +234,7 @@ impl Pipeline {
         source: Source,
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
+        self.recover(source).await?;
         let mut messages = self.consumer(source).await?;
         loop {
             // Take what is ready, up to a batch, waiting only for the first message.
@@ -271,59 +264,14 @@ impl Pipeline {
         if source == Source::Accounts {
             self.await_instruments(&batch).await;
         }
-        let mut outputs = Vec::new();
-        let mut dead = Vec::new();
-        let mut dirty = HashSet::new();
-        let mut last_sequence = 0;
-        {
-            let mut state = self
-                .state
-                .lock()
-                .map_err(|_| PipelineError::JetStream("state lock poisoned".into()))?;
-            for message in &batch {
-                let sequence = message.info().map_or(0, |info| info.stream_sequence);
-                last_sequence = last_sequence.max(sequence);
-                let span = tracing::info_span!(
-                    "relay.enrich",
-                    sequence,
-                    aggregate = tracing::field::Empty
-                );
-                if let Some(headers) = &message.headers {
-                    platform::telemetry::continue_trace(
-                        &span,
-                        &platform::telemetry::NatsHeaderExtractor(headers),
-                    );
-                }
-                let _entered = span.enter();
-                match self.enrich_one(source, &mut state, &message.payload, &mut dirty) {
-                    Ok(Some(events)) => outputs.extend(events),
-                    Ok(None) => {
-                        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(reason) => {
-                        tracing::warn!(sequence, %reason, "raw event sent to the dead-letter stream");
-                        dead.push(DeadLetter {
-                            payload: message.payload.clone(),
-                            sequence,
-                            reason: reason.to_string(),
-                        });
-                    }
-                }
-            }
-        }
-        self.dead_letter(source, dead).await?;
-        self.publish(outputs).await?;
-        let stream = self.stream_name(source).to_owned();
-        {
-            // Saved from a snapshot of the entries touched, so the lock is not held across I/O.
-            let snapshot = self.snapshot(&dirty)?;
+        let journal = self.enrich_batch(source, &batch)?;
+        // Nothing to publish is nothing a replay could publish differently.
+        if !journal.outputs.is_empty() || !journal.dead_letters.is_empty() {
             self.store
-                .save(&snapshot, dirty, &stream, last_sequence)
+                .write_journal(self.stream_name(source), &journal)
                 .await?;
         }
-        if let Ok(mut state) = self.state.lock() {
-            state.checkpoints.insert(stream, last_sequence);
-        }
+        self.finish(source, &journal).await?;
         for message in &batch {
             message.ack().await.map_err(js_error)?;
         }
@@ -333,35 +281,98 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A copy of just the dirty entries (books, instruments, flags) for saving.
-    fn snapshot(&self, dirty: &HashSet<Dirty>) -> Result<RelayState, PipelineError> {
-        let state = self
-            .state
-            .lock()
-            .map_err(|_| PipelineError::JetStream("state lock poisoned".into()))?;
-        let mut snapshot = RelayState::default();
-        for entry in dirty {
-            match entry {
-                Dirty::Book(account) => {
-                    if let Some(book) = state.books.get(account) {
-                        snapshot.books.insert(account.clone(), book.clone());
-                    }
+    /// Enriches a batch in memory: its outputs, dead letters and the state entries it changed.
+    fn enrich_batch(
+        &self,
+        source: Source,
+        batch: &[jetstream::Message],
+    ) -> Result<Journal, PipelineError> {
+        let mut journal = Journal::default();
+        let mut dirty = HashSet::new();
+        let mut state = self.lock_state()?;
+        for message in batch {
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            journal.last_sequence = journal.last_sequence.max(sequence);
+            let span =
+                tracing::info_span!("relay.enrich", sequence, aggregate = tracing::field::Empty);
+            if let Some(headers) = &message.headers {
+                platform::telemetry::continue_trace(
+                    &span,
+                    &platform::telemetry::NatsHeaderExtractor(headers),
+                );
+            }
+            let _entered = span.enter();
+            match self.enrich_one(source, &mut state, &message.payload, &mut dirty) {
+                Ok(Some(events)) => journal.outputs.extend(events),
+                Ok(None) => {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
-                Dirty::Instrument(symbol) => {
-                    if let Some(instrument) = state.instruments.get(symbol) {
-                        snapshot
-                            .instruments
-                            .insert(symbol.clone(), instrument.clone());
-                    }
-                }
-                Dirty::StopLoss(symbol) => {
-                    if let Some(flags) = state.stop_loss.get(symbol) {
-                        snapshot.stop_loss.insert(symbol.clone(), flags.clone());
-                    }
+                Err(reason) => {
+                    tracing::warn!(sequence, %reason, "raw event sent to the dead-letter stream");
+                    journal.dead_letters.push(JournalDeadLetter {
+                        payload: message.payload.clone(),
+                        sequence,
+                        reason: reason.to_string(),
+                    });
                 }
             }
         }
-        Ok(snapshot)
+        journal.writes = state.writes(dirty);
+        Ok(journal)
+    }
+
+    fn lock_state(&self) -> Result<std::sync::MutexGuard<'_, RelayState>, PipelineError> {
+        self.state
+            .lock()
+            .map_err(|_| PipelineError::JetStream("state lock poisoned".into()))
+    }
+
+    /// Carries out a journal entry: dead letters, outputs, state and checkpoint. Safe to repeat:
+    /// messages are de-duplicated by id and state writes are whole values.
+    async fn finish(&self, source: Source, journal: &Journal) -> Result<(), PipelineError> {
+        let stream = self.stream_name(source);
+        self.dead_letter(stream, &journal.dead_letters).await?;
+        self.publish(&journal.outputs).await?;
+        self.store
+            .save(&journal.writes, stream, journal.last_sequence)
+            .await?;
+        self.lock_state()?
+            .checkpoints
+            .insert(stream.to_owned(), journal.last_sequence);
+        Ok(())
+    }
+
+    /// Finishes the journal entry a crash interrupted, before consuming anything new, so its
+    /// raw events are never enriched a second time.
+    async fn recover(&self, source: Source) -> Result<(), PipelineError> {
+        let stream = self.stream_name(source);
+        let checkpoint = self
+            .lock_state()?
+            .checkpoints
+            .get(stream)
+            .copied()
+            .unwrap_or(0);
+        let Some(journal) = self.store.unfinished_journal(stream, checkpoint).await? else {
+            return Ok(());
+        };
+        tracing::info!(
+            stream,
+            checkpoint,
+            last_sequence = journal.last_sequence,
+            outputs = journal.outputs.len(),
+            "finishing the batch a crash interrupted"
+        );
+        {
+            // The other loop reads these entries: it must see the batch's state, as it did
+            // before the crash.
+            let mut state = self.lock_state()?;
+            for write in &journal.writes {
+                state.set(&write.key, &write.value)?;
+            }
+        }
+        self.finish(source, &journal).await?;
+        self.counters.recovered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Trades name their instrument; its reference data comes from the market stream, which
@@ -402,7 +413,7 @@ impl Pipeline {
         state: &mut RelayState,
         payload: &[u8],
         dirty: &mut HashSet<Dirty>,
-    ) -> Result<Option<Vec<Output>>, EnrichError> {
+    ) -> Result<Option<Vec<JournalOutput>>, EnrichError> {
         let mut raw = RawEvent::decode(payload).map_err(|error| EnrichError::BadField {
             field: "payload",
             problem: format!("undecodable: {error}"),
@@ -482,7 +493,7 @@ impl Pipeline {
         raw: &EventEnvelope,
         source: Source,
         bodies: Vec<enriched_event::Body>,
-    ) -> Vec<Output> {
+    ) -> Vec<JournalOutput> {
         let parts = u32::try_from(bodies.len()).unwrap_or(u32::MAX);
         let kind = match source {
             Source::Accounts => "account",
@@ -497,15 +508,15 @@ impl Pipeline {
         bodies
             .into_iter()
             .zip(1..)
-            .map(|(body, part)| Output {
-                subject: subject.clone(),
-                event: EnrichedEvent {
+            .map(|(body, part)| {
+                let event_id = uuid::Uuid::new_v5(
+                    &ENRICHED_NAMESPACE,
+                    format!("{}/{part}", raw.event_id).as_bytes(),
+                )
+                .to_string();
+                let event = EnrichedEvent {
                     envelope: Some(EventEnvelope {
-                        event_id: uuid::Uuid::new_v5(
-                            &ENRICHED_NAMESPACE,
-                            format!("{}/{part}", raw.event_id).as_bytes(),
-                        )
-                        .to_string(),
+                        event_id: event_id.clone(),
                         event_type: body.event_type().to_owned(),
                         schema_version: 1,
                         aggregate_type: raw.aggregate_type.clone(),
@@ -519,35 +530,41 @@ impl Pipeline {
                     part,
                     parts,
                     body: Some(body),
-                },
+                };
+                JournalOutput {
+                    subject: subject.clone(),
+                    event: event.encode_to_vec().into(),
+                    message_id: event_id,
+                    traceparent: metadata.get("traceparent").cloned().unwrap_or_default(),
+                }
             })
             .collect()
     }
 
     /// Publishes in order on one connection and awaits every ack.
-    async fn publish(&self, outputs: Vec<Output>) -> Result<(), PipelineError> {
-        let mut acks = Vec::with_capacity(outputs.len());
-        for output in &outputs {
-            let envelope = output.event.envelope.as_ref();
-            let mut headers = HeaderMap::new();
-            let event_id = envelope.map_or("", |e| e.event_id.as_str());
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id);
-            if let Some(traceparent) = envelope.and_then(|e| e.metadata.get("traceparent")) {
-                headers.insert("traceparent", traceparent.as_str());
+    async fn publish(&self, outputs: &[JournalOutput]) -> Result<(), PipelineError> {
+        // In chunks: async-nats stalls with more than 5,000 acknowledgements pending.
+        for chunk in outputs.chunks(4_096) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for output in chunk {
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    output.message_id.as_str(),
+                );
+                if !output.traceparent.is_empty() {
+                    headers.insert("traceparent", output.traceparent.as_str());
+                }
+                let ack = self
+                    .jetstream
+                    .publish_with_headers(output.subject.clone(), headers, output.event.clone())
+                    .await
+                    .map_err(js_error)?;
+                acks.push(ack);
             }
-            let ack = self
-                .jetstream
-                .publish_with_headers(
-                    output.subject.clone(),
-                    headers,
-                    output.event.encode_to_vec().into(),
-                )
-                .await
-                .map_err(js_error)?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            ack.await.map_err(js_error)?;
+            for ack in acks {
+                ack.await.map_err(js_error)?;
+            }
         }
         self.counters
             .published
@@ -557,10 +574,9 @@ impl Pipeline {
 
     async fn dead_letter(
         &self,
-        source: Source,
-        dead: Vec<DeadLetter>,
+        stream: &str,
+        dead: &[JournalDeadLetter],
     ) -> Result<(), PipelineError> {
-        let stream = self.stream_name(source).to_owned();
         for letter in dead {
             let mut headers = HeaderMap::new();
             headers.insert(
@@ -568,13 +584,13 @@ impl Pipeline {
                 format!("{stream}/{}", letter.sequence).as_str(),
             );
             headers.insert("reason", letter.reason.as_str());
-            headers.insert("source-stream", stream.as_str());
+            headers.insert("source-stream", stream);
             headers.insert("source-sequence", letter.sequence.to_string().as_str());
             self.jetstream
                 .publish_with_headers(
                     format!("deadletter.{}.{stream}", self.config.dead_letter_stream),
                     headers,
-                    letter.payload,
+                    letter.payload.clone(),
                 )
                 .await
                 .map_err(js_error)?
@@ -601,7 +617,7 @@ fn check_next(current: u64, found: u64) -> Result<(), EnrichError> {
 
 /// Logs the counters every `interval` while they move.
 pub async fn report(pipeline: Arc<Pipeline>, interval: Duration, shutdown: CancellationToken) {
-    let mut last = [0; 5];
+    let mut last = [0; 6];
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
@@ -610,13 +626,21 @@ pub async fn report(pipeline: Arc<Pipeline>, interval: Duration, shutdown: Cance
         }
         let now = pipeline.counters.snapshot();
         if now != last {
-            let [processed, published, duplicates, dead_lettered, retries] = now;
+            let [
+                processed,
+                published,
+                duplicates,
+                dead_lettered,
+                retries,
+                recovered,
+            ] = now;
             tracing::info!(
                 processed,
                 published,
                 duplicates,
                 dead_lettered,
                 retries,
+                recovered,
                 "relay progress"
             );
             last = now;

@@ -1,7 +1,14 @@
 //! The relay's own state, in a JetStream key-value bucket that only the relay touches: every
-//! account book, every instrument, stop-loss flags, and per source stream the last sequence
-//! whose effects are stored. Loaded whole at start; written after each batch's outputs are
-//! published, and before the batch is acknowledged.
+//! account book, every instrument, stop-loss flags, per source stream the last sequence whose
+//! effects are stored, and per source stream a journal of its last batch. Loaded whole at start.
+//!
+//! The journal is what makes a replay publish the same sets of enriched events: what a raw
+//! event becomes depends on the other loop's progress (a trade is valued at the latest price
+//! the market loop has seen; a price move alerts the holders the account loop has booked), so
+//! enriching a batch again after a crash could produce a different set under the same event
+//! ids. A batch's outputs, dead letters and state writes are therefore stored as one journal
+//! entry before anything is published, and a restart finishes that entry instead of enriching
+//! its raw events again.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -38,6 +45,69 @@ pub struct RelayState {
 }
 
 impl RelayState {
+    /// Sets one entry from its stored form (`account.<id>`, `instrument.<symbol>`,
+    /// `stoploss.<symbol>`, `checkpoint.<stream>`); other keys are not state and are ignored.
+    pub fn set(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        let corrupt = |problem: String| StateError::Corrupt {
+            key: key.to_owned(),
+            problem,
+        };
+        if let Some(account) = key.strip_prefix("account.") {
+            let decoded = api::Account::decode(value).map_err(|e| corrupt(e.to_string()))?;
+            let book = AccountState::from_api(&decoded).map_err(|e| corrupt(e.to_string()))?;
+            let symbols: Vec<String> = book.positions.keys().cloned().collect();
+            self.books.insert(account.to_owned(), book);
+            for symbol in symbols {
+                self.reindex(account, &symbol);
+            }
+        } else if let Some(symbol) = key.strip_prefix("instrument.") {
+            let decoded = api::Instrument::decode(value).map_err(|e| corrupt(e.to_string()))?;
+            let instrument = Instrument::from_api(&decoded).map_err(|e| corrupt(e.to_string()))?;
+            self.instruments.insert(symbol.to_owned(), instrument);
+        } else if let Some(symbol) = key.strip_prefix("stoploss.") {
+            let text = std::str::from_utf8(value).map_err(|e| corrupt(e.to_string()))?;
+            let flagged = text
+                .lines()
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect();
+            self.stop_loss.insert(symbol.to_owned(), flagged);
+        } else if let Some(stream) = key.strip_prefix("checkpoint.") {
+            let text = std::str::from_utf8(value).map_err(|e| corrupt(e.to_string()))?;
+            let sequence = text
+                .parse()
+                .map_err(|_| corrupt(format!("{text:?} is no sequence")))?;
+            self.checkpoints.insert(stream.to_owned(), sequence);
+        }
+        Ok(())
+    }
+
+    /// The stored form of the `dirty` entries, as `set` reads them back.
+    pub fn writes(&self, dirty: impl IntoIterator<Item = Dirty>) -> Vec<JournalWrite> {
+        dirty
+            .into_iter()
+            .filter_map(|dirty| match dirty {
+                Dirty::Book(account) => self
+                    .books
+                    .get(&account)
+                    .map(|book| (format!("account.{account}"), book.to_api().encode_to_vec())),
+                Dirty::Instrument(symbol) => self
+                    .instruments
+                    .get(&symbol)
+                    .map(|i| (format!("instrument.{symbol}"), i.to_api().encode_to_vec())),
+                Dirty::StopLoss(symbol) => {
+                    let flagged = self.stop_loss.get(&symbol).cloned().unwrap_or_default();
+                    let text: Vec<String> = flagged.into_iter().collect();
+                    Some((format!("stoploss.{symbol}"), text.join("\n").into_bytes()))
+                }
+            })
+            .map(|(key, value)| JournalWrite {
+                key,
+                value: value.into(),
+            })
+            .collect()
+    }
+
     /// Recomputes the holders of `symbol` in `book` after the book changed.
     pub fn reindex(&mut self, account_id: &str, symbol: &str) {
         let held = self
@@ -53,6 +123,58 @@ impl RelayState {
         }
     }
 }
+
+/// A journal entry: everything one batch of a source stream does, written before any of it is.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Journal {
+    /// The last raw sequence of the batch: the checkpoint the entry ends with.
+    #[prost(uint64, tag = "1")]
+    pub last_sequence: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub outputs: Vec<JournalOutput>,
+    #[prost(message, repeated, tag = "3")]
+    pub dead_letters: Vec<JournalDeadLetter>,
+    /// State entries as stored in the bucket (key, encoded value).
+    #[prost(message, repeated, tag = "4")]
+    pub writes: Vec<JournalWrite>,
+}
+
+/// One enriched event as published: subject, headers and the encoded event.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JournalOutput {
+    #[prost(string, tag = "1")]
+    pub subject: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub event: bytes::Bytes,
+    #[prost(string, tag = "3")]
+    pub message_id: String,
+    #[prost(string, tag = "4")]
+    pub traceparent: String,
+}
+
+/// One raw message that can never be processed, with why.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JournalDeadLetter {
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub payload: bytes::Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JournalWrite {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: bytes::Bytes,
+}
+
+/// Journal entries are split into values of at most this size: the servers take messages of up
+/// to 1 MiB, and one price move can alert thousands of holders.
+const JOURNAL_CHUNK: usize = 512 * 1024;
+const JOURNAL_PREFIX: &str = "journal.";
 
 /// A change to persist.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,6 +221,7 @@ impl StateStore {
             .keys()
             .await
             .map_err(bucket_error)?
+            .try_filter(|key| futures::future::ready(!key.starts_with(JOURNAL_PREFIX)))
             .try_collect()
             .await
             .map_err(bucket_error)?;
@@ -111,84 +234,30 @@ impl StateStore {
             .try_collect::<Vec<_>>()
             .await?;
         for (key, value) in entries {
-            let Some(value) = value else { continue };
-            let corrupt = |problem: String| StateError::Corrupt {
-                key: key.clone(),
-                problem,
-            };
-            if let Some(account) = key.strip_prefix("account.") {
-                let decoded =
-                    api::Account::decode(value.as_ref()).map_err(|e| corrupt(e.to_string()))?;
-                let book = AccountState::from_api(&decoded).map_err(|e| corrupt(e.to_string()))?;
-                state.books.insert(account.to_owned(), book);
-            } else if let Some(symbol) = key.strip_prefix("instrument.") {
-                let decoded =
-                    api::Instrument::decode(value.as_ref()).map_err(|e| corrupt(e.to_string()))?;
-                let instrument =
-                    Instrument::from_api(&decoded).map_err(|e| corrupt(e.to_string()))?;
-                state.instruments.insert(symbol.to_owned(), instrument);
-            } else if let Some(symbol) = key.strip_prefix("stoploss.") {
-                let text = String::from_utf8(value.to_vec()).map_err(|e| corrupt(e.to_string()))?;
-                let flagged = text
-                    .lines()
-                    .filter(|line| !line.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                state.stop_loss.insert(symbol.to_owned(), flagged);
-            } else if let Some(stream) = key.strip_prefix("checkpoint.") {
-                let text = String::from_utf8(value.to_vec()).map_err(|e| corrupt(e.to_string()))?;
-                let sequence = text
-                    .parse()
-                    .map_err(|_| corrupt(format!("{text:?} is no sequence")))?;
-                state.checkpoints.insert(stream.to_owned(), sequence);
-            }
-        }
-        let symbols: Vec<(String, Vec<String>)> = state
-            .books
-            .iter()
-            .map(|(account, book)| (account.clone(), book.positions.keys().cloned().collect()))
-            .collect();
-        for (account, symbols) in symbols {
-            for symbol in symbols {
-                state.reindex(&account, &symbol);
+            if let Some(value) = value {
+                state.set(&key, &value)?;
             }
         }
         Ok(state)
     }
 
-    /// Writes the dirty entries, then the checkpoint: a checkpoint never runs ahead of the
-    /// state it covers.
+    /// Writes state entries, then the checkpoint: a checkpoint never runs ahead of the state it
+    /// covers.
     pub async fn save(
         &self,
-        state: &RelayState,
-        dirty: impl IntoIterator<Item = Dirty>,
+        writes: &[JournalWrite],
         stream: &str,
         sequence: u64,
     ) -> Result<(), StateError> {
-        let writes: Vec<(String, Vec<u8>)> = dirty
-            .into_iter()
-            .filter_map(|dirty| match dirty {
-                Dirty::Book(account) => state
-                    .books
-                    .get(&account)
-                    .map(|book| (format!("account.{account}"), book.to_api().encode_to_vec())),
-                Dirty::Instrument(symbol) => state
-                    .instruments
-                    .get(&symbol)
-                    .map(|i| (format!("instrument.{symbol}"), i.to_api().encode_to_vec())),
-                Dirty::StopLoss(symbol) => {
-                    let flagged = state.stop_loss.get(&symbol).cloned().unwrap_or_default();
-                    let text: Vec<String> = flagged.into_iter().collect();
-                    Some((format!("stoploss.{symbol}"), text.join("\n").into_bytes()))
-                }
-            })
+        // Owned items: futures borrowing from the caller do not satisfy the spawned loop's
+        // lifetime bounds.
+        let writes: Vec<(String, bytes::Bytes)> = writes
+            .iter()
+            .map(|write| (write.key.clone(), write.value.clone()))
             .collect();
         futures::stream::iter(writes)
             .map(|(key, value)| async move {
-                self.bucket
-                    .put(key, value.into())
-                    .await
-                    .map_err(bucket_error)
+                self.bucket.put(key, value).await.map_err(bucket_error)
             })
             .buffer_unordered(128)
             .try_collect::<Vec<_>>()
@@ -198,5 +267,78 @@ impl StateStore {
             .await
             .map_err(bucket_error)?;
         Ok(())
+    }
+
+    /// Stores `journal` as `stream`'s last batch: the chunks first, then the head that names
+    /// them, so a crash in between leaves the previous head, which the checkpoint covers.
+    pub async fn write_journal(&self, stream: &str, journal: &Journal) -> Result<(), StateError> {
+        let encoded = bytes::Bytes::from(journal.encode_to_vec());
+        let chunks: Vec<(String, bytes::Bytes)> = (0..encoded.len().div_ceil(JOURNAL_CHUNK))
+            .map(|index| {
+                let start = index * JOURNAL_CHUNK;
+                let end = (start + JOURNAL_CHUNK).min(encoded.len());
+                (
+                    format!("{JOURNAL_PREFIX}{stream}.{index}"),
+                    encoded.slice(start..end),
+                )
+            })
+            .collect();
+        let count = chunks.len();
+        futures::stream::iter(chunks)
+            .map(|(key, chunk)| async move { self.bucket.put(key, chunk).await.map_err(bucket_error) })
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let head = format!("{} {count}", journal.last_sequence);
+        self.bucket
+            .put(format!("{JOURNAL_PREFIX}{stream}"), head.into())
+            .await
+            .map_err(bucket_error)?;
+        Ok(())
+    }
+
+    /// `stream`'s last journal entry if it ends after `checkpoint`, i.e. was not finished.
+    pub async fn unfinished_journal(
+        &self,
+        stream: &str,
+        checkpoint: u64,
+    ) -> Result<Option<Journal>, StateError> {
+        let key = format!("{JOURNAL_PREFIX}{stream}");
+        let Some(head) = self.bucket.get(&key).await.map_err(bucket_error)? else {
+            return Ok(None);
+        };
+        let corrupt = |problem: String| StateError::Corrupt {
+            key: key.clone(),
+            problem,
+        };
+        let text = std::str::from_utf8(&head).map_err(|e| corrupt(e.to_string()))?;
+        let (last_sequence, chunks) = text
+            .split_once(' ')
+            .and_then(|(sequence, chunks)| {
+                Some((sequence.parse::<u64>().ok()?, chunks.parse().ok()?))
+            })
+            .ok_or_else(|| corrupt(format!("{text:?} is no journal head")))?;
+        if last_sequence <= checkpoint {
+            return Ok(None);
+        }
+        let mut encoded = Vec::new();
+        for index in 0..chunks {
+            let chunk_key = format!("{key}.{index}");
+            let chunk = self
+                .bucket
+                .get(&chunk_key)
+                .await
+                .map_err(bucket_error)?
+                .ok_or_else(|| corrupt(format!("chunk {chunk_key} is missing")))?;
+            encoded.extend_from_slice(&chunk);
+        }
+        let journal = Journal::decode(encoded.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+        if journal.last_sequence != last_sequence {
+            return Err(corrupt(format!(
+                "head says sequence {last_sequence}, chunks say {}",
+                journal.last_sequence
+            )));
+        }
+        Ok(Some(journal))
     }
 }

@@ -10,6 +10,11 @@
 //! any price in those bands. Then the shape of every enriched set is fixed by the raw stream
 //! alone and can be compared with the clean run's.
 //!
+//! A second run lets prices swing far enough for stop-loss alerts to fire and clear all the
+//! time, so what a price update becomes depends on timing. It cannot be compared with a clean
+//! run; instead every set must arrive whole, and the relay must have finished journal entries
+//! interrupted by kills (see `relay::state`).
+//!
 //! Each relay lives a random 0.3 to 1.5 s and is then killed as its next output goes by: it
 //! keeps up with the flow, so a kill at an arbitrary moment would mostly find it idle, while
 //! this lands most kills between publishing a batch's outputs and storing its checkpoint, the
@@ -78,34 +83,67 @@ impl Rng {
     }
 }
 
-/// An instrument while generating: its price moves in cents within 10 % of its base.
+/// How prices move, in percent of an instrument's base price.
+#[derive(Clone, Copy)]
+struct Prices {
+    low: i64,
+    high: i64,
+    /// Largest move of one price update.
+    step: i64,
+}
+
+/// Within 10 % of the base: no stop-loss can fire, so every set's shape is fixed.
+const CALM: Prices = Prices {
+    low: 90,
+    high: 110,
+    step: 2,
+};
+
+/// Between 40 % and 200 % of the base, in steps of up to 15 %: stop-loss alerts fire and clear
+/// all the time, and which holders a price update alerts depends on how far the relay's account
+/// loop has got when it enriches it.
+const WILD: Prices = Prices {
+    low: 40,
+    high: 200,
+    step: 15,
+};
+
+/// An instrument while generating: its price moves in cents within its band.
 struct Listing {
     symbol: &'static str,
     name: &'static str,
     sector: &'static str,
     base_cents: i64,
+    prices: Prices,
     cents: i64,
     version: u64,
 }
 
 impl Listing {
-    fn new(symbol: &'static str, name: &'static str, sector: &'static str, base: i64) -> Self {
+    fn new(
+        symbol: &'static str,
+        name: &'static str,
+        sector: &'static str,
+        base: i64,
+        prices: Prices,
+    ) -> Self {
         Self {
             symbol,
             name,
             sector,
             base_cents: base * 100,
+            prices,
             cents: base * 100,
             version: 0,
         }
     }
 
     fn low_cents(&self) -> i64 {
-        self.base_cents * 9 / 10
+        self.base_cents * self.prices.low / 100
     }
 
     fn high_cents(&self) -> i64 {
-        self.base_cents * 11 / 10
+        self.base_cents * self.prices.high / 100
     }
 
     fn low(&self) -> Decimal {
@@ -126,15 +164,17 @@ struct Recorded {
     events: Vec<RawEvent>,
     /// (account, version) of every buy that must raise a concentration alert.
     alerts: HashSet<(String, u64)>,
+    /// Whether a price update's set is known in advance (no stop-loss can fire).
+    calm: bool,
 }
 
-fn generate(seed: u64) -> anyhow::Result<Recorded> {
+fn generate(seed: u64, prices: Prices) -> anyhow::Result<Recorded> {
     let mut rng = Rng(seed);
     let mut listings = [
-        Listing::new("ACME", "Acme Corp", "Industrials", 50),
-        Listing::new("BOLT", "Bolt Energy", "Utilities", 120),
-        Listing::new("CRUX", "Crux Labs", "Health Care", 35),
-        Listing::new("DYNA", "Dyna Systems", "Technology", 250),
+        Listing::new("ACME", "Acme Corp", "Industrials", 50, prices),
+        Listing::new("BOLT", "Bolt Energy", "Utilities", 120, prices),
+        Listing::new("CRUX", "Crux Labs", "Health Care", 35, prices),
+        Listing::new("DYNA", "Dyna Systems", "Technology", 250, prices),
     ];
     let mut events = Vec::with_capacity(RAW_EVENTS);
     for listing in &mut listings {
@@ -161,7 +201,7 @@ fn generate(seed: u64) -> anyhow::Result<Recorded> {
         if rng.percent(4) {
             let listing = &mut listings[rng.index(4)];
             let previous = listing.price();
-            let step = listing.base_cents / 50;
+            let step = listing.base_cents * prices.step / 100;
             let moved = listing.cents + rng.between(0, 2 * step as u64) as i64 - step;
             listing.cents = moved.clamp(listing.low_cents(), listing.high_cents());
             listing.version += 1;
@@ -202,7 +242,11 @@ fn generate(seed: u64) -> anyhow::Result<Recorded> {
             .with_context(|| format!("generated an invalid event for {account}"))?;
         events.push(event);
     }
-    Ok(Recorded { events, alerts })
+    Ok(Recorded {
+        events,
+        alerts,
+        calm: prices.high - prices.low <= 20,
+    })
 }
 
 fn deposit(account: &str, amount: u64) -> Raw {
@@ -312,18 +356,22 @@ fn concentration_alert(
     }
 }
 
-/// How many enriched events a raw event must become.
-fn expected_parts(raw: &RawEvent, alerts: &HashSet<(String, u64)>) -> u32 {
+/// How many enriched events a raw event must become; `None` when that depends on timing (a
+/// price update's stop-loss alerts with wild prices).
+fn expected_parts(raw: &RawEvent, recorded: &Recorded) -> Option<u32> {
     let envelope = raw.envelope.clone().unwrap_or_default();
     match raw.body {
-        Some(Raw::CashDeposited(_) | Raw::CashWithdrawn(_)) => 2,
+        Some(Raw::CashDeposited(_) | Raw::CashWithdrawn(_)) => Some(2),
         Some(Raw::TradeExecuted(_))
-            if alerts.contains(&(envelope.aggregate_id, envelope.version)) =>
+            if recorded
+                .alerts
+                .contains(&(envelope.aggregate_id, envelope.version)) =>
         {
-            3
+            Some(3)
         }
-        Some(Raw::TradeExecuted(_)) => 2,
-        _ => 1,
+        Some(Raw::TradeExecuted(_)) => Some(2),
+        Some(Raw::PriceUpdated(_)) if !recorded.calm => None,
+        _ => Some(1),
     }
 }
 
@@ -674,8 +722,8 @@ fn verify(consumer: &VersionCheckingConsumer, recorded: &Recorded) -> anyhow::Re
     for (aggregate, raws) in &streams {
         // Nothing missing: the cursor reached the last part of the last raw event's set.
         let last = raws.len() as u64;
-        let parts = expected_parts(raws[raws.len() - 1], &recorded.alerts);
         let cursor = consumer.cursors.get(aggregate).copied().unwrap_or_default();
+        let parts = expected_parts(raws[raws.len() - 1], recorded).unwrap_or(cursor.parts);
         ensure!(
             cursor
                 == Cursor {
@@ -701,11 +749,13 @@ fn verify(consumer: &VersionCheckingConsumer, recorded: &Recorded) -> anyhow::Re
             let raw = raws[version - 1];
             let raw_envelope = raw.envelope.clone().unwrap_or_default();
             let at = format!("{} v{version} part {}", aggregate.1, event.part);
-            check(
-                format!("{at} parts"),
-                &event.parts.to_string(),
-                &expected_parts(raw, &recorded.alerts).to_string(),
-            );
+            if let Some(parts) = expected_parts(raw, recorded) {
+                check(
+                    format!("{at} parts"),
+                    &event.parts.to_string(),
+                    &parts.to_string(),
+                );
+            }
             check(
                 format!("{at} causation"),
                 &envelope.causation_id,
@@ -804,6 +854,13 @@ fn verify(consumer: &VersionCheckingConsumer, recorded: &Recorded) -> anyhow::Re
                         &format!("concentration {}", trade.symbol),
                     );
                 }
+                (Some(Enriched::RiskThresholdBreached(alert)), Some(Raw::PriceUpdated(update))) => {
+                    check(
+                        format!("{at} alert"),
+                        &format!("{} {}", alert.rule, alert.symbol),
+                        &format!("stop_loss {}", update.symbol),
+                    );
+                }
                 (
                     Some(Enriched::InstrumentReferenceUpdated(reference)),
                     Some(Raw::InstrumentUpserted(upserted)),
@@ -844,29 +901,19 @@ async fn remove(jetstream: &jetstream::Context, config: &relay::Config) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_at_random_points_ends_with_a_clean_runs_effect() -> anyhow::Result<()> {
-    let recorded = generate(SEED)?;
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}.log", support::tag()));
+/// What a run with kills left behind.
+struct CrashRun {
+    config: relay::Config,
+    jetstream: jetstream::Context,
+    kills: usize,
+    kills_before_checkpoint: usize,
+    published: Duration,
+    caught_up: Duration,
+}
 
-    // The clean run: all raw events first, then one relay that is never interrupted.
-    let (_, clean) = support::configs();
-    let clean_prefix = clean.enriched_prefix.replace("enriched", "raw");
-    let clean_jetstream = support::raw_streams(&clean, &clean_prefix).await?;
-    // In chunks: async-nats holds at most 5,000 unacknowledged publishes, and `publish_raw`
-    // awaits its acks only after publishing everything.
-    for chunk in recorded.events.chunks(1_000) {
-        support::publish_raw(&clean_jetstream, &clean_prefix, chunk).await?;
-    }
-    let started = Instant::now();
-    let mut relay = spawn_relay(&clean, &log)?;
-    wait_until_covered(&clean_jetstream, &clean, &mut relay, &log).await?;
-    let clean_elapsed = started.elapsed();
-    // Its work is stored and acknowledged; how it stops no longer matters.
-    relay.start_kill()?;
-    relay.wait().await?;
-
-    // The crash run: events flow at a steady pace while relays are killed and restarted.
+/// Publishes `recorded` at a steady pace on fresh streams while relays are started and killed,
+/// then lets a last relay catch up.
+async fn crash_run(recorded: &Recorded, log: &Path) -> anyhow::Result<CrashRun> {
     let (_, config) = support::configs();
     let config = relay::Config {
         batch_size: CRASH_BATCH_SIZE,
@@ -885,7 +932,7 @@ async fn a_relay_killed_at_random_points_ends_with_a_clean_runs_effect() -> anyh
     let client = async_nats::connect(&config.nats_url).await?;
     let (mut kills, mut kills_before_checkpoint) = (0, 0);
     while !publisher.is_finished() || kills < MIN_KILLS {
-        let mut relay = spawn_relay(&config, &log)?;
+        let mut relay = spawn_relay(&config, log)?;
         let lifetime = rng.between(LIFETIME_MS.0, LIFETIME_MS.1);
         tokio::time::sleep(Duration::from_millis(lifetime)).await;
         // Aim at the window that matters (see the header): kill as the next output goes by.
@@ -915,12 +962,49 @@ async fn a_relay_killed_at_random_points_ends_with_a_clean_runs_effect() -> anyh
         "only {kills_before_checkpoint} of {kills} kills landed between publishing outputs and \
          storing their checkpoint"
     );
-    let mut relay = spawn_relay(&config, &log)?;
-    wait_until_covered(&jetstream, &config, &mut relay, &log).await?;
-    let crash_elapsed = started.elapsed();
+    let mut relay = spawn_relay(&config, log)?;
+    wait_until_covered(&jetstream, &config, &mut relay, log).await?;
+    Ok(CrashRun {
+        config,
+        jetstream,
+        kills,
+        kills_before_checkpoint,
+        published,
+        caught_up: started.elapsed(),
+    })
+}
+
+fn crash_log() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}.log", support::tag()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_at_random_points_ends_with_a_clean_runs_effect() -> anyhow::Result<()> {
+    let recorded = generate(SEED, CALM)?;
+    let log = crash_log();
+
+    // The clean run: all raw events first, then one relay that is never interrupted.
+    let (_, clean) = support::configs();
+    let clean_prefix = clean.enriched_prefix.replace("enriched", "raw");
+    let clean_jetstream = support::raw_streams(&clean, &clean_prefix).await?;
+    // In chunks: async-nats holds at most 5,000 unacknowledged publishes, and `publish_raw`
+    // awaits its acks only after publishing everything.
+    for chunk in recorded.events.chunks(1_000) {
+        support::publish_raw(&clean_jetstream, &clean_prefix, chunk).await?;
+    }
+    let started = Instant::now();
+    let mut relay = spawn_relay(&clean, &log)?;
+    wait_until_covered(&clean_jetstream, &clean, &mut relay, &log).await?;
+    let clean_elapsed = started.elapsed();
+    // Its work is stored and acknowledged; how it stops no longer matters.
+    relay.start_kill()?;
+    relay.wait().await?;
+
+    // The crash run: events flow at a steady pace while relays are killed and restarted.
+    let run = crash_run(&recorded, &log).await?;
 
     let (clean_events, clean_dead) = outputs(&clean_jetstream, &clean).await?;
-    let (events, dead) = outputs(&jetstream, &config).await?;
+    let (events, dead) = outputs(&run.jetstream, &run.config).await?;
     ensure!(
         (clean_dead, dead) == (0, 0),
         "dead letters (clean, crash): {:?}; log: {}",
@@ -949,15 +1033,61 @@ async fn a_relay_killed_at_random_points_ends_with_a_clean_runs_effect() -> anyh
         RAW_EVENTS as f64 / clean_elapsed.as_secs_f64()
     );
     println!(
-        "crash run: {kills} kills ({kills_before_checkpoint} after publishing outputs, before \
-         storing their checkpoint) while publishing for {published:.2?}, caught up after \
-         {crash_elapsed:.2?}; {enriched} enriched events ({} duplicates skipped, {} alerts), \
-         {compared} figures match the fold",
+        "crash run: {} kills ({} after publishing outputs, before storing their checkpoint) \
+         while publishing for {:.2?}, caught up after {:.2?}; {enriched} enriched events ({} \
+         duplicates skipped, {} alerts), {compared} figures match the fold",
+        run.kills,
+        run.kills_before_checkpoint,
+        run.published,
+        run.caught_up,
         consumer.duplicates,
         recorded.alerts.len()
     );
     remove(&clean_jetstream, &clean).await;
-    remove(&jetstream, &config).await;
+    remove(&run.jetstream, &run.config).await;
+    let _ = std::fs::remove_file(&log);
+    Ok(())
+}
+
+/// With wild prices, what a price update becomes depends on the relay's progress through the
+/// accounts, so a replay that enriched it again could publish a different set under the same
+/// ids: a stray part, or a set whose last part never comes. The relay journals each batch before
+/// publishing it and finishes the journal after a crash, so every set a consumer sees is whole
+/// and nothing arrives that it must refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_while_prices_swing_publishes_every_set_whole() -> anyhow::Result<()> {
+    let recorded = generate(SEED ^ 0x5717, WILD)?;
+    let log = crash_log();
+    let run = crash_run(&recorded, &log).await?;
+    let (events, dead) = outputs(&run.jetstream, &run.config).await?;
+    ensure!(dead == 0, "{dead} dead letters; log: {}", log.display());
+    let consumer = VersionCheckingConsumer::consume(events);
+    let compared = verify(&consumer, &recorded)?;
+    let stop_loss = consumer
+        .applied
+        .values()
+        .flatten()
+        .filter(|event| {
+            matches!(&event.body, Some(Enriched::RiskThresholdBreached(alert)) if alert.rule == "stop_loss")
+        })
+        .count();
+    // Otherwise the prices did not swing enough to test anything.
+    ensure!(stop_loss >= 20, "only {stop_loss} stop-loss alerts");
+    let recoveries = std::fs::read_to_string(&log)?
+        .matches("finishing the batch a crash interrupted")
+        .count();
+    ensure!(
+        recoveries >= 1,
+        "no relay finished a journal entry after a kill; log: {}",
+        log.display()
+    );
+    println!(
+        "wild crash run: {} kills ({} after publishing outputs, before storing their \
+         checkpoint), {recoveries} journal entries finished on restart, {stop_loss} stop-loss \
+         alerts, {} duplicates skipped, {compared} figures match the fold",
+        run.kills, run.kills_before_checkpoint, consumer.duplicates
+    );
+    remove(&run.jetstream, &run.config).await;
     let _ = std::fs::remove_file(&log);
     Ok(())
 }
