@@ -1,5 +1,5 @@
-//! Tracing for every service: structured logs on stderr, spans exported over OTLP when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the W3C trace context carried in gRPC metadata and
+//! Tracing for every service: structured logs on stderr, spans and metrics exported over OTLP
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the W3C trace context carried in gRPC metadata and
 //! NATS headers so one trace follows an order from the write region to every read region.
 //!
 //! A tracer provider is installed even without an exporter: spans still get real trace ids,
@@ -12,7 +12,10 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::TracerProvider as _,
 };
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
+    trace::SdkTracerProvider,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -24,15 +27,19 @@ pub enum TelemetryError {
     Subscriber(#[from] tracing_subscriber::util::TryInitError),
 }
 
-/// Flushes and shuts the exporter down when dropped (at the end of `main`).
+/// Flushes and shuts the exporters down when dropped (at the end of `main`).
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    meters: SdkMeterProvider,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Err(error) = self.provider.shutdown() {
             eprintln!("telemetry shutdown failed: {error}");
+        }
+        if let Err(error) = self.meters.shutdown() {
+            eprintln!("metrics shutdown failed: {error}");
         }
     }
 }
@@ -41,6 +48,7 @@ impl Drop for TelemetryGuard {
 /// `LOG_FORMAT=json` switches to JSON lines.
 pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider(service_name)?;
+    let meters = meter_provider(service_name)?;
     let tracer = provider.tracer(service_name);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json");
@@ -66,7 +74,23 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
             )
             .try_init()?;
     }
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
+}
+
+/// The global meter provider; instruments created from `opentelemetry::global::meter` are
+/// exported every minute (`OTEL_METRIC_EXPORT_INTERVAL`) when an OTLP endpoint is set.
+fn meter_provider(service_name: &'static str) -> Result<SdkMeterProvider, TelemetryError> {
+    let resource = Resource::builder().with_service_name(service_name).build();
+    let mut builder = SdkMeterProvider::builder().with_resource(resource);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()?;
+        builder = builder.with_periodic_exporter(exporter);
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    Ok(provider)
 }
 
 fn tracer_provider(service_name: &'static str) -> Result<SdkTracerProvider, TelemetryError> {

@@ -116,6 +116,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         counters: pipeline::Counters::default(),
     });
     pipeline.ensure_streams().await?;
+    pipeline::export_metrics(&pipeline);
     let mut tasks = JoinSet::new();
     for source in [Source::Market, Source::Accounts] {
         tasks.spawn(pipeline.clone().run(source, shutdown.clone()));

@@ -49,7 +49,7 @@ fn js_error(error: impl std::fmt::Display) -> PipelineError {
     PipelineError::JetStream(error.to_string())
 }
 
-/// Counts exported in logs (and read by tests).
+/// Counts, exported as metrics (`export_metrics`) and logged (`report`).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub processed: AtomicU64,
@@ -612,6 +612,57 @@ fn check_next(current: u64, found: u64) -> Result<(), EnrichError> {
             field: "version",
             problem: format!("version {found} cannot follow version {current}"),
         })
+    }
+}
+
+/// Picks one counter out of `Counters`.
+type CounterOf = fn(&Counters) -> &AtomicU64;
+
+/// Exports the counters as OpenTelemetry metrics, read whenever the meter provider collects
+/// (exported over OTLP when an endpoint is configured, see `platform::telemetry`).
+pub fn export_metrics(pipeline: &Arc<Pipeline>) {
+    let meter = opentelemetry::global::meter("relay");
+    let counters: [(&str, &str, CounterOf); 6] = [
+        (
+            "relay.raw_events.processed",
+            "Raw events consumed and acknowledged",
+            |c| &c.processed,
+        ),
+        (
+            "relay.enriched_events.published",
+            "Enriched events published",
+            |c| &c.published,
+        ),
+        (
+            "relay.raw_events.duplicates",
+            "Raw events already applied, skipped",
+            |c| &c.duplicates,
+        ),
+        (
+            "relay.raw_events.dead_lettered",
+            "Raw events sent to the dead-letter stream",
+            |c| &c.dead_lettered,
+        ),
+        (
+            "relay.loop.retries",
+            "Consume loop failures retried with backoff",
+            |c| &c.retries,
+        ),
+        (
+            "relay.journal.recovered",
+            "Journal entries finished after a crash",
+            |c| &c.recovered,
+        ),
+    ];
+    for (name, description, counter) in counters {
+        let pipeline = pipeline.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                observer.observe(counter(&pipeline.counters).load(Ordering::Relaxed), &[]);
+            })
+            .build();
     }
 }
 
