@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod grpc;
+pub mod lag;
 pub mod load;
 pub mod memory;
 pub mod report;
@@ -19,6 +20,7 @@ pub mod results;
 pub mod setup;
 pub mod stats;
 pub mod timefmt;
+pub mod verify;
 
 use std::path::PathBuf;
 

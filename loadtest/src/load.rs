@@ -78,6 +78,10 @@ pub struct LoadResult {
     pub throughput: f64,
     /// Latency of served calls.
     pub latency: Option<Latency>,
+    /// Latency of failed calls (e.g. how promptly excess load is shed); none for calls the
+    /// client never sent. Absent in results written before it existed.
+    #[serde(default)]
+    pub failed_latency: Option<Latency>,
 }
 
 impl LoadResult {
@@ -97,15 +101,16 @@ struct Counters {
 #[derive(Default)]
 struct Record {
     latencies_us: Vec<u64>,
+    failed_latencies_us: Vec<u64>,
     errors: BTreeMap<String, u64>,
 }
 
 impl Record {
     fn note(&mut self, counters: &Counters, result: Result<Outcome, String>, took: Duration) {
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         match result {
             Ok(outcome) => {
-                self.latencies_us
-                    .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+                self.latencies_us.push(took_us);
                 let counter = match outcome {
                     Outcome::Ok => &counters.ok,
                     Outcome::Rejected => &counters.rejected,
@@ -113,6 +118,7 @@ impl Record {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
             Err(kind) => {
+                self.failed_latencies_us.push(took_us);
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 *self.errors.entry(kind).or_default() += 1;
             }
@@ -121,6 +127,7 @@ impl Record {
 
     fn merge(&mut self, other: Record) {
         self.latencies_us.extend(other.latencies_us);
+        self.failed_latencies_us.extend(other.failed_latencies_us);
         for (kind, count) in other.errors {
             *self.errors.entry(kind).or_default() += count;
         }
@@ -172,6 +179,7 @@ where
             0.0
         },
         latency: stats::summarize(record.latencies_us),
+        failed_latency: stats::summarize(record.failed_latencies_us),
     }
 }
 

@@ -7,8 +7,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loadtest::{
     bench::{self, Group},
-    grpc, memory, report, results,
+    grpc, lag, memory, report, results,
     setup::{self, Accounts},
+    verify,
 };
 
 #[derive(Parser)]
@@ -31,6 +32,12 @@ enum Command {
     /// Our paths beside the raw limits of their components, in one run; prints the table and
     /// writes the results as JSON.
     Bench(Box<BenchArgs>),
+    /// Orders at a fixed rate, each followed into every read region: how long until its version
+    /// is visible there (p50, p90, p99, max); prints the figures and writes them as JSON.
+    Lag(Box<LagArgs>),
+    /// For every account, compare the write model, the fold of its raw events and every read
+    /// region's portfolio; print each difference and fail on any. Run once load has stopped.
+    Verify(Box<VerifyArgs>),
     /// Write a self-contained HTML report from the JSON results.
     Report {
         /// Folder of result files.
@@ -103,6 +110,69 @@ struct BenchArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Check these accounts instead of the load-test ones (repeatable).
+    #[arg(long = "account", value_name = "ID")]
+    account_ids: Vec<String>,
+    /// The eu read region (portfolio.v1).
+    #[arg(long, env = "READ_EU_ADDR", default_value = "127.0.0.1:50061")]
+    read_eu_addr: String,
+    /// The ap read region (portfolio.v1).
+    #[arg(long, env = "READ_AP_ADDR", default_value = "127.0.0.1:50062")]
+    read_ap_addr: String,
+    #[arg(long, env = "NATS_HUB_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Hub stream of the write region's raw account events.
+    #[arg(long, default_value = "RAW_ACCOUNTS")]
+    raw_stream: String,
+    /// Subject prefix of those events: `<prefix>.<account id>`.
+    #[arg(long, default_value = "raw.account")]
+    raw_subject_prefix: String,
+    /// Seconds, in all, the read regions get to reach the write model's versions.
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
+    /// Accounts checked at once.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
+}
+
+#[derive(Args)]
+struct LagArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The eu read region (portfolio.v1).
+    #[arg(long, env = "READ_EU_ADDR", default_value = "127.0.0.1:50061")]
+    read_eu_addr: String,
+    /// The ap read region (portfolio.v1).
+    #[arg(long, env = "READ_AP_ADDR", default_value = "127.0.0.1:50062")]
+    read_ap_addr: String,
+    /// Orders offered per second.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Seconds orders are placed for.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Place this many orders (at --rate) instead of running for --duration.
+    #[arg(long, conflicts_with = "duration")]
+    orders: Option<u64>,
+    /// Result file (default: loadtest/results/lag-<timestamp>.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Short unique tag naming a run's partitions, streams, keys and client order ids.
+fn run_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+/// The command line, kept in the results so a run can be repeated.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
 fn loopback_only(addr: &str) -> anyhow::Result<()> {
     // Load is only ever sent to this machine: other engineers' machines are not ours to load.
     let host = addr
@@ -172,22 +242,121 @@ async fn main() -> anyhow::Result<()> {
                     args.only
                 },
                 pids_dir: args.pids_dir.unwrap_or_else(memory::default_pids_dir),
-                tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+                tag: run_tag(),
             };
-            let command = std::env::args().collect::<Vec<_>>().join(" ");
-            let run = bench::run(settings, command).await?;
+            let run = bench::run(settings, command_line()).await?;
             println!("\n{}", bench::table(&run));
+            results::write(&out, &run)?;
+            println!("results: {}", out.display());
+        }
+        Command::Verify(args) => {
+            for addr in [
+                &args.target.write_addr,
+                &args.read_eu_addr,
+                &args.read_ap_addr,
+                &args.nats_url,
+            ] {
+                loopback_only(addr)?;
+            }
+            let accounts = if args.account_ids.is_empty() {
+                let load_test = Accounts::new(&args.target.prefix, args.target.accounts);
+                let poor = (0..load_test.poor).map(|i| load_test.poor_id(i));
+                load_test.funded_ids().into_iter().chain(poor).collect()
+            } else {
+                args.account_ids
+            };
+            let report = verify::run(&verify::Settings {
+                write_addr: args.target.write_addr,
+                regions: vec![
+                    ("eu".into(), args.read_eu_addr),
+                    ("ap".into(), args.read_ap_addr),
+                ],
+                nats_url: args.nats_url,
+                raw_stream: args.raw_stream,
+                raw_subject_prefix: args.raw_subject_prefix,
+                accounts,
+                wait: Duration::from_secs(args.wait),
+                parallel: args.parallel,
+            })
+            .await?;
+            for difference in &report.differences {
+                println!("{difference}");
+            }
+            println!(
+                "verify: {} accounts checked ({} raw events), {} differences",
+                report.accounts,
+                report.events,
+                report.differences.len()
+            );
+            anyhow::ensure!(
+                report.differences.is_empty(),
+                "{} differences between the write model, the raw-event fold and the read regions",
+                report.differences.len()
+            );
+        }
+        Command::Lag(args) => {
+            for addr in [
+                &args.target.write_addr,
+                &args.read_eu_addr,
+                &args.read_ap_addr,
+            ] {
+                loopback_only(addr)?;
+            }
+            anyhow::ensure!(
+                args.rate > 0.0 && args.rate <= 20_000.0,
+                "--rate must be in (0, 20000] orders per second"
+            );
+            let seconds = args
+                .orders
+                .map_or(args.duration, |orders| orders as f64 / args.rate);
+            anyhow::ensure!(
+                seconds > 0.0 && seconds <= 600.0,
+                "the load must last (0, 600] seconds (--duration, or --orders at --rate)"
+            );
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| results::file_for("lag", std::time::SystemTime::now()));
+            let settings = lag::Settings {
+                write_addr: args.target.write_addr.clone(),
+                regions: vec![
+                    lag::Region {
+                        name: "eu".into(),
+                        addr: args.read_eu_addr,
+                    },
+                    lag::Region {
+                        name: "ap".into(),
+                        addr: args.read_ap_addr,
+                    },
+                ],
+                rate: args.rate,
+                duration: Duration::from_secs_f64(seconds),
+                accounts: Accounts::new(&args.target.prefix, args.target.accounts),
+                tag: run_tag(),
+            };
+            let run = lag::run(settings, command_line()).await?;
+            println!("\n{}", lag::table(&run));
             results::write(&out, &run)?;
             println!("results: {}", out.display());
         }
         Command::Report { results: dir, out } => {
             let dir = dir.unwrap_or_else(results::default_dir);
             let runs = results::load_all(&dir)?;
-            anyhow::ensure!(!runs.is_empty(), "no bench results in {}", dir.display());
+            let lags = results::load_lag(&dir)?;
+            anyhow::ensure!(
+                !runs.is_empty() || !lags.is_empty(),
+                "no bench or lag results in {}",
+                dir.display()
+            );
             let out = out.unwrap_or_else(|| dir.join("report.html"));
-            std::fs::write(&out, report::html(&runs))
+            std::fs::write(&out, report::html(&runs, &lags))
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            println!("report: {} ({} runs)", out.display(), runs.len());
+            println!(
+                "report: {} ({} bench runs, {} lag runs)",
+                out.display(),
+                runs.len(),
+                lags.len()
+            );
         }
     }
     Ok(())

@@ -89,7 +89,13 @@ fn print_line(name: &str, load: &LoadResult) {
     let errors = if load.errors.is_empty() {
         String::new()
     } else {
-        format!("  errors {:?}", load.errors)
+        let answered = load.failed_latency.as_ref().map_or_else(String::new, |l| {
+            format!(
+                " answered in p50 {:.2} ms  p99 {:.2} ms",
+                l.p50_ms, l.p99_ms
+            )
+        });
+        format!("  errors {:?}{answered}", load.errors)
     };
     println!(
         "  {name:<44} {:>10.0}/s  {latency}{errors}",

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
 use scylla::{
     client::{session::Session, session_builder::SessionBuilder},
     response::query_result::QueryResult,
@@ -17,7 +18,10 @@ use scylla::{
     value::{CqlValue, Row},
 };
 use tonic::Code;
-use trading_proto::trading::v1::{self as api, order_service_client::OrderServiceClient};
+use trading_proto::trading::v1::{
+    self as api, account_service_client::AccountServiceClient,
+    order_service_client::OrderServiceClient,
+};
 
 use super::Bench;
 use crate::{
@@ -91,7 +95,11 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             "PlaceOrder at half capacity",
             half,
             settings.duration,
-            place_order(channels, accounts, format!("{}r", settings.tag)),
+            place_order(
+                channels.clone(),
+                accounts.clone(),
+                format!("{}r", settings.tag),
+            ),
         )
         .await;
         bench.record(GROUP, "PlaceOrder at half capacity", Side::Ours, ours, "");
@@ -103,36 +111,112 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         )
         .await;
         bench.record(GROUP, "raw LWT at the same rate", Side::Raw, raw, "");
+
+        // Overload: twice the capacity, with far more calls allowed in flight than the write
+        // region admits, so the server and not this client decides what to shed. The sum of
+        // the accounts' versions before and after shows that every accepted order, and no
+        // shed one, was committed.
+        let double = Pace::Rate {
+            per_second: (capacity * 2.0).round().max(2.0),
+            max_in_flight: 4_096,
+        };
+        bench.sampler.set_phase("place_order overload");
+        let before = total_version(&channels[0], &accounts).await?;
+        let overload = load::run(
+            "PlaceOrder at twice capacity",
+            double,
+            settings.duration,
+            place_order(
+                channels.clone(),
+                accounts.clone(),
+                format!("{}o", settings.tag),
+            ),
+        )
+        .await;
+        let committed = total_version(&channels[0], &accounts).await? - before;
+        let shed = overload
+            .errors
+            .get("ResourceExhausted")
+            .copied()
+            .unwrap_or(0);
+        let balance = if committed == overload.ok {
+            "nothing accepted lost, nothing shed committed"
+        } else {
+            "MISMATCH: accepted orders lost or refused orders committed"
+        };
+        let note = format!(
+            "{shed} shed with RESOURCE_EXHAUSTED; {committed} orders committed for {} accepted: \
+             {balance}",
+            overload.ok
+        );
+        println!("  overload: {note}");
+        bench.record(
+            GROUP,
+            "PlaceOrder at twice capacity",
+            Side::Ours,
+            overload,
+            &note,
+        );
     }
     Ok(())
 }
 
-/// Buys then sells one share per account in turn, cycling through the instruments.
+/// The sum of the accounts' versions: every filled order adds exactly one.
+async fn total_version(
+    channel: &tonic::transport::Channel,
+    accounts: &[String],
+) -> anyhow::Result<u64> {
+    let client = AccountServiceClient::new(channel.clone());
+    futures::stream::iter(accounts.iter().cloned())
+        .map(|account_id| {
+            let mut client = client.clone();
+            async move {
+                let account = client
+                    .get_account(grpc::request(api::GetAccountRequest {
+                        account_id: account_id.clone(),
+                    }))
+                    .await
+                    .with_context(|| format!("GetAccount {account_id}"))?;
+                Ok::<_, anyhow::Error>(account.into_inner().version)
+            }
+        })
+        .buffer_unordered(16)
+        .try_fold(0, |total, version| async move { Ok(total + version) })
+        .await
+}
+
+/// The `seq`th order of a load: each account in turn buys, then on its next turn sells, one
+/// share, cycling through the instruments, so every order fills and positions stay level however
+/// long the load runs. `id_prefix` keeps client order ids unique per load.
+pub fn order(accounts: &[String], id_prefix: &str, seq: u64) -> api::PlaceOrderRequest {
+    let count = accounts.len() as u64;
+    let round = seq / count;
+    let side = if round.is_multiple_of(2) {
+        api::Side::Buy
+    } else {
+        api::Side::Sell
+    };
+    let (symbol, _, _) = INSTRUMENTS[((round / 2) % INSTRUMENTS.len() as u64) as usize];
+    api::PlaceOrderRequest {
+        account_id: accounts[(seq % count) as usize].clone(),
+        client_order_id: format!("{id_prefix}-{seq}"),
+        symbol: symbol.into(),
+        side: side.into(),
+        quantity: 1,
+        order_type: api::OrderType::Market.into(),
+        limit_price: String::new(),
+    }
+}
+
 fn place_order(
     channels: Vec<tonic::transport::Channel>,
     accounts: Arc<Vec<String>>,
     tag: String,
 ) -> impl Fn(Call) -> futures::future::BoxFuture<'static, Result<Outcome, String>> + Send + Sync {
     let channels = Arc::new(channels);
+    let id_prefix = format!("bench-{tag}");
     move |call: Call| {
-        let count = accounts.len() as u64;
-        let account = accounts[(call.seq % count) as usize].clone();
-        let round = call.seq / count;
-        let side = if round.is_multiple_of(2) {
-            api::Side::Buy
-        } else {
-            api::Side::Sell
-        };
-        let (symbol, _, _) = INSTRUMENTS[((round / 2) % INSTRUMENTS.len() as u64) as usize];
-        let request = api::PlaceOrderRequest {
-            account_id: account,
-            client_order_id: format!("bench-{tag}-{}", call.seq),
-            symbol: symbol.into(),
-            side: side.into(),
-            quantity: 1,
-            order_type: api::OrderType::Market.into(),
-            limit_price: String::new(),
-        };
+        let request = order(&accounts, &id_prefix, call.seq);
         let mut client =
             OrderServiceClient::new(channels[(call.seq % channels.len() as u64) as usize].clone());
         Box::pin(async move {

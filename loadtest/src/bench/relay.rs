@@ -161,7 +161,7 @@ async fn measure(
         .context("cannot start the relay pipeline")?;
     let mut last = Instant::now();
     let finished = loop {
-        let [processed, published, _, dead, _] = running.counters.snapshot();
+        let [processed, published, _, dead, _, _] = running.counters.snapshot();
         if processed >= total {
             break Some((published, dead));
         }
@@ -209,6 +209,7 @@ fn drained(events: u64, elapsed: Duration) -> LoadResult {
         errors: BTreeMap::new(),
         throughput: events as f64 / elapsed_s.max(f64::EPSILON),
         latency: None,
+        failed_latency: None,
     }
 }
 
