@@ -10,7 +10,7 @@ use trading_proto::{
     trading::v1 as api,
 };
 
-use crate::{Position, decimal::DecimalError, format_decimal, parse_decimal};
+use crate::{Position, Side, decimal::DecimalError, format_decimal, parse_decimal};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
@@ -86,19 +86,19 @@ impl AccountState {
                 let price = decimal("price", &trade.price)?;
                 let notional = price * Decimal::from(trade.quantity);
                 let position = self.positions.entry(trade.symbol.clone()).or_default();
-                match trade.side.as_str() {
-                    "BUY" => {
+                match Side::parse(&trade.side) {
+                    Some(Side::Buy) => {
                         position.buy(trade.quantity, price);
                         self.cash -= notional;
                     }
-                    "SELL" => {
+                    Some(Side::Sell) => {
                         position.sell(trade.quantity, price);
                         self.cash += notional;
                     }
-                    side => {
+                    None => {
                         return Err(FoldError::BadSide {
                             event_id,
-                            side: side.to_owned(),
+                            side: trade.side.clone(),
                         });
                     }
                 }

@@ -6,8 +6,10 @@ pub mod decimal;
 pub mod fold;
 pub mod instrument;
 pub mod position;
+pub mod side;
 
 pub use decimal::{DecimalError, format_decimal, parse_decimal};
 pub use fold::{AccountState, FoldError};
 pub use instrument::{Instrument, InstrumentEventError};
 pub use position::Position;
+pub use side::Side;

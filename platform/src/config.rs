@@ -7,9 +7,26 @@ use figment::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
+/// Why a service's settings cannot be used; every service reports config trouble this one way.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+pub enum ConfigError {
+    #[error("cannot read the configuration")]
+    Load(#[source] Box<figment::Error>),
+    #[error("setting {field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    pub fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
 
 /// Loads `T` from its defaults, the TOML file named by `<PREFIX>CONFIG` (if set), and
 /// `<PREFIX>*` environment variables; nested fields use `__` (`RELAY__RISK__STOP_LOSS`).
@@ -24,5 +41,47 @@ where
     figment
         .merge(Env::prefixed(prefix).ignore(&["CONFIG"]).split("__"))
         .extract()
-        .map_err(|error| ConfigError(Box::new(error)))
+        .map_err(|error| ConfigError::Load(Box::new(error)))
+}
+
+/// A JetStream stream, consumer or bucket name: letters, digits, `_` and `-` only, since a name
+/// becomes a token of API subjects (`$JS.API.STREAM.INFO.<name>`) where `.`, `*`, `>` and blanks
+/// would change the subject's meaning.
+pub fn check_nats_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            "must be a non-empty name of letters, digits, '_' or '-'",
+        ))
+    }
+}
+
+/// At least one, for counts such as batch sizes and worker pools.
+pub fn check_positive(field: &'static str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::invalid(field, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_names_that_would_break_subjects_are_refused() {
+        for bad in ["", "a.b", "a*", "a>", "a b", "a/b"] {
+            assert!(check_nats_name("stream", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["RAW_ACCOUNTS", "read-region", "T_0af3"] {
+            assert!(check_nats_name("stream", good).is_ok(), "{good:?} refused");
+        }
+    }
 }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use opentelemetry::{
     Context,
-    propagation::{Extractor, Injector, TextMapPropagator},
-    trace::TracerProvider as _,
+    propagation::{Extractor, TextMapPropagator},
+    trace::{TraceContextExt, TracerProvider as _},
 };
 use opentelemetry_sdk::{
     Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
@@ -115,39 +115,12 @@ pub fn current_trace_context() -> HashMap<String, String> {
     carrier
 }
 
-/// The trace id of the current span, lowercase hex (all zeros when tracing is off).
-pub fn current_trace_id() -> String {
-    use opentelemetry::trace::TraceContextExt;
-    tracing::Span::current()
-        .context()
-        .span()
-        .span_context()
-        .trace_id()
-        .to_string()
-}
-
 /// Makes `span` a child of the remote context found in `carrier` (gRPC metadata, NATS headers
 /// or an event's metadata map). A carrier without a valid context leaves the span a root.
 pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
     let parent: Context = TraceContextPropagator::new().extract(carrier);
     // Only fails when the span is disabled by the filter; then there is nothing to link.
     let _ = span.set_parent(parent);
-}
-
-/// Writes the current span's trace context into NATS headers.
-pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
-    TraceContextPropagator::new().inject_context(
-        &tracing::Span::current().context(),
-        &mut NatsHeaders(headers),
-    );
-}
-
-struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);
-
-impl Injector for NatsHeaders<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
-    }
 }
 
 /// Reads a trace context from NATS headers.
@@ -177,9 +150,16 @@ impl Extractor for HttpHeaderExtractor<'_> {
 }
 
 /// The span of one incoming gRPC request, continuing the caller's trace when its headers carry
-/// one (for `tonic::transport::Server::trace_fn`).
+/// one (for `tonic::transport::Server::trace_fn`). Its `trace_id` field puts the trace id in
+/// every log line written while the request is served, so a log line can be found from a trace.
 pub fn grpc_request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc.request", path = %request.uri().path());
+    let span = tracing::info_span!(
+        "grpc.request",
+        path = %request.uri().path(),
+        trace_id = tracing::field::Empty
+    );
     continue_trace(&span, &HttpHeaderExtractor(request.headers()));
+    let trace_id = span.context().span().span_context().trace_id();
+    span.record("trace_id", tracing::field::display(trace_id));
     span
 }

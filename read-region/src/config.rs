@@ -3,6 +3,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use platform::{
+    config::{ConfigError, check_nats_name, check_positive},
+    names::{self, local},
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,51 +36,38 @@ pub struct Config {
     pub gap_retry_ms: u64,
     /// How long `min_version` waits when the call carries no deadline.
     pub default_wait_ms: u64,
+    /// Requests served at once; beyond it requests are refused with RESOURCE_EXHAUSTED. High,
+    /// because a read with `min_version` holds its slot while it waits for the projection.
+    pub max_concurrent_requests: usize,
     pub shutdown_grace_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50061)),
+            listen_addr: local::READ_EU_ADDR,
             region: "eu".into(),
-            nats_url: "nats://127.0.0.1:4223".into(),
+            nats_url: local::NATS_EU_URL.into(),
             js_domain: "eu".into(),
-            hub_stream: "PORTFOLIO_EVENTS".into(),
-            hub_api_prefix: "$JS.hub.API".into(),
-            mirror_stream: "PORTFOLIO_EVENTS_MIRROR".into(),
+            hub_stream: names::ENRICHED_STREAM.into(),
+            hub_api_prefix: format!("$JS.{}.API", names::HUB_DOMAIN),
+            mirror_stream: names::ENRICHED_MIRROR_STREAM.into(),
             consumer_name: "read-region".into(),
-            redis_url: "redis://127.0.0.1:6380".into(),
+            redis_url: local::REDIS_EU_URL.into(),
             key_prefix: String::new(),
             batch_size: 512,
             gap_retry_ms: 300,
             default_wait_ms: 5_000,
+            max_concurrent_requests: 4_096,
             shutdown_grace_ms: 5_000,
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{field}: {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: &'static str,
-    },
-}
-
-/// NATS stream and consumer names may not contain these (they become subject tokens).
-fn valid_nats_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
-}
-
 impl Config {
     /// Checks every setting before anything is bound or connected.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem| Err(ConfigError::Invalid { field, problem });
+        let invalid = |field, problem: &str| Err(ConfigError::invalid(field, problem));
         if self.region.is_empty() || !self.region.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return invalid("region", "must be a non-empty name of letters and digits");
         }
@@ -88,12 +79,7 @@ impl Config {
             ("mirror_stream", &self.mirror_stream),
             ("consumer_name", &self.consumer_name),
         ] {
-            if !valid_nats_name(name) {
-                return invalid(
-                    field,
-                    "must be a non-empty name without '.', '*', '>' or blanks",
-                );
-            }
+            check_nats_name(field, name)?;
         }
         if !self.hub_api_prefix.starts_with("$JS.") {
             return invalid(
@@ -107,6 +93,7 @@ impl Config {
         if self.batch_size == 0 || self.batch_size > 10_000 {
             return invalid("batch_size", "must be between 1 and 10000");
         }
+        check_positive("max_concurrent_requests", self.max_concurrent_requests)?;
         if self.default_wait_ms == 0 {
             return invalid("default_wait_ms", "must be at least 1");
         }

@@ -13,9 +13,9 @@ pub mod views;
 
 use std::{sync::Arc, time::Duration};
 
+use platform::{config::ConfigError, server::Server};
 use tokio::{net::TcpListener, sync::broadcast, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
 use trading_proto::portfolio::v1::portfolio_service_server::PortfolioServiceServer;
 
 pub use config::Config;
@@ -31,15 +31,13 @@ pub const SERVICE_NAME: &str = "portfolio.v1.PortfolioService";
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Views(#[from] views::ViewError),
     #[error(transparent)]
     Project(#[from] project::ProjectError),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("grpc server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serve(#[from] platform::server::ServeError),
 }
 
 async fn connect(
@@ -63,16 +61,17 @@ pub async fn run(
     let freshness = Arc::new(Freshness::default());
     let (applied, _) = broadcast::channel(4096);
 
-    let mut routes = RoutesBuilder::default();
-    let health = platform::grpc::add_standard_services(&mut routes, &[SERVICE_NAME])?;
-    routes.add_service(PortfolioServiceServer::new(PortfolioApi::new(
-        views.clone(),
-        config.region.clone(),
-        freshness.clone(),
-        applied.clone(),
-        config.default_wait(),
-        shutdown.clone(),
-    )));
+    let mut server = Server::new(&[SERVICE_NAME], config.max_concurrent_requests)?;
+    server
+        .routes()
+        .add_service(PortfolioServiceServer::new(PortfolioApi::new(
+            views.clone(),
+            config.region.clone(),
+            freshness.clone(),
+            applied.clone(),
+            config.default_wait(),
+            shutdown.clone(),
+        )));
 
     let workers_stop = CancellationToken::new();
     let mut background = JoinSet::new();
@@ -80,7 +79,7 @@ pub async fn run(
         views.clone(),
         mirror.clone(),
         freshness.clone(),
-        health,
+        server.health(),
         vec![SERVICE_NAME],
         workers_stop.clone(),
     ));
@@ -102,13 +101,7 @@ pub async fn run(
         addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
         "read region serving"
     );
-    let served = tonic::transport::Server::builder()
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(
-            platform::grpc::incoming(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await;
+    let served = server.serve(listener, shutdown.cancelled_owned()).await;
     workers_stop.cancel();
     if tokio::time::timeout(config.shutdown_grace(), async {
         while background.join_next().await.is_some() {}

@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ledger::parse_decimal;
+use platform::{
+    config::{ConfigError, check_nats_name, check_positive},
+    names::{self, local},
+};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -38,15 +42,15 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50071)),
+            listen_addr: local::RELAY_ADDR,
             region: "us".into(),
-            nats_url: "nats://127.0.0.1:4222".into(),
-            account_stream: "RAW_ACCOUNTS".into(),
-            market_stream: "RAW_MARKET".into(),
-            enriched_stream: "PORTFOLIO_EVENTS".into(),
-            enriched_prefix: "enriched".into(),
-            dead_letter_stream: "RELAY_DEAD_LETTER".into(),
-            state_bucket: "RELAY_STATE".into(),
+            nats_url: local::NATS_HUB_URL.into(),
+            account_stream: names::RAW_ACCOUNTS_STREAM.into(),
+            market_stream: names::RAW_MARKET_STREAM.into(),
+            enriched_stream: names::ENRICHED_STREAM.into(),
+            enriched_prefix: names::ENRICHED_SUBJECT_PREFIX.into(),
+            dead_letter_stream: names::DEAD_LETTER_STREAM.into(),
+            state_bucket: names::RELAY_STATE_BUCKET.into(),
             duplicate_window_secs: 600,
             batch_size: 500,
             max_concentration: "0.5".into(),
@@ -56,29 +60,17 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct ConfigError {
-    field: &'static str,
-    problem: &'static str,
-}
-
 impl Config {
     /// Checks every setting before anything is bound or connected.
     pub fn validate(&self) -> Result<RiskRules, ConfigError> {
         let share = |field, text: &str| match parse_decimal(text) {
             Ok(value) if value > Decimal::ZERO && value < Decimal::ONE => Ok(value),
-            _ => Err(ConfigError {
+            _ => Err(ConfigError::invalid(
                 field,
-                problem: "must be a decimal between 0 and 1",
-            }),
+                "must be a decimal between 0 and 1",
+            )),
         };
-        if self.batch_size == 0 {
-            return Err(ConfigError {
-                field: "batch_size",
-                problem: "must be at least 1",
-            });
-        }
+        check_positive("batch_size", self.batch_size)?;
         for (field, name) in [
             ("account_stream", &self.account_stream),
             ("market_stream", &self.market_stream),
@@ -86,16 +78,7 @@ impl Config {
             ("dead_letter_stream", &self.dead_letter_stream),
             ("state_bucket", &self.state_bucket),
         ] {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                return Err(ConfigError {
-                    field,
-                    problem: "must be letters, digits, '_' or '-'",
-                });
-            }
+            check_nats_name(field, name)?;
         }
         Ok(RiskRules {
             max_concentration: share("max_concentration", &self.max_concentration)?,

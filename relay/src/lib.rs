@@ -13,9 +13,9 @@ pub mod upcast;
 
 use std::{sync::Arc, time::Duration};
 
+use platform::{config::ConfigError, server::Server};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
 pub use config::Config;
@@ -24,17 +24,15 @@ pub use pipeline::{Pipeline, Source};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error("cannot connect to nats: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot connect to nats")]
     Nats(#[from] async_nats::ConnectError),
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
     Pipeline(#[from] pipeline::PipelineError),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("grpc server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serve(#[from] platform::server::ServeError),
 }
 
 /// Connects, loads the relay's state and starts both consume loops; serves health on
@@ -45,17 +43,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let pipeline = start(config, shutdown.clone()).await?;
-    let mut routes = RoutesBuilder::default();
-    let health = platform::grpc::add_standard_services(&mut routes, &[])?;
-    health.set_service_status("", ServingStatus::Serving).await;
+    // Health and reflection only: a handful of probes, never load.
+    let server = Server::new(&[], 16)?;
+    server.set_serving(ServingStatus::Serving).await;
     tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "relay serving health");
-    let served = tonic::transport::Server::builder()
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(
-            platform::grpc::incoming(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await;
+    let served = server.serve(listener, shutdown.cancelled_owned()).await;
     let grace = Duration::from_millis(pipeline.config.shutdown_grace_ms);
     if tokio::time::timeout(grace, pipeline.stopped())
         .await

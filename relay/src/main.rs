@@ -1,10 +1,16 @@
 //! Loads configuration, starts telemetry, binds the health port, and runs the relay until
 //! SIGTERM/SIGINT.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 
+fn main() -> ExitCode {
+    platform::cli::exit_code(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let _telemetry = platform::telemetry::init("relay")?;
     let config: relay::Config = platform::config::load("RELAY_")?;
     config.validate()?;

@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ledger::parse_decimal;
+use platform::{
+    config::{ConfigError, check_nats_name, check_positive},
+    names::{self, local},
+};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +34,8 @@ pub struct Config {
     /// Largest notional (price x quantity) one order may have, a decimal string.
     pub max_order_notional: String,
     /// Requests served at once; beyond it requests are refused with RESOURCE_EXHAUSTED. About
-    /// capacity x the latency accepted calls may take: 64 keeps the accepted p99 under overload
-    /// near the at-capacity p99 on our 2-core machine (128 let it reach 2.3x; README).
+    /// capacity x the latency an accepted call may take (Little's law): a larger limit only
+    /// queues, raising every accepted call's latency under overload.
     pub max_concurrent_requests: usize,
     pub shutdown_grace_ms: u64,
     /// Test-only: `abort-after-commit` kills the process right after a commit, before the
@@ -42,16 +46,16 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            listen_addr: local::WRITE_REGION_ADDR,
             region: "us".into(),
-            cassandra_contact_points: vec!["127.0.0.1:9042".into()],
+            cassandra_contact_points: vec![local::CASSANDRA.into()],
             keyspace: "trading".into(),
             replication_factor: 1,
             store_timeout_ms: 5_000,
-            nats_url: "nats://127.0.0.1:4222".into(),
-            subject_prefix: "raw".into(),
-            account_stream: "RAW_ACCOUNTS".into(),
-            market_stream: "RAW_MARKET".into(),
+            nats_url: local::NATS_HUB_URL.into(),
+            subject_prefix: names::RAW_SUBJECT_PREFIX.into(),
+            account_stream: names::RAW_ACCOUNTS_STREAM.into(),
+            market_stream: names::RAW_MARKET_STREAM.into(),
             outbox_workers: 8,
             outbox_sweep_interval_ms: 2_000,
             duplicate_window_secs: 600,
@@ -63,24 +67,10 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{field}: {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
-}
-
 impl Config {
     /// Checks every setting before anything is bound or connected.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                problem: problem.to_owned(),
-            })
-        };
+        let invalid = |field, problem: &str| Err(ConfigError::invalid(field, problem));
         if self.cassandra_contact_points.is_empty() {
             return invalid("cassandra_contact_points", "needs at least one node");
         }
@@ -96,12 +86,10 @@ impl Config {
         if self.replication_factor == 0 {
             return invalid("replication_factor", "must be at least 1");
         }
-        if self.outbox_workers == 0 {
-            return invalid("outbox_workers", "must be at least 1");
-        }
-        if self.max_concurrent_requests == 0 {
-            return invalid("max_concurrent_requests", "must be at least 1");
-        }
+        check_positive("outbox_workers", self.outbox_workers)?;
+        check_positive("max_concurrent_requests", self.max_concurrent_requests)?;
+        check_nats_name("account_stream", &self.account_stream)?;
+        check_nats_name("market_stream", &self.market_stream)?;
         if !matches!(self.failpoint.as_deref(), None | Some("abort-after-commit")) {
             return invalid("failpoint", "the only failpoint is abort-after-commit");
         }
@@ -112,10 +100,10 @@ impl Config {
     pub fn max_order_notional(&self) -> Result<Decimal, ConfigError> {
         match parse_decimal(&self.max_order_notional) {
             Ok(value) if value > Decimal::ZERO => Ok(value),
-            _ => Err(ConfigError::Invalid {
-                field: "max_order_notional",
-                problem: "must be a positive decimal".into(),
-            }),
+            _ => Err(ConfigError::invalid(
+                "max_order_notional",
+                "must be a positive decimal",
+            )),
         }
     }
 

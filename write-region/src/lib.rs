@@ -13,9 +13,9 @@ pub mod store;
 
 use std::{sync::Arc, time::Duration};
 
+use platform::{config::ConfigError, server::Server};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use trading_proto::trading::v1::{
     account_service_server::AccountServiceServer,
@@ -34,15 +34,13 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot connect to nats: {0}")]
+    #[error("cannot connect to nats")]
     Nats(#[from] async_nats::ConnectError),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("grpc server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serve(#[from] platform::server::ServeError),
 }
 
 fn abort_after_commit() {
@@ -83,43 +81,23 @@ pub async fn run(
     let commands = Arc::new(Commands::new(store, outbox, after_commit));
     let api = TradingApi::new(commands, max_order_notional, config.region.clone());
 
-    let services = [
-        "trading.v1.AccountService",
-        "trading.v1.MarketDataService",
-        "trading.v1.OrderService",
-    ];
-    let mut routes = RoutesBuilder::default();
-    let health = platform::grpc::add_standard_services(&mut routes, &services)?;
-    routes
+    let mut server = Server::new(
+        &[
+            "trading.v1.AccountService",
+            "trading.v1.MarketDataService",
+            "trading.v1.OrderService",
+        ],
+        config.max_concurrent_requests,
+    )?;
+    server
+        .routes()
         .add_service(AccountServiceServer::new(api.clone()))
         .add_service(MarketDataServiceServer::new(api.clone()))
         .add_service(OrderServiceServer::new(api));
     // The store answered (schema ready), so commands can be served.
-    for service in std::iter::once("").chain(services) {
-        health
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-    }
+    server.set_serving(ServingStatus::Serving).await;
     tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "write region serving");
-
-    let served = tonic::transport::Server::builder()
-        .trace_fn(platform::telemetry::grpc_request_span)
-        // Beyond the limit a request is refused at once with RESOURCE_EXHAUSTED rather than
-        // queued: queueing would raise every accepted request's latency under overload.
-        .layer(
-            tower::ServiceBuilder::new()
-                .load_shed()
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                    config.max_concurrent_requests,
-                ))
-                .into_inner(),
-        )
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(
-            platform::grpc::incoming(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await;
+    let served = server.serve(listener, shutdown.cancelled_owned()).await;
 
     // In-flight requests are done; give the outbox the grace period to publish their events.
     let grace = Duration::from_millis(config.shutdown_grace_ms);

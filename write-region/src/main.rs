@@ -1,9 +1,15 @@
 //! Loads configuration, starts telemetry, binds, and runs the write region until SIGTERM/SIGINT.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 
+fn main() -> ExitCode {
+    platform::cli::exit_code(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let _telemetry = platform::telemetry::init("write-region")?;
     let config: write_region::Config = platform::config::load("WRITE_REGION_")?;
     config.validate()?;

@@ -204,7 +204,7 @@ async fn start_echo(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
         let served = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                platform::grpc::incoming(listener),
+                platform::server::incoming(listener),
                 shutdown.cancelled_owned(),
             )
             .await;

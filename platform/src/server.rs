@@ -1,0 +1,177 @@
+//! The one gRPC server skeleton every service runs on, so each request passes the same layers in
+//! one place: trace-context extraction (the request's span continues the caller's trace and
+//! carries its trace id into every log line), a concurrency limit that refuses the excess at once
+//! with `RESOURCE_EXHAUSTED`, a per-request log line, `grpc.health.v1` and reflection (v1 and
+//! v1alpha), TCP_NODELAY, and draining of in-flight requests on shutdown.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use tokio::net::TcpListener;
+use tonic::{
+    codegen::http,
+    service::{Routes, RoutesBuilder},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A server being assembled: the service adds its own routes, reports health, then serves.
+pub struct Server {
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    services: Vec<&'static str>,
+    max_concurrent_requests: usize,
+}
+
+impl Server {
+    /// Health and reflection, with reflection advertising exactly `services` (fully qualified
+    /// names) plus health. Every service reports NOT_SERVING until [`Server::set_serving`].
+    /// Beyond `max_concurrent_requests` in flight, requests are refused at once rather than
+    /// queued: queueing would raise every accepted request's latency under overload.
+    pub fn new(
+        services: &[&'static str],
+        max_concurrent_requests: usize,
+    ) -> Result<Self, ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let configure = || {
+            services.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(trading_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .with_service_name("grpc.health.v1.Health"),
+                |builder, service| builder.with_service_name(*service),
+            )
+        };
+        let mut routes = RoutesBuilder::default();
+        routes
+            .add_service(health_service)
+            .add_service(configure().build_v1()?)
+            .add_service(configure().build_v1alpha()?);
+        Ok(Self {
+            routes,
+            health,
+            services: services.to_vec(),
+            max_concurrent_requests,
+        })
+    }
+
+    /// Where the service adds its own gRPC services.
+    pub fn routes(&mut self) -> &mut RoutesBuilder {
+        &mut self.routes
+    }
+
+    /// The health reporter, for a service whose readiness changes while it runs.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Reports the server as a whole (`""`) and every named service as `status`.
+    pub async fn set_serving(&self, status: ServingStatus) {
+        for service in std::iter::once("").chain(self.services.iter().copied()) {
+            self.health.set_service_status(service, status).await;
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let layers = tower::ServiceBuilder::new()
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                self.max_concurrent_requests,
+            ))
+            .layer(tower::layer::layer_fn(RequestLog))
+            .into_inner();
+        let routes: Routes = self.routes.routes();
+        tonic::transport::Server::builder()
+            .trace_fn(crate::telemetry::grpc_request_span)
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The connections a server accepts on `listener`, with Nagle's algorithm off: small gRPC
+/// responses would otherwise wait for the client's delayed ACK (about 40 ms each).
+pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Logs each answered request inside its span (method path and trace id): server-side failures
+/// at `warn`, everything else at `debug` (`RUST_LOG=platform::server=debug` shows every call),
+/// so a busy server does not spend its time writing one line per successful call.
+#[derive(Clone)]
+struct RequestLog<S>(S);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for RequestLog<S>
+where
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let started = Instant::now();
+        let answered = self.0.call(request);
+        Box::pin(async move {
+            let result = answered.await;
+            let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            match &result {
+                // A unary call that fails answers with its status in the headers; a success's
+                // status travels in the trailers, after this point, and is the absence of one here.
+                Ok(response) => match grpc_code(response.headers()) {
+                    Some(code) if is_server_fault(code) => {
+                        tracing::warn!(code = ?code, elapsed_us, "request failed");
+                    }
+                    code => tracing::debug!(
+                        code = ?code.unwrap_or(tonic::Code::Ok),
+                        elapsed_us,
+                        "request answered"
+                    ),
+                },
+                Err(_) => tracing::warn!(elapsed_us, "request failed in transport"),
+            }
+            result
+        })
+    }
+}
+
+fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from_i32(value))
+}
+
+/// Codes that say the server (or what it depends on) failed, not the caller.
+fn is_server_fault(code: tonic::Code) -> bool {
+    use tonic::Code::{DataLoss, Internal, Unavailable, Unknown};
+    matches!(code, Internal | Unknown | DataLoss | Unavailable)
+}
