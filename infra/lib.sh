@@ -17,6 +17,8 @@ REPO_DIR="${REPO_DIR:-$(cd "$INFRA_DIR/.." && pwd)}"
 RUN_DIR="${INFRA_RUN_DIR:-$INFRA_DIR/.run}"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
+# Configuration templates (Cassandra, NATS, Redis, the Maven POM) that `render` fills in.
+CONF_DIR="$INFRA_DIR/conf"
 # Everything we start listens here only; never 0.0.0.0.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 LOOPBACK="127.0.0.1"
@@ -28,6 +30,22 @@ warn() { printf '[infra %s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2 2>/dev/n
 die() {
     printf '[infra %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2
     exit 1
+}
+
+# render TEMPLATE OUT: writes infra/conf/TEMPLATE to OUT with each ${NAME} replaced by the shell
+# variable NAME (set in the caller or given as NAME=value before the call). Only the names the
+# template uses are substituted, and a name left unset is an error, never an empty string.
+render() {
+    local template="$CONF_DIR/$1" out=$2 name
+    local -a names
+    mapfile -t names < <(grep -o '\${[A-Z_]*}' "$template" | tr -d '${}' | sort -u)
+    (
+        for name in "${names[@]}"; do
+            [[ -n ${!name+set} ]] || die "render $1: \$$name is not set"
+            export "${name?}"
+        done
+        envsubst "$(printf '${%s}' "${names[@]}")" <"$template" >"$out.tmp"
+    ) && mv "$out.tmp" "$out"
 }
 
 ensure_run_dirs() { mkdir -p "$LOG_DIR" "$PID_DIR"; }

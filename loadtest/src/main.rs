@@ -1,7 +1,7 @@
 //! `loadtest`: setup, side-by-side benchmarks and the HTML report. Thin: parses arguments and
 //! calls the library.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -11,6 +11,7 @@ use loadtest::{
     setup::{self, Accounts},
     verify,
 };
+use platform::names::{self, local};
 
 #[derive(Parser)]
 #[command(about = "Load tests and benchmarks of the trading backend against raw limits")]
@@ -52,7 +53,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct Target {
     /// Write region (trading.v1).
-    #[arg(long, env = "WRITE_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "WRITE_ADDR", default_value_t = local::WRITE_REGION_ADDR.to_string())]
     write_addr: String,
     /// Funded load-test accounts (plus one "poor" account per ten, for rejections).
     #[arg(long, default_value_t = 1000)]
@@ -67,19 +68,19 @@ struct BenchArgs {
     #[command(flatten)]
     target: Target,
     /// Read region (portfolio.v1); GetPortfolio is skipped when it does not answer.
-    #[arg(long, env = "READ_EU_ADDR", default_value = "127.0.0.1:50061")]
+    #[arg(long, env = "READ_EU_ADDR", default_value_t = local::READ_EU_ADDR.to_string())]
     read_addr: String,
     #[arg(
         long,
         env = "CASSANDRA_CONTACT_POINTS",
-        default_value = "127.0.0.1:9042",
+        default_value = local::CASSANDRA,
         value_delimiter = ','
     )]
     cassandra: Vec<String>,
-    #[arg(long, env = "NATS_HUB_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "NATS_HUB_URL", default_value = local::NATS_HUB_URL)]
     nats_url: String,
     /// Redis for the raw read limit (the eu region's server, under this run's own keys).
-    #[arg(long, env = "REDIS_EU_URL", default_value = "redis://127.0.0.1:6380")]
+    #[arg(long, env = "REDIS_EU_URL", default_value = local::REDIS_EU_URL)]
     redis_url: String,
     /// Callers in flight on every closed-loop path.
     #[arg(long, default_value_t = 32)]
@@ -118,18 +119,18 @@ struct VerifyArgs {
     #[arg(long = "account", value_name = "ID")]
     account_ids: Vec<String>,
     /// The eu read region (portfolio.v1).
-    #[arg(long, env = "READ_EU_ADDR", default_value = "127.0.0.1:50061")]
+    #[arg(long, env = "READ_EU_ADDR", default_value_t = local::READ_EU_ADDR.to_string())]
     read_eu_addr: String,
     /// The ap read region (portfolio.v1).
-    #[arg(long, env = "READ_AP_ADDR", default_value = "127.0.0.1:50062")]
+    #[arg(long, env = "READ_AP_ADDR", default_value_t = local::READ_AP_ADDR.to_string())]
     read_ap_addr: String,
-    #[arg(long, env = "NATS_HUB_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "NATS_HUB_URL", default_value = local::NATS_HUB_URL)]
     nats_url: String,
     /// Hub stream of the write region's raw account events.
-    #[arg(long, default_value = "RAW_ACCOUNTS")]
+    #[arg(long, default_value = names::RAW_ACCOUNTS_STREAM)]
     raw_stream: String,
     /// Subject prefix of those events: `<prefix>.<account id>`.
-    #[arg(long, default_value = "raw.account")]
+    #[arg(long, default_value_t = format!("{}.{}", names::RAW_SUBJECT_PREFIX, names::Aggregate::Account.subject_token()))]
     raw_subject_prefix: String,
     /// Seconds, in all, the read regions get to reach the write model's versions.
     #[arg(long, default_value_t = 30)]
@@ -144,10 +145,10 @@ struct LagArgs {
     #[command(flatten)]
     target: Target,
     /// The eu read region (portfolio.v1).
-    #[arg(long, env = "READ_EU_ADDR", default_value = "127.0.0.1:50061")]
+    #[arg(long, env = "READ_EU_ADDR", default_value_t = local::READ_EU_ADDR.to_string())]
     read_eu_addr: String,
     /// The ap read region (portfolio.v1).
-    #[arg(long, env = "READ_AP_ADDR", default_value = "127.0.0.1:50062")]
+    #[arg(long, env = "READ_AP_ADDR", default_value_t = local::READ_AP_ADDR.to_string())]
     read_ap_addr: String,
     /// Orders offered per second.
     #[arg(long, default_value_t = 500.0)]
@@ -188,9 +189,12 @@ fn loopback_only(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn main() -> ExitCode {
+    platform::cli::exit_code(run(Cli::parse()))
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup { target, parallel } => {
             loopback_only(&target.write_addr)?;

@@ -103,6 +103,20 @@ pub async fn run(channel: Channel, accounts: &Accounts, parallel: usize) -> anyh
     Ok(changed)
 }
 
+/// How every load-test instrument is defined (also the relay benchmark's synthetic events).
+pub fn instrument_definition(symbol: &str, name: &str) -> api::UpsertInstrumentRequest {
+    api::UpsertInstrumentRequest {
+        symbol: symbol.into(),
+        name: name.into(),
+        asset_class: "equity".into(),
+        sector: "Load testing".into(),
+        currency: "USD".into(),
+        tick_size: "0.01".into(),
+        lot_size: 1,
+        tradable: true,
+    }
+}
+
 async fn instruments(mut market: MarketDataServiceClient<Channel>) -> anyhow::Result<()> {
     let existing = market
         .list_instruments(api::ListInstrumentsRequest {})
@@ -114,16 +128,7 @@ async fn instruments(mut market: MarketDataServiceClient<Channel>) -> anyhow::Re
         let current = existing.iter().find(|i| i.symbol == symbol);
         if current.is_none_or(|i| !i.tradable) {
             market
-                .upsert_instrument(api::UpsertInstrumentRequest {
-                    symbol: symbol.into(),
-                    name: name.into(),
-                    asset_class: "equity".into(),
-                    sector: "Load testing".into(),
-                    currency: "USD".into(),
-                    tick_size: "0.01".into(),
-                    lot_size: 1,
-                    tradable: true,
-                })
+                .upsert_instrument(instrument_definition(symbol, name))
                 .await
                 .with_context(|| format!("cannot create instrument {symbol}"))?;
         }

@@ -3,10 +3,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use platform::{
-    config::{ConfigError, check_nats_name, check_positive},
-    names::{self, local},
-};
+use platform::config::{ConfigError, check_nats_name, check_positive};
+use platform::names::{self, local};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

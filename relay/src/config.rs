@@ -4,10 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ledger::parse_decimal;
-use platform::{
-    config::{ConfigError, check_nats_name, check_positive},
-    names::{self, local},
-};
+use platform::config::{ConfigError, check_nats_name, check_positive};
+use platform::names::{self, local};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 

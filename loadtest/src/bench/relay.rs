@@ -19,13 +19,16 @@ use futures::StreamExt;
 use prost::Message;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
-use trading_proto::events::v1::{self as events, EventEnvelope, RawEvent, raw_event::Body};
+use trading_proto::{
+    events::v1::{self as events, EventEnvelope, RawEvent, raw_event::Body},
+    trading::v1 as api,
+};
 
 use super::Bench;
 use crate::{
     load::{LoadResult, Pace},
     results::Side,
-    setup::INSTRUMENTS,
+    setup::{INSTRUMENTS, instrument_definition},
 };
 
 const GROUP: &str = "relay";
@@ -307,16 +310,7 @@ fn synthetic(prefix: &str, count: usize) -> Vec<Raw> {
             "instrument",
             symbol,
             1,
-            Body::InstrumentUpserted(events::InstrumentUpserted {
-                symbol: symbol.into(),
-                name: name.into(),
-                asset_class: "equity".into(),
-                sector: "Load testing".into(),
-                currency: "USD".into(),
-                tick_size: "0.01".into(),
-                lot_size: 1,
-                tradable: true,
-            }),
+            Body::InstrumentUpserted(definition_event(instrument_definition(symbol, name))),
         ));
         out.push(raw(
             prefix,
@@ -403,5 +397,29 @@ mod tests {
             *last = envelope.version;
         }
         assert_eq!(events.len(), 1_000 + INSTRUMENTS.len() * 2);
+    }
+}
+
+/// The event the write region records for `request` (what the relay then consumes).
+fn definition_event(request: api::UpsertInstrumentRequest) -> events::InstrumentUpserted {
+    let api::UpsertInstrumentRequest {
+        symbol,
+        name,
+        asset_class,
+        sector,
+        currency,
+        tick_size,
+        lot_size,
+        tradable,
+    } = request;
+    events::InstrumentUpserted {
+        symbol,
+        name,
+        asset_class,
+        sector,
+        currency,
+        tick_size,
+        lot_size,
+        tradable,
     }
 }
