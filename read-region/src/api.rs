@@ -24,8 +24,11 @@ pub enum ApiError {
     #[error("{field}: {problem}")]
     InvalidArgument {
         field: &'static str,
-        problem: String,
+        problem: &'static str,
     },
+    /// The token is the client's own text, so the message names it as the field's problem.
+    #[error("page_token: {0}")]
+    PageToken(model::PageTokenError),
     #[error("account {0} is not known in this region")]
     AccountNotFound(String),
     #[error(
@@ -46,7 +49,9 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match &error {
-            ApiError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            ApiError::InvalidArgument { .. } | ApiError::PageToken(_) => {
+                Status::invalid_argument(error.to_string())
+            }
             ApiError::AccountNotFound(_) => Status::not_found(error.to_string()),
             ApiError::VersionNotReached { .. } => Status::failed_precondition(error.to_string()),
             ApiError::Rebuilding => Status::unavailable(error.to_string()),
@@ -87,7 +92,7 @@ fn account_id(value: &str) -> Result<&str, ApiError> {
     };
     Err(ApiError::InvalidArgument {
         field: "account_id",
-        problem: problem.into(),
+        problem,
     })
 }
 
@@ -251,14 +256,7 @@ impl PortfolioApi {
         let before = if request.page_token.is_empty() {
             None
         } else {
-            Some(
-                model::decode_page_token(&request.page_token).map_err(|error| {
-                    ApiError::InvalidArgument {
-                        field: "page_token",
-                        problem: error.to_string(),
-                    }
-                })?,
-            )
+            Some(model::decode_page_token(&request.page_token).map_err(ApiError::PageToken)?)
         };
         // One more than asked tells whether another page follows.
         let mut trades = found(

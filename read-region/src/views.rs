@@ -23,7 +23,7 @@
 //! Money that Redis adds up is kept as integers in units of 1e-8 (`HINCRBY` is exact 64-bit
 //! arithmetic); Lua's own numbers are doubles and never touch money.
 
-use std::{fmt, num::ParseIntError};
+use std::num::ParseIntError;
 
 use redis::{Value, aio::ConnectionManager};
 use rust_decimal::Decimal;
@@ -336,13 +336,6 @@ fn apply_outcome(answer: Value) -> Result<ApplyOutcome, ViewError> {
         (b"gap", _) => Err(ViewError::Protocol("gap answer")),
         (b"nogen", _) => Ok(ApplyOutcome::NoGeneration),
         _ => Err(ViewError::Protocol("apply status")),
-    }
-}
-
-impl fmt::Display for Cursor {
-    /// As the cursor hash stores it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.version, self.part, self.parts)
     }
 }
 
