@@ -11,9 +11,12 @@ use tonic::{Request, Response, Status};
 use trading_proto::portfolio::v1::{self as api, portfolio_service_server::PortfolioService};
 
 use crate::{
-    model::{self, Book},
+    Causes,
+    model::{self, Book, timestamp_from_ms},
+    now_ms,
     project::Freshness,
-    views::{Read, ViewError, Views, timestamp_from_ms},
+    reads::Read,
+    views::{ViewError, Views},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +24,11 @@ pub enum ApiError {
     #[error("{field}: {problem}")]
     InvalidArgument {
         field: &'static str,
-        problem: String,
+        problem: &'static str,
     },
+    /// The token is the client's own text, so the message names it as the field's problem.
+    #[error("page_token: {0}")]
+    PageToken(model::PageTokenError),
     #[error("account {0} is not known in this region")]
     AccountNotFound(String),
     #[error(
@@ -43,12 +49,14 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match &error {
-            ApiError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            ApiError::InvalidArgument { .. } | ApiError::PageToken(_) => {
+                Status::invalid_argument(error.to_string())
+            }
             ApiError::AccountNotFound(_) => Status::not_found(error.to_string()),
             ApiError::VersionNotReached { .. } => Status::failed_precondition(error.to_string()),
             ApiError::Rebuilding => Status::unavailable(error.to_string()),
             ApiError::Views(cause) => {
-                tracing::error!(%cause, "view read failed");
+                tracing::error!(cause = %Causes(cause), "view read failed");
                 Status::unavailable("the region's views cannot be read right now")
             }
         }
@@ -57,6 +65,20 @@ impl From<ApiError> for Status {
 
 const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 500;
+
+/// The one way a handler answers: its result as a response, an `ApiError` as its status.
+fn respond<T>(result: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+/// What an account read found: the value, or why there is none.
+fn found<T>(read: Read<T>, account_id: &str) -> Result<T, ApiError> {
+    match read {
+        Read::Found(value) => Ok(value),
+        Read::NotFound => Err(ApiError::AccountNotFound(account_id.to_owned())),
+        Read::NoGeneration => Err(ApiError::Rebuilding),
+    }
+}
 
 fn account_id(value: &str) -> Result<&str, ApiError> {
     let problem = if value.is_empty() {
@@ -70,7 +92,7 @@ fn account_id(value: &str) -> Result<&str, ApiError> {
     };
     Err(ApiError::InvalidArgument {
         field: "account_id",
-        problem: problem.into(),
+        problem,
     })
 }
 
@@ -118,11 +140,7 @@ impl PortfolioApi {
     }
 
     async fn book(&self, account_id: &str) -> Result<Book, ApiError> {
-        match self.views.portfolio(account_id).await? {
-            Read::Found { value, .. } => Ok(value),
-            Read::NotFound => Err(ApiError::AccountNotFound(account_id.to_owned())),
-            Read::NoGeneration => Err(ApiError::Rebuilding),
-        }
+        found(self.views.portfolio(account_id).await?, account_id)
     }
 
     /// The book once it has reached `min_version`, `None` before. With a `min_version`, an
@@ -238,21 +256,13 @@ impl PortfolioApi {
         let before = if request.page_token.is_empty() {
             None
         } else {
-            Some(
-                model::decode_page_token(&request.page_token).map_err(|error| {
-                    ApiError::InvalidArgument {
-                        field: "page_token",
-                        problem: error.to_string(),
-                    }
-                })?,
-            )
+            Some(model::decode_page_token(&request.page_token).map_err(ApiError::PageToken)?)
         };
         // One more than asked tells whether another page follows.
-        let mut trades = match self.views.trades(account, before, page_size + 1).await? {
-            Read::Found { value, .. } => value,
-            Read::NotFound => return Err(ApiError::AccountNotFound(account.to_owned())),
-            Read::NoGeneration => return Err(ApiError::Rebuilding),
-        };
+        let mut trades = found(
+            self.views.trades(account, before, page_size + 1).await?,
+            account,
+        )?;
         let next_page_token = if trades.len() > page_size {
             trades.truncate(page_size);
             trades
@@ -273,21 +283,17 @@ impl PortfolioApi {
         request: api::ListRiskAlertsRequest,
     ) -> Result<api::ListRiskAlertsResponse, ApiError> {
         let account = account_id(&request.account_id)?;
-        match self.views.alerts(account).await? {
-            Read::Found { value, .. } => Ok(api::ListRiskAlertsResponse { alerts: value }),
-            Read::NotFound => Err(ApiError::AccountNotFound(account.to_owned())),
-            Read::NoGeneration => Err(ApiError::Rebuilding),
-        }
+        let alerts = found(self.views.alerts(account).await?, account)?;
+        Ok(api::ListRiskAlertsResponse { alerts })
     }
 
     async fn dashboard_inner(&self) -> Result<api::MarketDashboard, ApiError> {
         let dashboard = match self.views.dashboard().await? {
-            Read::Found { value, .. } => value,
+            Read::Found(value) => value,
+            // The dashboard names no account: whatever is missing, the views are.
             Read::NotFound | Read::NoGeneration => return Err(ApiError::Rebuilding),
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now = now_ms();
         let today = model::utc_day(now);
         let totals_today = dashboard.day == today;
         Ok(api::MarketDashboard {
@@ -388,30 +394,21 @@ impl PortfolioService for PortfolioApi {
         &self,
         request: Request<api::GetPortfolioRequest>,
     ) -> Result<Response<api::Portfolio>, Status> {
-        self.get_portfolio_inner(request)
-            .await
-            .map(Response::new)
-            .map_err(Into::into)
+        respond(self.get_portfolio_inner(request).await)
     }
 
     async fn list_trades(
         &self,
         request: Request<api::ListTradesRequest>,
     ) -> Result<Response<api::ListTradesResponse>, Status> {
-        self.list_trades_inner(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Into::into)
+        respond(self.list_trades_inner(request.into_inner()).await)
     }
 
     async fn list_risk_alerts(
         &self,
         request: Request<api::ListRiskAlertsRequest>,
     ) -> Result<Response<api::ListRiskAlertsResponse>, Status> {
-        self.list_risk_alerts_inner(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Into::into)
+        respond(self.list_risk_alerts_inner(request.into_inner()).await)
     }
 
     type WatchPortfolioStream = WatchStream;
@@ -420,19 +417,13 @@ impl PortfolioService for PortfolioApi {
         &self,
         request: Request<api::WatchPortfolioRequest>,
     ) -> Result<Response<Self::WatchPortfolioStream>, Status> {
-        self.watch_inner(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Into::into)
+        respond(self.watch_inner(request.into_inner()).await)
     }
 
     async fn get_market_dashboard(
         &self,
         _request: Request<api::GetMarketDashboardRequest>,
     ) -> Result<Response<api::MarketDashboard>, Status> {
-        self.dashboard_inner()
-            .await
-            .map(Response::new)
-            .map_err(Into::into)
+        respond(self.dashboard_inner().await)
     }
 }

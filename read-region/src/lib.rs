@@ -1,17 +1,21 @@
 //! A read region: serves `portfolio.v1.PortfolioService` from its own Redis views, built from
 //! the relay's enriched events as the region's NATS leaf server mirrors them from the hub.
 //!
-//! The flow is `project` (the leaf mirror, a durable consumer, one atomic Lua apply per event,
-//! rebuild and self-healing) -> `views` (Redis key layout, the apply and read scripts) -> `api`
-//! (gRPC). `model` holds the pure rules: cursor successor, valuation, page tokens.
+//! The flow is `project` (the leaf mirror, a durable consumer, batches, rebuild and
+//! self-healing) -> `prepare` (an enriched event as the apply script's arguments) -> `views`
+//! (Redis key layout, generations, the one atomic Lua apply per event in `lua/`) -> `reads`
+//! (the read script the API answers from) -> `api` (gRPC). `model` holds the pure rules:
+//! valuation, scaled money, page tokens; the projection rule itself is the apply script's.
 
 pub mod api;
 pub mod config;
 pub mod model;
+pub mod prepare;
 pub mod project;
+pub mod reads;
 pub mod views;
 
-use std::{sync::Arc, time::Duration};
+use std::{error::Error, fmt, sync::Arc, time::Duration};
 
 use platform::{config::ConfigError, server::Server};
 use tokio::{net::TcpListener, sync::broadcast, task::JoinSet};
@@ -38,6 +42,29 @@ pub enum RunError {
     Project(#[from] project::ProjectError),
     #[error(transparent)]
     Serve(#[from] platform::server::ServeError),
+}
+
+/// An error followed by its causes, `error: cause: inner cause`, the way the binary prints
+/// them; logs use it so a cause is never dropped.
+pub(crate) struct Causes<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// The wall clock in milliseconds since the epoch (0 before it, as a broken clock would be).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn connect(
@@ -93,7 +120,7 @@ pub async fn run(
     let projector_stop = workers_stop.clone();
     background.spawn(async move {
         if let Err(error) = projector.run(projector_stop).await {
-            tracing::error!(%error, "projector stopped");
+            tracing::error!(error = %Causes(&error), "projector stopped");
         }
     });
     tracing::info!(

@@ -1,55 +1,15 @@
-//! The read region's pure rules, free of I/O so they are tested without servers: the cursor
-//! successor rule that makes projection idempotent, valuation of a book at local prices, exact
-//! scaled-integer money for Redis counters, page tokens and the gRPC deadline header.
+//! The read region's pure rules, free of I/O so they are tested without servers: valuation of
+//! a book at local prices, exact scaled-integer money for Redis counters, UTC days and
+//! timestamps, page tokens and the gRPC deadline header. (The projection rule itself, which
+//! event applies next, lives in one place only: the apply script, `lua/apply.lua`.)
 
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 
-/// The last applied event of an aggregate: raw `version`, and `part` of that version's `parts`.
-/// The zero cursor means nothing applied yet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Cursor {
-    pub version: u64,
-    pub part: u32,
-    pub parts: u32,
-}
-
-/// What to do with an event given its aggregate's cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    Apply,
-    /// At or below the cursor: applied before (redelivery, duplicate, replay).
-    Duplicate,
-    /// Beyond the successor: its predecessor has not been applied yet.
-    Gap,
-}
-
-impl Cursor {
-    /// The one (version, part) that may be applied next: the next part of the current set, or
-    /// the first part of the next version once the set is complete.
-    pub fn successor(&self) -> (u64, u32) {
-        if self.part < self.parts {
-            (self.version, self.part + 1)
-        } else {
-            (self.version + 1, 1)
-        }
-    }
-
-    pub fn classify(&self, version: u64, part: u32) -> Disposition {
-        if (version, part) <= (self.version, self.part) {
-            Disposition::Duplicate
-        } else if (version, part) == self.successor() {
-            Disposition::Apply
-        } else {
-            Disposition::Gap
-        }
-    }
-}
-
 /// Money and prices carry at most 8 fractional digits (`ledger::decimal::MAX_SCALE`), so
 /// amounts summed by Redis (`HINCRBY`, exact 64-bit integers) are kept in units of 1e-8.
-pub const SCALE: u32 = 8;
+const SCALE: u32 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("amount {0} does not fit the view's exact integer range")]
@@ -72,6 +32,23 @@ pub fn from_scaled(value: i64) -> Decimal {
 /// "today" for the dashboard's counters.
 pub fn utc_day(epoch_ms: i64) -> i64 {
     epoch_ms.div_euclid(86_400_000)
+}
+
+/// Milliseconds since the epoch of an event timestamp; an event without one counts as 0.
+pub fn timestamp_ms(timestamp: Option<&prost_types::Timestamp>) -> i64 {
+    timestamp.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos / 1_000_000))
+    })
+}
+
+pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        // rem_euclid keeps it within 0..1000, so the nanoseconds always fit.
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
 }
 
 /// One position as the view holds it, with the region's local price of its symbol.
@@ -205,35 +182,11 @@ mod tests {
     }
 
     #[test]
-    fn the_first_event_of_an_aggregate_is_version_one_part_one() {
-        let cursor = Cursor::default();
-        assert_eq!(cursor.successor(), (1, 1));
-        assert_eq!(cursor.classify(1, 1), Disposition::Apply);
-        assert_eq!(cursor.classify(1, 2), Disposition::Gap);
-        assert_eq!(cursor.classify(2, 1), Disposition::Gap);
-    }
-
-    #[test]
-    fn parts_of_a_set_apply_in_order_then_the_next_version() {
-        let middle = Cursor {
-            version: 4,
-            part: 1,
-            parts: 3,
-        };
-        assert_eq!(middle.classify(4, 2), Disposition::Apply);
-        assert_eq!(middle.classify(4, 3), Disposition::Gap);
-        assert_eq!(middle.classify(5, 1), Disposition::Gap);
-        assert_eq!(middle.classify(4, 1), Disposition::Duplicate);
-        assert_eq!(middle.classify(3, 9), Disposition::Duplicate);
-        let complete = Cursor {
-            version: 4,
-            part: 3,
-            parts: 3,
-        };
-        assert_eq!(complete.successor(), (5, 1));
-        assert_eq!(complete.classify(5, 1), Disposition::Apply);
-        assert_eq!(complete.classify(4, 3), Disposition::Duplicate);
-        assert_eq!(complete.classify(6, 1), Disposition::Gap);
+    fn timestamps_round_trip_through_milliseconds_even_before_the_epoch() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(timestamp_ms(Some(&timestamp_from_ms(ms))), ms);
+        }
+        assert_eq!(timestamp_ms(None), 0);
     }
 
     #[test]

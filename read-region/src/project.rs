@@ -20,41 +20,52 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{self, pull},
+    context::CreateStreamError,
+    stream,
+};
 use futures::{FutureExt, StreamExt};
+use platform::names::Aggregate;
 use prost::Message as _;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::EnrichedEvent;
 
 use crate::{
+    Causes,
     config::Config,
     model::Book,
-    views::{self, ApplyOutcome, PreparedEvent, SwitchOutcome, Target, ViewError, Views},
+    now_ms,
+    prepare::{self, PreparedEvent},
+    views::{ApplyOutcome, SwitchOutcome, Target, ViewError, Views},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
-    #[error("cannot connect to nats: {0}")]
+    #[error("cannot connect to nats")]
     Connect(#[from] async_nats::ConnectError),
-    #[error("cannot create or read the mirror stream: {0}")]
-    Stream(String),
-    #[error("cannot create the consumer: {0}")]
-    Consumer(String),
-    #[error("cannot read the mirror: {0}")]
-    Read(String),
+    #[error("cannot create the mirror stream")]
+    Stream(#[from] CreateStreamError),
+    #[error("cannot read the mirror stream's state")]
+    StreamInfo(#[from] stream::InfoError),
+    #[error("cannot create the consumer")]
+    Consumer(#[from] stream::ConsumerError),
+    #[error("cannot start reading the mirror")]
+    Messages(#[from] consumer::StreamError),
+    #[error("cannot read the mirror")]
+    Read(#[from] pull::OrderedError),
+    #[error("a mirror message has no jetstream metadata")]
+    Metadata(#[source] async_nats::Error),
+    #[error("the mirror consumer ended")]
+    ConsumerEnded,
     #[error(transparent)]
     Views(#[from] ViewError),
     #[error("redis lost the generation being rebuilt")]
     GenerationLost,
     #[error("stopped by shutdown")]
     Stopped,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// How fresh the region's view is, fed by the projector and the mirror monitor.
@@ -137,7 +148,7 @@ pub async fn ensure_mirror(
             ..Default::default()
         })
         .await
-        .map_err(|error| ProjectError::Stream(error.to_string()))
+        .map_err(ProjectError::from)
 }
 
 /// The durable consumer of the live projection. Created from the start of the mirror: what
@@ -159,7 +170,7 @@ async fn ensure_consumer(
             },
         )
         .await
-        .map_err(|error| ProjectError::Consumer(error.to_string()))
+        .map_err(ProjectError::from)
 }
 
 /// Decodes a message into the apply script's arguments; `None` when it can never apply
@@ -177,7 +188,7 @@ fn decode(payload: &[u8], stream_sequence: u64) -> Option<PreparedEvent> {
         .as_ref()
         .map(|e| e.event_id.clone())
         .unwrap_or_default();
-    match views::prepare(&event, stream_sequence) {
+    match prepare::prepare(&event, stream_sequence) {
         Ok((prepared, None)) => Some(prepared),
         Ok((prepared, Some(problem))) => {
             // The cursor still advances past it so the aggregate is not blocked forever.
@@ -185,13 +196,13 @@ fn decode(payload: &[u8], stream_sequence: u64) -> Option<PreparedEvent> {
                 stream_sequence,
                 event_id,
                 aggregate = %prepared.aggregate_id,
-                %problem,
+                problem = %Causes(&problem),
                 "enriched event body unusable; skipped"
             );
             Some(prepared)
         }
         Err(problem) => {
-            tracing::error!(stream_sequence, event_id, %problem, "enriched event cannot be placed on a cursor; dropped");
+            tracing::error!(stream_sequence, event_id, problem = %Causes(&problem), "enriched event cannot be placed on a cursor; dropped");
             None
         }
     }
@@ -236,27 +247,18 @@ pub async fn rebuild(
 ) -> Result<RebuildReport, ProjectError> {
     let started = Instant::now();
     let generation = views.begin_generation().await?;
-    let mut target = mirror
-        .get_info()
-        .await
-        .map_err(|error| ProjectError::Stream(error.to_string()))?
-        .state
-        .last_sequence;
+    let mut target = mirror.get_info().await?.state.last_sequence;
     let consumer = mirror
         .create_consumer(pull::OrderedConfig {
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ..Default::default()
         })
-        .await
-        .map_err(|error| ProjectError::Consumer(error.to_string()))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|error| ProjectError::Read(error.to_string()))?;
+        .await?;
+    let mut messages = consumer.messages().await?;
     let mut seen = 0_u64;
     let mut events = 0_u64;
     // Events that arrived before their predecessor, per aggregate, by (version, part).
-    let mut waiting: HashMap<(String, String), BTreeMap<(u64, u32), PreparedEvent>> =
+    let mut waiting: HashMap<(Aggregate, String), BTreeMap<(u64, u32), PreparedEvent>> =
         HashMap::new();
     let mut last_report = Instant::now();
     let report = |seen, events, target| Progress {
@@ -289,7 +291,7 @@ pub async fn rebuild(
         };
         let first = match first {
             Ok(Some(message)) => message,
-            Ok(None) => return Err(ProjectError::Read("mirror consumer ended".into())),
+            Ok(None) => return Err(ProjectError::ConsumerEnded),
             Err(_) => {
                 // Nothing more to read: the target was a sequence the mirror no longer holds.
                 target = seen;
@@ -305,10 +307,8 @@ pub async fn rebuild(
         }
         let mut prepared = Vec::with_capacity(batch.len());
         for message in batch {
-            let message = message.map_err(|error| ProjectError::Read(error.to_string()))?;
-            let info = message
-                .info()
-                .map_err(|error| ProjectError::Read(error.to_string()))?;
+            let message = message?;
+            let info = message.info().map_err(ProjectError::Metadata)?;
             seen = seen.max(info.stream_sequence);
             if info.pending == 0 {
                 target = target.min(seen);
@@ -325,12 +325,12 @@ pub async fn rebuild(
             match outcome {
                 ApplyOutcome::Applied { .. } => {
                     events += 1;
-                    unblocked.push((event.aggregate_type.clone(), event.aggregate_id.clone()));
+                    unblocked.push((event.aggregate, event.aggregate_id.clone()));
                 }
                 ApplyOutcome::Duplicate => {}
                 ApplyOutcome::Gap(_) => {
                     waiting
-                        .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+                        .entry((event.aggregate, event.aggregate_id.clone()))
                         .or_default()
                         .insert((event.version, event.part), event);
                 }
@@ -446,7 +446,7 @@ impl Projector {
                     Ok(()) => {}
                     Err(ProjectError::Stopped) => return Ok(()),
                     Err(error) => {
-                        tracing::warn!(%error, "cannot check or rebuild the views; retrying");
+                        tracing::warn!(error = %Causes(&error), "cannot check or rebuild the views; retrying");
                         tokio::select! {
                             _ = shutdown.cancelled() => return Ok(()),
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -467,7 +467,7 @@ impl Projector {
                     tracing::debug!(%error, "mirror consumer hiccup");
                     continue;
                 }
-                Ok(None) => return Err(ProjectError::Read("consumer stream ended".into())),
+                Ok(None) => return Err(ProjectError::ConsumerEnded),
                 Err(_) => continue,
             };
             let mut batch = vec![first];
@@ -518,7 +518,7 @@ impl Projector {
         {
             Ok(outcomes) => outcomes,
             Err(error) => {
-                tracing::warn!(%error, events = prepared.len(), "cannot apply to redis; redelivering later");
+                tracing::warn!(error = %Causes(&error), events = prepared.len(), "cannot apply to redis; redelivering later");
                 for message in &messages {
                     let _ = message
                         .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
@@ -547,12 +547,13 @@ impl Projector {
                 }
                 ApplyOutcome::Gap(cursor) => {
                     tracing::warn!(
-                        aggregate_type = %event.aggregate_type,
+                        aggregate_type = event.aggregate.as_str(),
                         aggregate = %event.aggregate_id,
                         version = event.version,
                         part = event.part,
                         cursor_version = cursor.version,
                         cursor_part = cursor.part,
+                        cursor_parts = cursor.parts,
                         stream_sequence = event.stream_sequence,
                         "event ahead of its predecessor; retrying later"
                     );

@@ -1,0 +1,22 @@
+-- Functions shared by the apply and read scripts (prepended to each of them).
+
+-- book(g, aid): the account's book in generation key prefix g, flat: account id, version,
+-- as_of, cash, realized, then seven fields per position (symbol, quantity, average cost,
+-- realized, price, name, sector); nil when the account is unknown.
+local function book(g, aid)
+  local acct = g .. ':acct:' .. aid
+  if redis.call('EXISTS', acct) == 0 then return nil end
+  local a = redis.call('HMGET', acct, 'version', 'as_of', 'cash', 'realized')
+  local out = {aid, a[1] or '0', a[2] or '0', a[3] or '0', a[4] or '0'}
+  local q = redis.call('HGETALL', g .. ':posq:' .. aid)
+  for i = 1, #q, 2 do
+    local s = q[i]
+    local c = redis.call('HGET', g .. ':posc:' .. aid, s) or '0'
+    local r = redis.call('HGET', g .. ':posr:' .. aid, s) or '0'
+    local m = redis.call('HMGET', g .. ':sym:' .. s, 'price', 'name', 'sector')
+    for _, v in ipairs({s, q[i + 1], c, r, m[1] or '', m[2] or '', m[3] or ''}) do
+      out[#out + 1] = v
+    end
+  end
+  return out
+end
