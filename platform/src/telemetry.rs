@@ -108,6 +108,22 @@ fn tracer_provider(service_name: &'static str) -> Result<SdkTracerProvider, Tele
     Ok(provider)
 }
 
+/// An error followed by its causes, `error: cause: inner cause`, the way the binary prints
+/// them; logs use it so a cause is never dropped.
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// The W3C trace context (`traceparent`, `tracestate`) of the current span, as header pairs.
 pub fn current_trace_context() -> HashMap<String, String> {
     let mut carrier = HashMap::new();

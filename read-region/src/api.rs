@@ -11,13 +11,13 @@ use tonic::{Request, Response, Status};
 use trading_proto::portfolio::v1::{self as api, portfolio_service_server::PortfolioService};
 
 use crate::{
-    Causes,
     model::{self, Book, timestamp_from_ms},
     now_ms,
     project::Freshness,
     reads::Read,
     views::{ViewError, Views},
 };
+use platform::telemetry::Causes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

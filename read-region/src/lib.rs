@@ -15,9 +15,9 @@ pub mod project;
 pub mod reads;
 pub mod views;
 
-use std::{error::Error, fmt, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use platform::{config::ConfigError, server::Server};
+use platform::{config::ConfigError, server::Server, telemetry::Causes};
 use tokio::{net::TcpListener, sync::broadcast, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use trading_proto::portfolio::v1::portfolio_service_server::PortfolioServiceServer;
@@ -42,22 +42,6 @@ pub enum RunError {
     Project(#[from] project::ProjectError),
     #[error(transparent)]
     Serve(#[from] platform::server::ServeError),
-}
-
-/// An error followed by its causes, `error: cause: inner cause`, the way the binary prints
-/// them; logs use it so a cause is never dropped.
-pub(crate) struct Causes<'a>(pub &'a (dyn Error + 'static));
-
-impl fmt::Display for Causes<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
 }
 
 /// The wall clock in milliseconds since the epoch (0 before it, as a broken clock would be).

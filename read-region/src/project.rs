@@ -34,13 +34,13 @@ use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::EnrichedEvent;
 
 use crate::{
-    Causes,
     config::Config,
     model::Book,
     now_ms,
     prepare::{self, PreparedEvent},
     views::{ApplyOutcome, SwitchOutcome, Target, ViewError, Views},
 };
+use platform::telemetry::Causes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
