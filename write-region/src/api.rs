@@ -4,6 +4,8 @@
 
 use std::{error::Error, sync::Arc};
 
+use ledger::Instrument;
+
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use trading_proto::trading::v1::{
@@ -91,10 +93,19 @@ impl TradingApi {
             trace: platform::telemetry::current_trace_context(),
         }
     }
-}
 
-fn respond<T>(result: Result<T, CommandError>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
+    /// Every handler: the request's context, `run` on the request, then the status mapping.
+    async fn handle<T, R>(
+        &self,
+        request: Request<T>,
+        run: impl AsyncFnOnce(T, RequestContext) -> Result<R, CommandError>,
+    ) -> Result<Response<R>, Status> {
+        let context = self.context(&request);
+        run(request.into_inner(), context)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
 }
 
 #[tonic::async_trait]
@@ -103,61 +114,59 @@ impl AccountService for TradingApi {
         &self,
         request: Request<api::OpenAccountRequest>,
     ) -> Result<Response<api::Account>, Status> {
-        let context = self.context(&request);
-        let result = async {
-            let command = OpenAccount::try_from(request.get_ref())?;
+        self.handle(request, async |request, context| {
+            let command = OpenAccount::try_from(&request)?;
             self.commands.open_account(command, &context).await
-        };
-        respond(result.await)
+        })
+        .await
     }
 
     async fn deposit(
         &self,
         request: Request<api::DepositRequest>,
     ) -> Result<Response<api::CashMovementResponse>, Status> {
-        let context = self.context(&request);
-        let result = async {
-            let movement = CashMovement::try_from(request.get_ref())?;
+        self.handle(request, async |request, context| {
+            let movement = CashMovement::try_from(&request)?;
             self.commands.move_cash(movement, &context).await
-        };
-        respond(result.await)
+        })
+        .await
     }
 
     async fn withdraw(
         &self,
         request: Request<api::WithdrawRequest>,
     ) -> Result<Response<api::CashMovementResponse>, Status> {
-        let context = self.context(&request);
-        let result = async {
-            let movement = CashMovement::try_from(request.get_ref())?;
+        self.handle(request, async |request, context| {
+            let movement = CashMovement::try_from(&request)?;
             self.commands.move_cash(movement, &context).await
-        };
-        respond(result.await)
+        })
+        .await
     }
 
     async fn get_account(
         &self,
         request: Request<api::GetAccountRequest>,
     ) -> Result<Response<api::Account>, Status> {
-        let result = async {
-            let account_id = command::account_id(&request.get_ref().account_id)?;
-            self.commands.account(&account_id).await
-        };
-        respond(result.await.map(|account| account.to_api()))
+        self.handle(request, async |request, _| {
+            let account_id = command::account_id(&request.account_id)?;
+            Ok(self.commands.account(&account_id).await?.to_api())
+        })
+        .await
     }
 
     async fn get_account_as_of(
         &self,
         request: Request<api::GetAccountAsOfRequest>,
     ) -> Result<Response<api::Account>, Status> {
-        let request = request.into_inner();
-        let result = async {
+        self.handle(request, async |request, _| {
             let account_id = command::account_id(&request.account_id)?;
-            self.commands
+            let account = self
+                .commands
                 .account_as_of(&account_id, request.point)
-                .await
-        };
-        respond(result.await.map(|account| account.to_api()))
+                .await?;
+            Ok(account.to_api())
+        })
+        .await
     }
 }
 
@@ -167,34 +176,35 @@ impl MarketDataService for TradingApi {
         &self,
         request: Request<api::UpsertInstrumentRequest>,
     ) -> Result<Response<api::Instrument>, Status> {
-        let context = self.context(&request);
-        let result = async {
-            let definition = command::instrument(request.get_ref())?;
+        self.handle(request, async |request, context| {
+            let definition = command::instrument(&request)?;
             self.commands.upsert_instrument(definition, &context).await
-        };
-        respond(result.await)
+        })
+        .await
     }
 
     async fn list_instruments(
         &self,
-        _request: Request<api::ListInstrumentsRequest>,
+        request: Request<api::ListInstrumentsRequest>,
     ) -> Result<Response<api::ListInstrumentsResponse>, Status> {
-        let result = self.commands.instruments().await;
-        respond(result.map(|instruments| api::ListInstrumentsResponse {
-            instruments: instruments.iter().map(|i| i.to_api()).collect(),
-        }))
+        self.handle(request, async |_, _| {
+            let instruments = self.commands.instruments().await?;
+            Ok(api::ListInstrumentsResponse {
+                instruments: instruments.iter().map(Instrument::to_api).collect(),
+            })
+        })
+        .await
     }
 
     async fn publish_price(
         &self,
         request: Request<api::PublishPriceRequest>,
     ) -> Result<Response<api::PublishPriceResponse>, Status> {
-        let context = self.context(&request);
-        let result = async {
-            let update = PriceUpdate::try_from(request.get_ref())?;
+        self.handle(request, async |request, context| {
+            let update = PriceUpdate::try_from(&request)?;
             self.commands.publish_price(update, &context).await
-        };
-        respond(result.await)
+        })
+        .await
     }
 }
 
@@ -204,22 +214,21 @@ impl OrderService for TradingApi {
         &self,
         request: Request<api::PlaceOrderRequest>,
     ) -> Result<Response<api::PlaceOrderResponse>, Status> {
-        let context = self.context(&request);
-        let result = async {
-            let order = OrderCommand::try_from(request.get_ref())?;
+        self.handle(request, async |request, context| {
+            let order = OrderCommand::try_from(&request)?;
             self.commands.place_order(order, &context).await
-        };
-        respond(result.await)
+        })
+        .await
     }
 
     async fn get_order(
         &self,
         request: Request<api::GetOrderRequest>,
     ) -> Result<Response<api::PlaceOrderResponse>, Status> {
-        let result = async {
-            let order = OrderRef::try_from(request.get_ref())?;
+        self.handle(request, async |request, _| {
+            let order = OrderRef::try_from(&request)?;
             self.commands.order(&order).await
-        };
-        respond(result.await)
+        })
+        .await
     }
 }

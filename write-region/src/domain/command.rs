@@ -36,7 +36,7 @@ pub fn account_id(value: &str) -> Result<String, DomainError> {
 }
 
 /// Symbols: 1-16 of `A-Z 0-9 _ -`, starting with a letter or digit.
-pub fn symbol(value: &str) -> Result<String, DomainError> {
+fn symbol(value: &str) -> Result<String, DomainError> {
     let valid = (1..=16).contains(&value.len())
         && value
             .bytes()

@@ -24,7 +24,7 @@ use scylla::{
     value::CqlTimestamp,
 };
 
-pub use outbox::{OUTBOX_SHARDS, PendingMarker};
+pub use outbox::PendingMarker;
 pub use streams::{Append, NewEvent, RecordKind, Stored};
 
 /// A cause of any of the driver's many error types.
@@ -96,13 +96,6 @@ impl AggregateKey {
         Self {
             kind: Aggregate::Account,
             id: id.into(),
-        }
-    }
-
-    pub fn instrument(symbol: impl Into<String>) -> Self {
-        Self {
-            kind: Aggregate::Instrument,
-            id: symbol.into(),
         }
     }
 
@@ -215,9 +208,13 @@ mod tests {
             AggregateKey::account("a").stable_hash(),
             0xaf63_dc4c_8601_ec8c
         );
+        let instrument = AggregateKey {
+            kind: Aggregate::Instrument,
+            id: "AAPL".to_owned(),
+        };
         assert_eq!(
             AggregateKey::account("AAPL").stable_hash(),
-            AggregateKey::instrument("AAPL").stable_hash()
+            instrument.stable_hash()
         );
     }
 }
