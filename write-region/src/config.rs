@@ -114,7 +114,7 @@ impl Config {
         }
     }
 
-    pub fn outbox(&self) -> OutboxConfig {
+    pub(crate) fn outbox(&self) -> OutboxConfig {
         OutboxConfig {
             subject_prefix: self.subject_prefix.clone(),
             account_stream: self.account_stream.clone(),

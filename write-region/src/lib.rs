@@ -4,11 +4,11 @@
 //! `commands` (one aggregate at a time: load, decide, conditional append) -> `store` (CQL with
 //! lightweight transactions) -> `outbox` (raw events to the hub's JetStream after commit).
 
-pub mod api;
-pub mod commands;
+mod api;
+mod commands;
 pub mod config;
-pub mod domain;
-pub mod outbox;
+mod domain;
+mod outbox;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -27,6 +27,7 @@ pub use config::Config;
 use crate::{
     api::TradingApi,
     commands::{AfterCommitHook, Commands},
+    domain::decide::OrderLimits,
     outbox::Outbox,
     store::Store,
 };
@@ -78,8 +79,9 @@ pub async fn run(
         .failpoint
         .as_ref()
         .map(|_| Arc::new(abort_after_commit) as AfterCommitHook);
-    let commands = Arc::new(Commands::new(store, outbox, after_commit));
-    let api = TradingApi::new(commands, max_order_notional, config.region.clone());
+    let limits = OrderLimits { max_order_notional };
+    let commands = Arc::new(Commands::new(store, outbox, limits, after_commit));
+    let api = TradingApi::new(commands, config.region.clone());
 
     let mut server = Server::new(
         &[

@@ -17,12 +17,13 @@ use std::{
 };
 
 use async_nats::{HeaderMap, jetstream};
+use platform::names::{Aggregate, aggregate_subject};
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::RawEvent;
 
-use crate::store::{AggregateKey, AggregateType, NewEvent, Store};
+use crate::store::{AggregateKey, NewEvent, Store, StoreError};
 
 /// A marker older than this, for a version that was never committed, is a lost race's leftover.
 const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
@@ -39,11 +40,8 @@ pub struct OutboxConfig {
 }
 
 impl OutboxConfig {
-    pub fn subject(&self, key: &AggregateKey) -> String {
-        match key.kind {
-            AggregateType::Account => format!("{}.account.{}", self.subject_prefix, key.id),
-            AggregateType::Instrument => format!("{}.market.{}", self.subject_prefix, key.id),
-        }
+    fn subject(&self, key: &AggregateKey) -> String {
+        aggregate_subject(&self.subject_prefix, key.kind, &key.id)
     }
 }
 
@@ -105,10 +103,9 @@ impl Outbox {
     }
 
     fn dispatch(&self, job: Job) {
-        let hash = job.key().id.bytes().fold(0u64, |hash, byte| {
-            hash.wrapping_mul(31).wrapping_add(u64::from(byte))
-        });
-        let worker = &self.workers[hash as usize % self.workers.len()];
+        // The worker count fits usize, so the remainder does too.
+        let index = job.key().stable_hash() % self.workers.len() as u64;
+        let worker = &self.workers[index as usize];
         if worker.send(job).is_err() {
             // Only after shutdown; the marker stays and the next start publishes the events.
             tracing::warn!("outbox worker gone; events stay pending until the next start");
@@ -149,7 +146,10 @@ impl Outbox {
                         });
                     }
                 }
-                Err(error) => tracing::warn!(%error, "outbox sweep failed; retrying later"),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "outbox sweep failed; retrying later"
+                ),
             }
         }
     }
@@ -158,11 +158,18 @@ impl Outbox {
 #[derive(Debug, thiserror::Error)]
 enum PublishError {
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("jetstream: {0}")]
-    JetStream(String),
-    #[error("stored event is unreadable: {0}")]
+    Store(#[from] StoreError),
+    /// Creating a stream, publishing or awaiting an ack: each has its own error type.
+    #[error("jetstream request failed")]
+    JetStream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored event is unreadable")]
     Corrupt(#[from] prost::DecodeError),
+}
+
+impl PublishError {
+    fn jetstream(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::JetStream(Box::new(error))
+    }
 }
 
 struct Worker {
@@ -208,7 +215,12 @@ impl Worker {
             match self.publish(&key, &queued).await {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(error) => {
-                    tracing::warn!(aggregate = %key.id, %error, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed");
+                    tracing::warn!(
+                        aggregate = %key.id,
+                        error = &error as &dyn std::error::Error,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "outbox publish failed"
+                    );
                     self.queued.insert(key.clone(), queued);
                     self.queue.push_front(key);
                     tokio::select! {
@@ -247,10 +259,11 @@ impl Worker {
             return Ok(());
         }
         let prefix = &self.config.subject_prefix;
-        for (name, subject) in [
-            (&self.config.account_stream, format!("{prefix}.account.>")),
-            (&self.config.market_stream, format!("{prefix}.market.>")),
+        for (name, aggregate) in [
+            (&self.config.account_stream, Aggregate::Account),
+            (&self.config.market_stream, Aggregate::Instrument),
         ] {
+            let subject = aggregate_subject(prefix, aggregate, ">");
             self.jetstream
                 .get_or_create_stream(jetstream::stream::Config {
                     name: name.clone(),
@@ -260,7 +273,7 @@ impl Worker {
                     ..Default::default()
                 })
                 .await
-                .map_err(|error| PublishError::JetStream(error.to_string()))?;
+                .map_err(PublishError::jetstream)?;
         }
         self.streams_ready = true;
         Ok(())
@@ -312,13 +325,12 @@ impl Worker {
                 .jetstream
                 .publish_with_headers(self.config.subject(key), headers, payload.into())
                 .await
-                .map_err(|error| PublishError::JetStream(error.to_string()))?;
+                .map_err(PublishError::jetstream)?;
             acks.push(ack);
             last = envelope.version;
         }
         for ack in acks {
-            ack.await
-                .map_err(|error| PublishError::JetStream(error.to_string()))?;
+            ack.await.map_err(PublishError::jetstream)?;
         }
         if last > published || queued.marker.is_some() {
             self.store.mark_published(key, last).await?;

@@ -1,11 +1,11 @@
 //! Requests parsed into validated commands. Every check that needs no state happens here, so a
 //! malformed request is refused before anything is read or written.
 
-use ledger::{DecimalError, parse_decimal};
-use rust_decimal::Decimal;
-use trading_proto::trading::v1 as api;
+use std::time::SystemTime;
 
-use ledger::Instrument;
+use ledger::{DecimalError, Instrument, Side, parse_decimal};
+use rust_decimal::Decimal;
+use trading_proto::trading::v1::{self as api, get_account_as_of_request::Point};
 
 use super::DomainError;
 
@@ -36,7 +36,7 @@ pub fn account_id(value: &str) -> Result<String, DomainError> {
 }
 
 /// Symbols: 1-16 of `A-Z 0-9 _ -`, starting with a letter or digit.
-pub fn symbol(value: &str) -> Result<String, DomainError> {
+fn symbol(value: &str) -> Result<String, DomainError> {
     let valid = (1..=16).contains(&value.len())
         && value
             .bytes()
@@ -148,18 +148,29 @@ impl CashMovement {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Buy,
-    Sell,
+impl TryFrom<&api::DepositRequest> for CashMovement {
+    type Error = DomainError;
+
+    fn try_from(request: &api::DepositRequest) -> Result<Self, DomainError> {
+        let api::DepositRequest {
+            account_id,
+            amount,
+            idempotency_key,
+        } = request;
+        Self::parse(CashDirection::Deposit, account_id, amount, idempotency_key)
+    }
 }
 
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Buy => "BUY",
-            Self::Sell => "SELL",
-        }
+impl TryFrom<&api::WithdrawRequest> for CashMovement {
+    type Error = DomainError;
+
+    fn try_from(request: &api::WithdrawRequest) -> Result<Self, DomainError> {
+        let api::WithdrawRequest {
+            account_id,
+            amount,
+            idempotency_key,
+        } = request;
+        Self::parse(CashDirection::Withdraw, account_id, amount, idempotency_key)
     }
 }
 
@@ -274,6 +285,59 @@ impl TryFrom<&api::PublishPriceRequest> for PriceUpdate {
             symbol: symbol(&request.symbol)?,
             price: positive("price", &request.price)?,
         })
+    }
+}
+
+/// An order looked up by the id its client gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRef {
+    pub account_id: String,
+    pub client_order_id: String,
+}
+
+impl TryFrom<&api::GetOrderRequest> for OrderRef {
+    type Error = DomainError;
+
+    fn try_from(request: &api::GetOrderRequest) -> Result<Self, DomainError> {
+        let account_id = account_id(&request.account_id)?;
+        // Any client order id the placement accepted can be looked up; an empty one never was.
+        if request.client_order_id.is_empty() {
+            return Err(DomainError::invalid("client_order_id", "is required"));
+        }
+        Ok(Self {
+            account_id,
+            client_order_id: request.client_order_id.clone(),
+        })
+    }
+}
+
+/// A point of an account's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Version(u64),
+    Time(SystemTime),
+}
+
+impl AsOf {
+    /// Checks a requested point against the account's `current` version: history beyond it
+    /// does not exist.
+    pub fn parse(point: Option<Point>, current: u64) -> Result<Self, DomainError> {
+        match point {
+            Some(Point::Version(version)) if version == 0 || version > current => {
+                Err(DomainError::invalid(
+                    "version",
+                    format!("must be between 1 and the current version {current}"),
+                ))
+            }
+            Some(Point::Version(version)) => Ok(Self::Version(version)),
+            Some(Point::AsOfTime(time)) => SystemTime::try_from(time)
+                .map(Self::Time)
+                .map_err(|_| DomainError::invalid("as_of_time", "is not a valid time")),
+            None => Err(DomainError::invalid(
+                "version",
+                "version or as_of_time is required",
+            )),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! records the command; the store stamps envelopes and versions and derives the new state by
 //! folding those same events, so state and stream can never disagree.
 
-use ledger::{AccountState, Instrument, format_decimal};
+use ledger::{AccountState, Instrument, Side, format_decimal};
 use rust_decimal::Decimal;
 use trading_proto::events::v1::{
     AccountOpened, CashDeposited, CashWithdrawn, TradeExecuted, raw_event::Body,
@@ -10,7 +10,7 @@ use trading_proto::events::v1::{
 
 use super::{
     CashDirection, CashMovement, DomainError, OpenAccount, OrderCommand, RejectReason,
-    command::{OrderKind, Side},
+    command::OrderKind,
 };
 
 /// Limits set by configuration rather than by the instrument or the account.
@@ -25,14 +25,56 @@ pub struct Decision {
     pub events: Vec<Body>,
 }
 
-pub fn decide_open(command: &OpenAccount) -> Decision {
-    Decision {
+/// Opens an account under an id not taken yet.
+pub fn decide_open(
+    command: &OpenAccount,
+    existing: Option<&AccountState>,
+) -> Result<Decision, DomainError> {
+    if existing.is_some() {
+        // The caller tells a retry from a conflict with `decide_reopen`.
+        return Err(account_exists(command));
+    }
+    Ok(Decision {
         events: vec![Body::AccountOpened(AccountOpened {
             account_id: command.account_id.clone(),
             owner_name: command.owner_name.clone(),
             base_currency: command.base_currency.clone(),
         })],
+    })
+}
+
+/// An opening under a taken id is a retry when the details match, and a conflict otherwise.
+pub fn decide_reopen(command: &OpenAccount, existing: &AccountState) -> Result<(), DomainError> {
+    if existing.owner_name == command.owner_name && existing.base_currency == command.base_currency
+    {
+        Ok(())
+    } else {
+        Err(account_exists(command))
     }
+}
+
+fn account_exists(command: &OpenAccount) -> DomainError {
+    DomainError::Conflict {
+        reason: "ACCOUNT_EXISTS",
+        detail: format!(
+            "account {:?} already exists with other details",
+            command.account_id
+        ),
+    }
+}
+
+/// Refuses spending `amount`, described by `what`, beyond the account's cash.
+fn ensure_cash(account: &AccountState, amount: Decimal, what: String) -> Result<(), DomainError> {
+    if amount > account.cash {
+        return Err(DomainError::rejected(
+            RejectReason::InsufficientFunds,
+            format!(
+                "{what} exceeds the cash balance of {}",
+                format_decimal(account.cash)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub fn decide_cash(
@@ -48,15 +90,7 @@ pub fn decide_cash(
             idempotency_key: command.idempotency_key.clone(),
         }),
         CashDirection::Withdraw => {
-            if command.amount > account.cash {
-                return Err(DomainError::rejected(
-                    RejectReason::InsufficientFunds,
-                    format!(
-                        "withdrawal of {amount} exceeds the cash balance of {}",
-                        format_decimal(account.cash)
-                    ),
-                ));
-            }
+            ensure_cash(account, command.amount, format!("withdrawal of {amount}"))?;
             Body::CashWithdrawn(CashWithdrawn {
                 account_id: command.account_id.clone(),
                 amount,
@@ -161,16 +195,11 @@ pub fn decide_order(
         .unwrap_or_default();
     let cash_after = match order.side {
         Side::Buy => {
-            if notional > account.cash {
-                return Err(DomainError::rejected(
-                    RejectReason::InsufficientFunds,
-                    format!(
-                        "notional {} exceeds the cash balance of {}",
-                        format_decimal(notional),
-                        format_decimal(account.cash)
-                    ),
-                ));
-            }
+            ensure_cash(
+                account,
+                notional,
+                format!("notional {}", format_decimal(notional)),
+            )?;
             position.buy(order.quantity, price);
             account.cash - notional
         }

@@ -66,6 +66,13 @@ impl DomainError {
         }
     }
 
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+
     pub fn rejected(reason: RejectReason, detail: impl Into<String>) -> Self {
         Self::Rejected {
             reason,

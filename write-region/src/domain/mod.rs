@@ -6,6 +6,8 @@ pub mod command;
 pub mod decide;
 pub mod error;
 
-pub use command::{CashDirection, CashMovement, OpenAccount, OrderCommand, PriceUpdate};
-pub use decide::{Decision, decide_cash, decide_open, decide_order};
+pub use command::{
+    AsOf, CashDirection, CashMovement, OpenAccount, OrderCommand, OrderRef, PriceUpdate,
+};
+pub use decide::{decide_cash, decide_open, decide_order, decide_reopen};
 pub use error::{DomainError, RejectReason};

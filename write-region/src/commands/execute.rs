@@ -1,108 +1,31 @@
-//! Executes commands against the store: for one aggregate at a time, load its state, check the
-//! idempotency record, decide, stamp envelopes, and commit events, state and record in one
-//! conditional batch; then hand the committed events to the outbox.
+//! One command on one aggregate: load its state, check the idempotency record, decide, stamp
+//! envelopes, and commit events, state and record in one conditional batch; then hand the
+//! committed events to the outbox.
 //!
 //! Commands on one aggregate are serialized inside this process (striped async locks) so they
 //! do not fight each other in Paxos; the conditional batch still guards against any other
 //! process, and a lost race reloads with a SERIAL read and decides again.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, RandomState},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
-use ledger::{AccountState, Instrument};
 use prost::Message;
-use tokio::sync::Mutex;
-use trading_proto::{
-    events::v1::{EventEnvelope, RawEvent, raw_event::Body},
-    trading::v1 as api,
-};
+use trading_proto::events::v1::{EventEnvelope, RawEvent, raw_event::Body};
 
+use super::{
+    CommandError, Commands, RequestContext,
+    aggregate::{self, Aggregate},
+};
 use crate::{
     domain::DomainError,
-    outbox::Outbox,
-    store::{AggregateKey, AggregateType, Append, NewEvent, RecordKind, Store, StoreError, Stored},
+    store::{AggregateKey, Append, NewEvent, RecordKind, Stored},
 };
 
 /// How often a command retries after losing a race to another writer.
-const MAX_ATTEMPTS: u32 = 16;
-const LOCK_STRIPES: usize = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("gave up after {MAX_ATTEMPTS} attempts lost to concurrent writers")]
-    Contention,
-    #[error("stored state of {0} is unreadable: {1}")]
-    Corrupt(String, String),
-}
-
-/// A state kept next to its events: decoded from and encoded to the static `state` column, and
-/// advanced by applying its own events, so it always equals the fold of its stream.
-pub trait Aggregate: Default + Sized {
-    const KIND: AggregateType;
-    fn decode(bytes: &[u8]) -> Result<Self, String>;
-    fn encode(&self) -> Vec<u8>;
-    fn apply(&mut self, event: &RawEvent) -> Result<(), String>;
-}
-
-impl Aggregate for AccountState {
-    const KIND: AggregateType = AggregateType::Account;
-
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let account = api::Account::decode(bytes).map_err(|error| error.to_string())?;
-        AccountState::from_api(&account).map_err(|error| error.to_string())
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        self.to_api().encode_to_vec()
-    }
-
-    fn apply(&mut self, event: &RawEvent) -> Result<(), String> {
-        AccountState::apply(self, event).map_err(|error| error.to_string())
-    }
-}
-
-impl Aggregate for Instrument {
-    const KIND: AggregateType = AggregateType::Instrument;
-
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let instrument = api::Instrument::decode(bytes).map_err(|error| error.to_string())?;
-        Instrument::from_api(&instrument).map_err(|error| error.to_string())
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        self.to_api().encode_to_vec()
-    }
-
-    fn apply(&mut self, event: &RawEvent) -> Result<(), String> {
-        let version = event
-            .envelope
-            .as_ref()
-            .map_or(0, |envelope| envelope.version);
-        let body = event.body.as_ref().ok_or("event without body")?;
-        Instrument::apply(self, version, body).map_err(|error| error.to_string())
-    }
-}
-
-/// Where a command came from, stamped on every event it produces.
-#[derive(Debug, Clone, Default)]
-pub struct RequestContext {
-    pub correlation_id: String,
-    pub causation_id: String,
-    pub region: String,
-    /// W3C trace context of the request's span.
-    pub trace: HashMap<String, String>,
-}
+pub(super) const MAX_ATTEMPTS: u32 = 16;
+pub(super) const LOCK_STRIPES: usize = 1024;
 
 /// An idempotency key and what the request under it must look like.
-pub struct Idempotency<'a> {
+pub(super) struct Idempotency<'a> {
     pub kind: RecordKind,
     pub key: &'a str,
     pub fingerprint: String,
@@ -117,35 +40,9 @@ struct IdempotencyRecord {
     response: Vec<u8>,
 }
 
-/// Called after a commit and before the outbox hears of it; only the crash-recovery tests set
-/// it (through the `failpoint` setting), to die exactly between commit and publish.
-pub type AfterCommitHook = Arc<dyn Fn() + Send + Sync>;
-
-pub struct Commands {
-    store: Arc<Store>,
-    outbox: Outbox,
-    locks: Vec<Mutex<()>>,
-    hasher: RandomState,
-    after_commit: Option<AfterCommitHook>,
-}
-
 impl Commands {
-    pub fn new(store: Arc<Store>, outbox: Outbox, after_commit: Option<AfterCommitHook>) -> Self {
-        Self {
-            store,
-            outbox,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            hasher: RandomState::new(),
-            after_commit,
-        }
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// The current state of an aggregate, `None` if it was never written.
-    pub async fn current<A: Aggregate>(&self, id: &str) -> Result<Option<A>, CommandError> {
+    pub(super) async fn current<A: Aggregate>(&self, id: &str) -> Result<Option<A>, CommandError> {
         let key = AggregateKey {
             kind: A::KIND,
             id: id.to_owned(),
@@ -155,7 +52,7 @@ impl Commands {
     }
 
     /// The response recorded under an idempotency key, if any.
-    pub async fn recorded<M: Message + Default>(
+    pub(super) async fn recorded<M: Message + Default>(
         &self,
         key: &AggregateKey,
         kind: RecordKind,
@@ -164,17 +61,14 @@ impl Commands {
         let Some(bytes) = self.store.load_record(key, kind, record_key).await? else {
             return Ok(None);
         };
-        let record = IdempotencyRecord::decode(bytes.as_slice())
-            .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))?;
-        M::decode(record.response.as_slice())
-            .map(Some)
-            .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))
+        let record = decode::<IdempotencyRecord>(key, &bytes)?;
+        decode(key, &record.response).map(Some)
     }
 
     /// Runs one command on aggregate `id`: `decide` turns the current state (`None` if the
     /// aggregate does not exist yet) into event bodies, `respond` builds the response from the
     /// new state and the stamped events. A replayed idempotency key returns the first response.
-    pub async fn execute<A, M>(
+    pub(super) async fn execute<A, M>(
         &self,
         id: &str,
         idempotency: Option<Idempotency<'_>>,
@@ -190,7 +84,8 @@ impl Commands {
             kind: A::KIND,
             id: id.to_owned(),
         };
-        let stripe = self.hasher.hash_one(&key) as usize % LOCK_STRIPES;
+        // The stripe count fits usize, so the remainder does too.
+        let stripe = (key.stable_hash() % LOCK_STRIPES as u64) as usize;
         let _serialized = self.locks[stripe].lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             let serial = attempt > 0;
@@ -213,9 +108,7 @@ impl Commands {
             let events = stamp(&key, stored.version, bodies, context);
             let mut state = current.unwrap_or_default();
             for event in &events {
-                state
-                    .apply(event)
-                    .map_err(|error| CommandError::Corrupt(key.id.clone(), error))?;
+                state.apply(event).map_err(CommandError::corrupt(&key))?;
             }
             let response = respond(&state, &events);
             let record = idempotency.as_ref().map(|idempotency| {
@@ -245,7 +138,7 @@ impl Commands {
                 .append(Append {
                     key: &key,
                     expected_version: stored.version,
-                    state: state.encode(),
+                    state: aggregate::encode(&state),
                     events: &rows,
                     record,
                 })
@@ -266,14 +159,19 @@ impl Commands {
     }
 }
 
+/// Decodes a message stored for `key`; a failure is corrupt data.
+fn decode<M: Message + Default>(key: &AggregateKey, bytes: &[u8]) -> Result<M, CommandError> {
+    M::decode(bytes).map_err(CommandError::corrupt(key))
+}
+
 fn decode_stored<A: Aggregate>(
     key: &AggregateKey,
     stored: &Stored,
 ) -> Result<Option<A>, CommandError> {
     match (&stored.state, stored.version) {
-        (Some(bytes), version) if version > 0 => A::decode(bytes)
+        (Some(bytes), version) if version > 0 => aggregate::decode(bytes)
             .map(Some)
-            .map_err(|error| CommandError::Corrupt(key.id.clone(), error)),
+            .map_err(CommandError::corrupt(key)),
         _ => Ok(None),
     }
 }
@@ -283,8 +181,7 @@ fn replay_record<M: Message + Default>(
     bytes: &[u8],
     idempotency: &Idempotency<'_>,
 ) -> Result<M, CommandError> {
-    let record = IdempotencyRecord::decode(bytes)
-        .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))?;
+    let record = decode::<IdempotencyRecord>(key, bytes)?;
     if record.fingerprint != idempotency.fingerprint {
         return Err(DomainError::Conflict {
             reason: "IDEMPOTENCY_KEY_REUSED",
@@ -295,8 +192,7 @@ fn replay_record<M: Message + Default>(
         }
         .into());
     }
-    M::decode(record.response.as_slice())
-        .map_err(|error| CommandError::Corrupt(key.id.clone(), error.to_string()))
+    decode(key, &record.response)
 }
 
 /// Wraps decided bodies in envelopes with the next versions of `key`.

@@ -1,0 +1,220 @@
+//! The write model in CQL (ScyllaDB in production, Cassandra 5 locally; only CQL both accept).
+//!
+//! - [`streams`]: every aggregate's events, idempotency records and current state, written by
+//!   one conditional batch per command, and the instrument index.
+//! - [`outbox`]: the outbox's pending markers and published progress.
+//! - [`schema`]: the keyspace and tables, created on connect when missing.
+//!
+//! Only the `[applied]` column of a conditional result is read: Scylla and Cassandra return
+//! different extra columns.
+
+mod outbox;
+mod schema;
+mod streams;
+
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+use platform::names::Aggregate;
+use scylla::{
+    client::{session::Session, session_builder::SessionBuilder},
+    statement::{Consistency, SerialConsistency, prepared::PreparedStatement},
+    value::CqlTimestamp,
+};
+
+pub use outbox::PendingMarker;
+pub use streams::{Append, NewEvent, RecordKind, Stored};
+
+/// A cause of any of the driver's many error types.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The driver failed: connection, timeout, unavailable replicas, paging.
+    #[error("store request failed")]
+    Driver(#[source] Cause),
+    /// A result did not have the shape this code expects (a schema or driver mismatch).
+    #[error("unexpected result shape")]
+    Shape(#[source] Cause),
+    /// A conditional result without the `[applied]` flag this code reads.
+    #[error("unexpected conditional result: {0}")]
+    Conditional(String),
+    #[error("an append needs at least one event")]
+    EmptyAppend,
+    #[error("version {0} does not fit a bigint")]
+    VersionOutOfRange(u64),
+    #[error("stored data of {key} is corrupt: negative version {version}")]
+    NegativeVersion { key: AggregateKey, version: i64 },
+}
+
+macro_rules! store_error_from {
+    ($variant:ident: $($error:ty),*) => {
+        $(impl From<$error> for StoreError {
+            fn from(error: $error) -> Self {
+                Self::$variant(error.into())
+            }
+        })*
+    };
+}
+store_error_from!(
+    Driver: scylla::errors::NewSessionError,
+    scylla::errors::PrepareError,
+    scylla::errors::ExecutionError,
+    scylla::errors::PagerExecutionError,
+    scylla::errors::SchemaAgreementError,
+    scylla::errors::NextRowError
+);
+store_error_from!(
+    Shape: scylla::response::query_result::IntoRowsResultError,
+    scylla::errors::RowsError,
+    scylla::errors::DeserializationError,
+    scylla::errors::TypeCheckError,
+    scylla::response::query_result::MaybeFirstRowError
+);
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    pub replication_factor: u32,
+    pub request_timeout: Duration,
+}
+
+/// One aggregate's identity: the partition of its stream, the subject of its events, the
+/// worker that publishes them and the lock that serializes its commands.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AggregateKey {
+    pub kind: Aggregate,
+    pub id: String,
+}
+
+impl AggregateKey {
+    pub fn account(id: impl Into<String>) -> Self {
+        Self {
+            kind: Aggregate::Account,
+            id: id.into(),
+        }
+    }
+
+    /// FNV-1a of the id: stable across processes and releases, unlike the std hasher, because
+    /// the outbox shard derived from it is stored. The kind is left out so that shards
+    /// already stored keep their values.
+    pub fn stable_hash(&self) -> u64 {
+        self.id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+}
+
+impl fmt::Display for AggregateKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{} {:?}", self.kind.as_str(), self.id)
+    }
+}
+
+pub struct Store {
+    session: Session,
+    streams: streams::Statements,
+    outbox: outbox::Statements,
+}
+
+impl Store {
+    /// Connects, creates the keyspace and tables if missing, and prepares every statement.
+    pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
+        let session = SessionBuilder::new()
+            .known_nodes(&config.contact_points)
+            .connection_timeout(Duration::from_secs(10))
+            .build()
+            .await?;
+        schema::create(&session, &config.keyspace, config.replication_factor).await?;
+        let prepare = Prepare {
+            session: &session,
+            keyspace: &config.keyspace,
+            request_timeout: config.request_timeout,
+        };
+        let streams = streams::Statements::prepare(&prepare).await?;
+        let outbox = outbox::Statements::prepare(&prepare).await?;
+        Ok(Self {
+            session,
+            streams,
+            outbox,
+        })
+    }
+}
+
+/// Prepares the statements of one table group with the settings every statement shares.
+struct Prepare<'a> {
+    session: &'a Session,
+    keyspace: &'a str,
+    request_timeout: Duration,
+}
+
+impl Prepare<'_> {
+    /// Prepares `cql`, in which `{keyspace}` stands for the configured keyspace.
+    async fn statement(
+        &self,
+        cql: &str,
+        consistency: Consistency,
+    ) -> Result<PreparedStatement, StoreError> {
+        let mut statement = self
+            .session
+            .prepare(cql.replace("{keyspace}", self.keyspace))
+            .await?;
+        statement.set_consistency(consistency);
+        statement.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        statement.set_request_timeout(Some(self.request_timeout));
+        Ok(statement)
+    }
+}
+
+/// A version as CQL stores it.
+fn bigint(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::VersionOutOfRange(version))
+}
+
+/// A stored version; a negative one is corrupt data, reported wherever it is read.
+fn version_of(key: &AggregateKey, version: i64) -> Result<u64, StoreError> {
+    u64::try_from(version).map_err(|_| StoreError::NegativeVersion {
+        key: key.clone(),
+        version,
+    })
+}
+
+fn timestamp(at: SystemTime) -> CqlTimestamp {
+    let millis = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    CqlTimestamp(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stable_hash_is_fnv_1a_of_the_id() {
+        // Reference values of 64-bit FNV-1a; the stored outbox shards depend on them.
+        assert_eq!(
+            AggregateKey::account("").stable_hash(),
+            0xcbf2_9ce4_8422_2325
+        );
+        assert_eq!(
+            AggregateKey::account("a").stable_hash(),
+            0xaf63_dc4c_8601_ec8c
+        );
+        let instrument = AggregateKey {
+            kind: Aggregate::Instrument,
+            id: "AAPL".to_owned(),
+        };
+        assert_eq!(
+            AggregateKey::account("AAPL").stable_hash(),
+            instrument.stable_hash()
+        );
+    }
+}

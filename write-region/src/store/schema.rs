@@ -1,0 +1,54 @@
+//! The keyspace and its tables, created when missing so a fresh cluster needs no migration step.
+//!
+//! - `streams`: one partition per aggregate. Its events and idempotency records are clustering
+//!   rows (`entry_kind`, `entry_key`); its current state and version are static columns, so one
+//!   conditional batch moves state and stream together.
+//! - `outbox_pending`, `outbox_progress`: the outbox's markers and published versions.
+//! - `instrument_index`: every symbol ever upserted, for listing.
+
+use scylla::client::session::Session;
+
+use super::StoreError;
+
+pub(super) async fn create(
+    session: &Session,
+    keyspace: &str,
+    replication_factor: u32,
+) -> Result<(), StoreError> {
+    let ddl = [
+        format!(
+            "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
+             {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.streams (\
+             aggregate_type text, aggregate_id text, entry_kind text, entry_key text, \
+             state blob static, version bigint static, \
+             payload blob, occurred_at timestamp, \
+             PRIMARY KEY ((aggregate_type, aggregate_id), entry_kind, entry_key))"
+        ),
+        // Markers are written before a commit and deleted once its events are published;
+        // a short grace period keeps their tombstones from piling up.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.outbox_pending (\
+             shard int, aggregate_type text, aggregate_id text, version bigint, \
+             marked_at timestamp, \
+             PRIMARY KEY (shard, aggregate_type, aggregate_id, version)) \
+             WITH gc_grace_seconds = 3600"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.outbox_progress (\
+             aggregate_type text, aggregate_id text, published_version bigint, \
+             PRIMARY KEY ((aggregate_type, aggregate_id)))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.instrument_index (\
+             bucket int, symbol text, PRIMARY KEY (bucket, symbol))"
+        ),
+    ];
+    for statement in ddl {
+        session.query_unpaged(statement, ()).await?;
+    }
+    session.await_schema_agreement().await?;
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Aggregate streams: every aggregate (an account, an instrument) is one partition of
+//! `streams`, its events as clustering rows, its idempotency records beside them, and its
+//! current state and version as static columns. A command is one single-partition conditional
+//! batch: the state moves from version `v` to `v + n` only `IF version = v`, and the `n` events
+//! and the idempotency record are written in the same Paxos round. Two writers can therefore
+//! never both commit on the same version: no read-modify-write race can overspend or oversell.
+
+use std::time::SystemTime;
+
+use futures::TryStreamExt;
+use scylla::{
+    response::query_result::QueryResult,
+    statement::{
+        Consistency, SerialConsistency,
+        batch::{Batch, BatchType},
+        prepared::PreparedStatement,
+    },
+    value::{CqlValue, Row},
+};
+
+use super::{AggregateKey, Prepare, Store, StoreError, bigint, timestamp, version_of};
+
+/// What kind of idempotency record a key names; one namespace per kind of request.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordKind {
+    Order,
+    Cash,
+}
+
+impl RecordKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Cash => "cash",
+        }
+    }
+}
+
+/// The `entry_kind` of event rows (idempotency records use their [`RecordKind`]).
+const EVENT_ROW: &str = "event";
+
+/// The state of an aggregate as stored: encoded state and its version (0: never written).
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    pub state: Option<Vec<u8>>,
+    pub version: u64,
+}
+
+/// One event row to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub version: u64,
+    pub payload: Vec<u8>,
+    pub occurred_at: SystemTime,
+}
+
+/// A conditional append: move `key` from `expected_version` to the last event's version.
+#[derive(Debug, Clone)]
+pub struct Append<'a> {
+    pub key: &'a AggregateKey,
+    pub expected_version: u64,
+    pub state: Vec<u8>,
+    pub events: &'a [NewEvent],
+    /// An idempotency record committed with the events.
+    pub record: Option<(RecordKind, &'a str, Vec<u8>)>,
+}
+
+pub(super) struct Statements {
+    load_state: PreparedStatement,
+    load_state_serial: PreparedStatement,
+    load_record: PreparedStatement,
+    load_events: PreparedStatement,
+    create_state: PreparedStatement,
+    update_state: PreparedStatement,
+    insert_row: PreparedStatement,
+    index_instrument: PreparedStatement,
+    list_instruments: PreparedStatement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(prepare: &Prepare<'_>) -> Result<Self, StoreError> {
+        let quorum = Consistency::LocalQuorum;
+        let load_state = "SELECT state, version FROM {keyspace}.streams \
+                          WHERE aggregate_type = ? AND aggregate_id = ? LIMIT 1";
+        Ok(Self {
+            load_state: prepare.statement(load_state, quorum).await?,
+            // A SERIAL read completes any Paxos round in flight, so after a lost race the
+            // retry sees the winner's state.
+            load_state_serial: prepare
+                .statement(load_state, Consistency::LocalSerial)
+                .await?,
+            load_record: prepare
+                .statement(
+                    "SELECT payload FROM {keyspace}.streams \
+                     WHERE aggregate_type = ? AND aggregate_id = ? \
+                     AND entry_kind = ? AND entry_key = ?",
+                    Consistency::LocalSerial,
+                )
+                .await?,
+            load_events: prepare
+                .statement(
+                    &format!(
+                        "SELECT payload FROM {{keyspace}}.streams \
+                         WHERE aggregate_type = ? AND aggregate_id = ? \
+                         AND entry_kind = '{EVENT_ROW}' AND entry_key > ? AND entry_key <= ?"
+                    ),
+                    quorum,
+                )
+                .await?,
+            create_state: prepare
+                .statement(
+                    "INSERT INTO {keyspace}.streams (aggregate_type, aggregate_id, state, version) \
+                     VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                    quorum,
+                )
+                .await?,
+            update_state: prepare
+                .statement(
+                    "UPDATE {keyspace}.streams SET state = ?, version = ? \
+                     WHERE aggregate_type = ? AND aggregate_id = ? IF version = ?",
+                    quorum,
+                )
+                .await?,
+            insert_row: prepare
+                .statement(
+                    "INSERT INTO {keyspace}.streams \
+                     (aggregate_type, aggregate_id, entry_kind, entry_key, payload, occurred_at) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                    quorum,
+                )
+                .await?,
+            index_instrument: prepare
+                .statement(
+                    "INSERT INTO {keyspace}.instrument_index (bucket, symbol) VALUES (0, ?)",
+                    quorum,
+                )
+                .await?,
+            list_instruments: prepare
+                .statement(
+                    "SELECT symbol FROM {keyspace}.instrument_index WHERE bucket = 0",
+                    quorum,
+                )
+                .await?,
+        })
+    }
+}
+
+impl Store {
+    /// The aggregate's state. `serial` completes any in-flight Paxos round first.
+    pub async fn load(&self, key: &AggregateKey, serial: bool) -> Result<Stored, StoreError> {
+        let statement = if serial {
+            &self.streams.load_state_serial
+        } else {
+            &self.streams.load_state
+        };
+        let result = self
+            .session
+            .execute_unpaged(statement, (key.kind.as_str(), &key.id))
+            .await?
+            .into_rows_result()?;
+        let Some((state, version)) = result.maybe_first_row::<(Option<Vec<u8>>, Option<i64>)>()?
+        else {
+            return Ok(Stored::default());
+        };
+        Ok(Stored {
+            state,
+            version: version_of(key, version.unwrap_or(0))?,
+        })
+    }
+
+    /// The idempotency record under `record_key`, if any.
+    pub async fn load_record(
+        &self,
+        key: &AggregateKey,
+        kind: RecordKind,
+        record_key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.streams.load_record,
+                (key.kind.as_str(), &key.id, kind.as_str(), record_key),
+            )
+            .await?
+            .into_rows_result()?;
+        Ok(result
+            .maybe_first_row::<(Option<Vec<u8>>,)>()?
+            .and_then(|(payload,)| payload))
+    }
+
+    /// Encoded events with `after < version <= up_to`, in version order.
+    pub async fn load_events(
+        &self,
+        key: &AggregateKey,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = self
+            .session
+            .execute_iter(
+                self.streams.load_events.clone(),
+                (
+                    key.kind.as_str(),
+                    &key.id,
+                    event_key(after),
+                    event_key(up_to),
+                ),
+            )
+            .await?
+            .rows_stream::<(Option<Vec<u8>>,)>()?;
+        rows.map_ok(|(payload,)| payload.unwrap_or_default())
+            .try_collect()
+            .await
+            .map_err(StoreError::from)
+    }
+
+    /// Commits an append atomically; `Ok(false)` when another writer moved the version first.
+    pub async fn append(&self, append: Append<'_>) -> Result<bool, StoreError> {
+        let Some(last) = append.events.last() else {
+            return Err(StoreError::EmptyAppend);
+        };
+        let statements = &self.streams;
+        let kind = CqlValue::Text(append.key.kind.as_str().to_owned());
+        let id = CqlValue::Text(append.key.id.clone());
+        let new_version = CqlValue::BigInt(bigint(last.version)?);
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Vec<CqlValue>> = Vec::with_capacity(append.events.len() + 2);
+        if append.expected_version == 0 {
+            batch.append_statement(statements.create_state.clone());
+            values.push(vec![
+                kind.clone(),
+                id.clone(),
+                CqlValue::Blob(append.state),
+                new_version,
+            ]);
+        } else {
+            batch.append_statement(statements.update_state.clone());
+            values.push(vec![
+                CqlValue::Blob(append.state),
+                new_version,
+                kind.clone(),
+                id.clone(),
+                CqlValue::BigInt(bigint(append.expected_version)?),
+            ]);
+        }
+        let row = |entry_kind: &str, entry_key: String, payload: Vec<u8>, at: SystemTime| {
+            vec![
+                kind.clone(),
+                id.clone(),
+                CqlValue::Text(entry_kind.to_owned()),
+                CqlValue::Text(entry_key),
+                CqlValue::Blob(payload),
+                CqlValue::Timestamp(timestamp(at)),
+            ]
+        };
+        for event in append.events {
+            batch.append_statement(statements.insert_row.clone());
+            values.push(row(
+                EVENT_ROW,
+                event_key(event.version),
+                event.payload.clone(),
+                event.occurred_at,
+            ));
+        }
+        if let Some((record_kind, record_key, payload)) = append.record {
+            batch.append_statement(statements.insert_row.clone());
+            values.push(row(
+                record_kind.as_str(),
+                record_key.to_owned(),
+                payload,
+                last.occurred_at,
+            ));
+        }
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        let result = self.session.batch(&batch, values).await?;
+        applied(result)
+    }
+
+    /// Lists every instrument symbol ever indexed.
+    pub async fn instrument_symbols(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .session
+            .execute_iter(self.streams.list_instruments.clone(), ())
+            .await?
+            .rows_stream::<(String,)>()?;
+        rows.map_ok(|(symbol,)| symbol)
+            .try_collect()
+            .await
+            .map_err(StoreError::from)
+    }
+
+    /// Indexes a symbol for listing (idempotent, written before the instrument's first commit).
+    pub async fn index_instrument(&self, symbol: &str) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(&self.streams.index_instrument, (symbol,))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Clustering key of an event row: zero-padded so text order is version order.
+fn event_key(version: u64) -> String {
+    format!("{version:020}")
+}
+
+/// Reads the `[applied]` column of a conditional result, whatever else the row holds.
+fn applied(result: QueryResult) -> Result<bool, StoreError> {
+    let rows = result.into_rows_result()?;
+    let index = rows
+        .column_specs()
+        .iter()
+        .position(|spec| spec.name() == "[applied]")
+        .ok_or_else(|| StoreError::Conditional("no [applied] column".into()))?;
+    let Some(row) = rows.maybe_first_row::<Row>()? else {
+        return Err(StoreError::Conditional("no rows".into()));
+    };
+    match row.columns.get(index) {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(StoreError::Conditional(format!("[applied] is {other:?}"))),
+    }
+}
