@@ -34,7 +34,12 @@ pub struct Instrument {
 impl Instrument {
     /// The event recording this definition.
     pub fn upserted(&self) -> Body {
-        Body::InstrumentUpserted(InstrumentUpserted {
+        Body::InstrumentUpserted(self.definition())
+    }
+
+    /// The definition alone, as the event and the API both carry it.
+    fn definition(&self) -> InstrumentUpserted {
+        InstrumentUpserted {
             symbol: self.symbol.clone(),
             name: self.name.clone(),
             asset_class: self.asset_class.clone(),
@@ -43,7 +48,7 @@ impl Instrument {
             tick_size: format_decimal(self.tick_size),
             lot_size: self.lot_size,
             tradable: self.tradable,
-        })
+        }
     }
 
     /// The event recording a new price.
@@ -77,15 +82,16 @@ impl Instrument {
     }
 
     pub fn to_api(&self) -> api::Instrument {
+        let definition = self.definition();
         api::Instrument {
-            symbol: self.symbol.clone(),
-            name: self.name.clone(),
-            asset_class: self.asset_class.clone(),
-            sector: self.sector.clone(),
-            currency: self.currency.clone(),
-            tick_size: format_decimal(self.tick_size),
-            lot_size: self.lot_size,
-            tradable: self.tradable,
+            symbol: definition.symbol,
+            name: definition.name,
+            asset_class: definition.asset_class,
+            sector: definition.sector,
+            currency: definition.currency,
+            tick_size: definition.tick_size,
+            lot_size: definition.lot_size,
+            tradable: definition.tradable,
             last_price: self.last_price.map(format_decimal).unwrap_or_default(),
             version: self.version,
         }

@@ -16,8 +16,10 @@ use crate::enrich::RiskRules;
 pub struct Config {
     /// Health and reflection only; the relay has no API of its own.
     pub listen_addr: SocketAddr,
-    pub region: String,
+    /// The hub, where the raw and enriched streams live.
     pub nats_url: String,
+    /// Stamped into the enriched events' metadata.
+    pub region: String,
     /// Raw streams written by the write region.
     pub account_stream: String,
     pub market_stream: String,

@@ -402,24 +402,14 @@ mod tests {
 
 /// The event the write region records for `request` (what the relay then consumes).
 fn definition_event(request: api::UpsertInstrumentRequest) -> events::InstrumentUpserted {
-    let api::UpsertInstrumentRequest {
-        symbol,
-        name,
-        asset_class,
-        sector,
-        currency,
-        tick_size,
-        lot_size,
-        tradable,
-    } = request;
     events::InstrumentUpserted {
-        symbol,
-        name,
-        asset_class,
-        sector,
-        currency,
-        tick_size,
-        lot_size,
-        tradable,
+        symbol: request.symbol,
+        name: request.name,
+        asset_class: request.asset_class,
+        sector: request.sector,
+        currency: request.currency,
+        tick_size: request.tick_size,
+        lot_size: request.lot_size,
+        tradable: request.tradable,
     }
 }
