@@ -1,5 +1,4 @@
-//! Test support for the component tests in `tests/`: where the stack started by `infra/up`
-//! listens, and unique names so concurrent test runs never share a keyspace, stream or key.
+//! Where the stack started by `infra/up` listens.
 //!
 //! Endpoints come from the variables `infra/up` writes to `infra/.run/endpoints.env`; each falls
 //! back to the stack's default loopback address so `cargo test` works without sourcing that file,
@@ -15,26 +14,27 @@ pub struct Endpoints {
     pub cassandra_contact_points: Vec<String>,
     /// NATS server of the hub (JetStream domain [`HUB_DOMAIN`]).
     pub nats_hub_url: String,
+    /// The write region's gRPC address (`host:port`).
+    pub write_addr: String,
     /// One entry per read region.
     pub regions: Vec<Region>,
 }
 
-/// A read region: its NATS leaf server (with its own JetStream domain) and its Redis.
+/// A read region: its NATS leaf server (with its own JetStream domain), its Redis and the
+/// address of its service.
 #[derive(Clone, Debug)]
 pub struct Region {
-    /// Region name, also the JetStream domain of its leaf server.
+    /// Region name.
     pub name: &'static str,
     /// NATS URL of the region's leaf server.
     pub nats_url: String,
+    /// JetStream domain of the leaf; `infra/up` names each after its region, a test running
+    /// its own leaf names its own.
+    pub jetstream_domain: String,
     /// Redis URL of the region's view store.
     pub redis_url: String,
-}
-
-impl Region {
-    /// The leaf's JetStream domain; `infra/up` names each domain after its region.
-    pub fn jetstream_domain(&self) -> &'static str {
-        self.name
-    }
+    /// The read region service's gRPC address (`host:port`).
+    pub read_addr: String,
 }
 
 impl Endpoints {
@@ -49,51 +49,42 @@ impl Endpoints {
         Self {
             cassandra_contact_points,
             nats_hub_url: env_or("NATS_HUB_URL", "nats://127.0.0.1:4222"),
+            write_addr: env_or("WRITE_ADDR", "127.0.0.1:50051"),
             regions: vec![
                 Region {
                     name: "eu",
                     nats_url: env_or("NATS_EU_URL", "nats://127.0.0.1:4223"),
+                    jetstream_domain: "eu".into(),
                     redis_url: env_or("REDIS_EU_URL", "redis://127.0.0.1:6380"),
+                    read_addr: env_or("READ_EU_ADDR", "127.0.0.1:50061"),
                 },
                 Region {
                     name: "ap",
                     nats_url: env_or("NATS_AP_URL", "nats://127.0.0.1:4224"),
+                    jetstream_domain: "ap".into(),
                     redis_url: env_or("REDIS_AP_URL", "redis://127.0.0.1:6381"),
+                    read_addr: env_or("READ_AP_ADDR", "127.0.0.1:50062"),
                 },
             ],
         }
     }
+
+    /// The read region called `name`. Panics for a region `infra/up` does not start: that is a
+    /// typo in the test, not a condition to handle.
+    pub fn region(&self, name: &str) -> Region {
+        self.regions
+            .iter()
+            .find(|region| region.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("the stack has no region {name:?}"))
+    }
 }
 
-/// A name no other test run uses: `prefix` followed by a random UUID in hex. Only ASCII letters,
-/// digits and `_`, so it is valid as a CQL keyspace, a JetStream stream or consumer name, a NATS
-/// subject token and a Redis key alike (32 hex digits keep a short prefix under CQL's 48-char
-/// limit).
-pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
-/// An empty variable counts as unset: `VAR= cargo test` should not produce an empty URL.
-fn env_or(name: &str, default: &str) -> String {
+/// The variable `name`, or `default` when it is unset. An empty variable counts as unset:
+/// `VAR= cargo test` should not produce an empty URL.
+pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
         .filter(|value| !value.trim().is_empty())
         .unwrap_or_else(|| default.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unique_names_are_valid_cql_identifiers_and_differ() {
-        let first = unique_name("it");
-        let second = unique_name("it");
-        assert_ne!(first, second);
-        assert!(
-            first.len() <= 48,
-            "cql keyspace names are limited to 48 chars"
-        );
-        assert!(first.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-    }
 }
