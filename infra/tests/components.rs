@@ -15,13 +15,13 @@ use async_nats::jetstream::{
     stream::{self, External, Source, StorageType},
 };
 use futures::StreamExt;
-use infra_tests::{Endpoints, HUB_DOMAIN, Region, unique_name};
 use redis::AsyncCommands;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
+use testkit::{Endpoints, HUB_DOMAIN, Region, unique_name};
 
 /// Upper bound on any single wait, so a dead server or a broken leaf link fails the test with a
 /// message instead of hanging it. Generous because the machines are small and shared.
@@ -164,7 +164,7 @@ async fn jetstream_hub_stream_reaches_every_leaf_mirror_deduplicated_and_in_orde
             connect_nats(format_args!("the {} leaf", region.name), &region.nats_url).await?;
         leaves.push((
             region,
-            jetstream::with_domain(client, region.jetstream_domain()),
+            jetstream::with_domain(client, &region.jetstream_domain),
         ));
     }
 

@@ -12,15 +12,12 @@ use loadtest::{
     grpc,
     setup::{self, Accounts},
 };
-use tonic::transport::Channel;
-use trading_proto::trading::v1::{
-    self as api, market_data_service_client::MarketDataServiceClient,
-    order_service_client::OrderServiceClient,
+use testkit::{
+    Endpoints,
+    trading::{WriteApi, instrument, order, publish_price},
 };
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
+use tonic::transport::Channel;
+use trading_proto::trading::v1::{self as api, order_service_client::OrderServiceClient};
 
 async fn place(
     orders: &mut OrderServiceClient<Channel>,
@@ -29,32 +26,11 @@ async fn place(
     side: api::Side,
     quantity: i64,
 ) -> anyhow::Result<()> {
+    let client_order_id = format!("verify-{symbol}-{side:?}-{quantity}");
     orders
-        .place_order(api::PlaceOrderRequest {
-            account_id: account.into(),
-            client_order_id: format!("verify-{symbol}-{side:?}-{quantity}"),
-            symbol: symbol.into(),
-            side: side.into(),
-            quantity,
-            order_type: api::OrderType::Market.into(),
-            limit_price: String::new(),
-        })
+        .place_order(order(account, &client_order_id, symbol, side, quantity))
         .await
         .with_context(|| format!("{account} cannot {side:?} {quantity} {symbol}"))?;
-    Ok(())
-}
-
-async fn reprice(
-    market: &mut MarketDataServiceClient<Channel>,
-    symbol: &str,
-    price: &str,
-) -> anyhow::Result<()> {
-    market
-        .publish_price(api::PublishPriceRequest {
-            symbol: symbol.into(),
-            price: price.into(),
-        })
-        .await?;
     Ok(())
 }
 
@@ -67,30 +43,25 @@ async fn trade(write_addr: &str, accounts: &Accounts, symbol: &str) -> anyhow::R
         .context("the write region does not answer: start the stack with infra/up and source infra/.run/endpoints.env")?
         .remove(0);
     setup::run(channel.clone(), accounts, 4).await?;
-    let mut market = MarketDataServiceClient::new(channel.clone());
-    let mut orders = OrderServiceClient::new(channel);
-    market
+    let mut orders = channel.orders();
+    channel
+        .market()
         .upsert_instrument(api::UpsertInstrumentRequest {
-            symbol: symbol.into(),
             name: "Verify Corp".into(),
-            asset_class: "equity".into(),
             sector: "Testing".into(),
-            currency: "USD".into(),
-            tick_size: "0.01".into(),
-            lot_size: 1,
-            tradable: true,
+            ..instrument(symbol, "0.01", 1)
         })
         .await?;
     let ids = accounts.funded_ids();
-    reprice(&mut market, symbol, "10.00").await?;
+    publish_price(&channel, symbol, "10.00").await?;
     for id in &ids {
         place(&mut orders, id, symbol, api::Side::Buy, 10).await?;
     }
-    reprice(&mut market, symbol, "12.50").await?;
+    publish_price(&channel, symbol, "12.50").await?;
     for id in &ids {
         place(&mut orders, id, symbol, api::Side::Buy, 5).await?;
     }
-    reprice(&mut market, symbol, "11.00").await?;
+    publish_price(&channel, symbol, "11.00").await?;
     for id in &ids {
         place(&mut orders, id, symbol, api::Side::Sell, 6).await?;
         place(
@@ -177,10 +148,11 @@ impl ViewField {
 
 #[tokio::test]
 async fn verify_passes_on_traded_accounts_and_names_a_corrupted_view() -> anyhow::Result<()> {
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let endpoints = Endpoints::from_env();
+    let tag = testkit::tag();
     let accounts = Accounts::new(&format!("vt-{tag}"), 2);
     let symbol = format!("V{}", tag[..8].to_uppercase());
-    trade(&env_or("WRITE_ADDR", "127.0.0.1:50051"), &accounts, &symbol).await?;
+    trade(&endpoints.write_addr, &accounts, &symbol).await?;
     let ids: Vec<String> = accounts
         .funded_ids()
         .into_iter()
@@ -199,7 +171,7 @@ async fn verify_passes_on_traded_accounts_and_names_a_corrupted_view() -> anyhow
     // One region's cash and the other's quantity of the blended position, of one account.
     let victim = &ids[1];
     let mut cash = ViewField::open(
-        &env_or("REDIS_EU_URL", "redis://127.0.0.1:6380"),
+        &endpoints.region("eu").redis_url,
         "eu",
         "acct",
         victim,
@@ -207,7 +179,7 @@ async fn verify_passes_on_traded_accounts_and_names_a_corrupted_view() -> anyhow
     )
     .await?;
     let mut quantity = ViewField::open(
-        &env_or("REDIS_AP_URL", "redis://127.0.0.1:6381"),
+        &endpoints.region("ap").redis_url,
         "ap",
         "posq",
         victim,

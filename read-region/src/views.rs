@@ -148,7 +148,8 @@ impl Views {
         })
     }
 
-    fn generation_prefix(&self, generation: u64) -> String {
+    /// What every key of `generation` starts with.
+    pub fn generation_prefix(&self, generation: u64) -> String {
         format!("{}:g{generation}:", self.prefix)
     }
 
@@ -243,11 +244,17 @@ impl Views {
         }
     }
 
-    /// Removes every key of a generation; returns how many there were.
-    pub async fn drop_generation(&self, generation: u64) -> Result<usize, ViewError> {
+    /// Every key of one generation (the rebuild test compares two generations key for key).
+    pub async fn generation_keys(&self, generation: u64) -> Result<Vec<String>, ViewError> {
         let mut connection = self.connection.clone();
         let pattern = format!("{}*", self.generation_prefix(generation));
-        let keys = scan_keys(&mut connection, &pattern).await?;
+        Ok(scan_keys(&mut connection, &pattern).await?)
+    }
+
+    /// Removes every key of a generation; returns how many there were.
+    pub async fn drop_generation(&self, generation: u64) -> Result<usize, ViewError> {
+        let keys = self.generation_keys(generation).await?;
+        let mut connection = self.connection.clone();
         for chunk in keys.chunks(500) {
             redis::cmd("UNLINK")
                 .arg(chunk)

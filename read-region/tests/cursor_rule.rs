@@ -3,7 +3,6 @@
 //! its successor (the next part of the current set, else part 1 of the next version); at or
 //! below the cursor is a duplicate, anything else a gap, and neither changes the view.
 
-use platform::names::local;
 use read_region::{
     prepare::{PreparedEvent, prepare},
     reads::Read,
@@ -83,8 +82,8 @@ fn cursor(version: u64, part: u32, parts: u32) -> ApplyOutcome {
 
 #[tokio::test]
 async fn the_apply_script_admits_only_the_successor_of_each_cursor() -> anyhow::Result<()> {
-    let url = std::env::var("REDIS_EU_URL").unwrap_or_else(|_| local::REDIS_EU_URL.to_owned());
-    let prefix = format!("t{}:rule", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let url = testkit::Endpoints::from_env().region("eu").redis_url;
+    let prefix = format!("{}:rule", testkit::unique_name("t"));
     let views = Views::connect(&url, prefix.clone()).await?;
     let generation = views.begin_generation().await?;
     assert!(matches!(

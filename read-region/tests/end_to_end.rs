@@ -2,24 +2,23 @@
 //! regions): orders placed in the write region show in both regions with the write model's
 //! figures, and `min_version` gives read-your-writes every time.
 
-mod support;
-
 use std::time::Duration;
 
+use testkit::{
+    Endpoints,
+    read_region::dec,
+    trading::{WriteApi, funded_account, instrument, order, publish_price},
+};
 use tonic::{Request, transport::Channel};
 use trading_proto::{
     portfolio::v1::{
         GetPortfolioRequest, Portfolio, portfolio_service_client::PortfolioServiceClient,
     },
-    trading::v1::{
-        self as api, account_service_client::AccountServiceClient,
-        market_data_service_client::MarketDataServiceClient,
-        order_service_client::OrderServiceClient,
-    },
+    trading::v1 as api,
 };
 
-async fn channel(variable: &str, default: &str) -> anyhow::Result<Channel> {
-    support::connect(support::env_or(variable, default).parse()?).await
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    testkit::connect(addr.parse()?).await
 }
 
 async fn portfolio(
@@ -37,55 +36,34 @@ async fn portfolio(
 
 #[tokio::test]
 async fn orders_show_in_both_regions_with_read_your_writes() -> anyhow::Result<()> {
-    let write = channel("WRITE_ADDR", "127.0.0.1:50051").await?;
-    let mut regions = [
-        PortfolioServiceClient::new(channel("READ_EU_ADDR", "127.0.0.1:50061").await?),
-        PortfolioServiceClient::new(channel("READ_AP_ADDR", "127.0.0.1:50062").await?),
-    ];
-    let mut accounts = AccountServiceClient::new(write.clone());
-    let mut market = MarketDataServiceClient::new(write.clone());
-    let mut orders = OrderServiceClient::new(write);
-    let tag = support::tag();
+    let endpoints = Endpoints::from_env();
+    let write = channel(&endpoints.write_addr).await?;
+    let mut regions = Vec::new();
+    for region in &endpoints.regions {
+        regions.push(PortfolioServiceClient::new(
+            channel(&region.read_addr).await?,
+        ));
+    }
+    let mut orders = write.orders();
+    let tag = testkit::tag();
     let symbol = format!("E{}", &tag[..8].to_uppercase());
-    market
+    write
+        .market()
         .upsert_instrument(api::UpsertInstrumentRequest {
-            symbol: symbol.clone(),
             name: "End To End Corp".into(),
-            asset_class: "equity".into(),
             sector: "Industrials".into(),
-            currency: "USD".into(),
-            tick_size: "0.01".into(),
-            lot_size: 1,
-            tradable: true,
+            ..instrument(&symbol, "0.01", 1)
         })
         .await?;
     let ids: Vec<String> = (0..10).map(|i| format!("e2e-{tag}-{i}")).collect();
     for id in &ids {
-        accounts
-            .open_account(api::OpenAccountRequest {
-                account_id: id.clone(),
-                owner_name: "E2E".into(),
-                base_currency: "USD".into(),
-            })
-            .await?;
-        accounts
-            .deposit(api::DepositRequest {
-                account_id: id.clone(),
-                amount: "100000".into(),
-                idempotency_key: "funding".into(),
-            })
-            .await?;
+        funded_account(&write, id, "100000").await?;
     }
 
     // 200 orders: prices move every 20, every third order sells part of what was bought.
     for n in 0..200u32 {
         if n % 20 == 0 {
-            market
-                .publish_price(api::PublishPriceRequest {
-                    symbol: symbol.clone(),
-                    price: format!("{}.25", 50 + n / 20),
-                })
-                .await?;
+            publish_price(&write, &symbol, &format!("{}.25", 50 + n / 20)).await?;
         }
         let account = &ids[n as usize % ids.len()];
         // Each account buys twice, then sells once.
@@ -95,15 +73,7 @@ async fn orders_show_in_both_regions_with_read_your_writes() -> anyhow::Result<(
             api::Side::Buy
         };
         let placed = orders
-            .place_order(api::PlaceOrderRequest {
-                account_id: account.clone(),
-                client_order_id: format!("o-{n}"),
-                symbol: symbol.clone(),
-                side: side.into(),
-                quantity: 3,
-                order_type: api::OrderType::Market.into(),
-                limit_price: String::new(),
-            })
+            .place_order(order(account, &format!("o-{n}"), &symbol, side, 3))
             .await?
             .into_inner();
         for region in &mut regions {
@@ -120,7 +90,8 @@ async fn orders_show_in_both_regions_with_read_your_writes() -> anyhow::Result<(
 
     // Both regions equal the write model, valued at the last price (59.25).
     for id in &ids {
-        let model = accounts
+        let model = write
+            .accounts()
             .get_account(api::GetAccountRequest {
                 account_id: id.clone(),
             })
@@ -152,9 +123,8 @@ async fn orders_show_in_both_regions_with_read_your_writes() -> anyhow::Result<(
                 view.region
             );
             assert_eq!(held.last_price, "59.25");
-            let expected_value =
-                support::dec("59.25") * rust_decimal::Decimal::from(position.quantity);
-            assert_eq!(support::dec(&held.market_value), expected_value);
+            let expected_value = dec("59.25") * rust_decimal::Decimal::from(position.quantity);
+            assert_eq!(dec(&held.market_value), expected_value);
             seen.push((
                 view.cash_balance,
                 view.total_value,

@@ -1,12 +1,10 @@
 //! The read region against the real leafs and Redis: figures, read-your-writes, idempotent and
 //! ordered projection, the watch stream and the error contract.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::StreamExt;
-use support::*;
+use testkit::{read_region::*, tag};
 use trading_proto::portfolio::v1 as api;
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -1,10 +1,8 @@
 //! Rebuilding a region's views from its mirror into a fresh generation.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use testkit::{eventually, read_region::*, tag};
 use tokio_util::sync::CancellationToken;
 
 /// Many accounts trading several instruments, with price moves and alerts in between.

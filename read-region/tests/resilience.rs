@@ -2,12 +2,10 @@
 //! hub cut while the write region keeps publishing. Each test runs its own throwaway server
 //! (redis-server, or a leaf nats-server behind a TCP proxy it can sever).
 
-mod support;
-
 use std::{path::Path, process::Stdio, time::Duration};
 
 use anyhow::Context;
-use support::*;
+use testkit::{Region, ScratchDir, eventually, free_port, read_region::*, tag};
 use tokio::{
     net::{TcpListener, TcpStream},
     process::{Child, Command},
@@ -59,8 +57,8 @@ async fn redis_restarted_empty_is_rebuilt_without_a_person() -> anyhow::Result<(
     let hub = HubStream::create(&tag).await?;
     let port = free_port()?;
     let first_dir = ScratchDir::new("rr-redis")?;
-    let mut redis = start_redis(port, &first_dir.0).await?;
-    let site = Site {
+    let mut redis = start_redis(port, first_dir.path()).await?;
+    let site = Region {
         redis_url: format!("redis://127.0.0.1:{port}"),
         ..eu()
     };
@@ -83,7 +81,7 @@ async fn redis_restarted_empty_is_rebuilt_without_a_person() -> anyhow::Result<(
     redis.start_kill()?;
     redis.wait().await?;
     let second_dir = ScratchDir::new("rr-redis")?;
-    let _redis = start_redis(port, &second_dir.0).await?;
+    let _redis = start_redis(port, second_dir.path()).await?;
 
     let rebuilt = eventually(Duration::from_secs(30), || async {
         Ok(region
@@ -184,41 +182,40 @@ async fn a_cut_link_serves_stale_views_and_converges_when_it_returns() -> anyhow
     let (hub_port, hub_leaf_port, leaf_port) = (free_port()?, free_port()?, free_port()?);
     let hub_domain = format!("h{tag}");
     let proxy = LinkProxy::start(format!("127.0.0.1:{hub_leaf_port}")).await?;
-    let hub_config = scratch.0.join("hub.conf");
+    let hub_config = scratch.path().join("hub.conf");
     std::fs::write(
         &hub_config,
         format!(
             "server_name: hub-{tag}\nlisten: 127.0.0.1:{hub_port}\n\
              jetstream {{\n  store_dir: \"{}\"\n  domain: {hub_domain}\n}}\n\
              leafnodes {{\n  listen: 127.0.0.1:{hub_leaf_port}\n  advertise: \"127.0.0.1:{}\"\n}}\n",
-            scratch.0.join("hub-js").display(),
+            scratch.path().join("hub-js").display(),
             proxy.port,
         ),
     )?;
-    let mut hub_server = spawn_nats(&hub_config, &scratch.0.join("hub.log"))?;
+    let mut hub_server = spawn_nats(&hub_config, &scratch.path().join("hub.log"))?;
     wait_for_port(hub_port, &mut hub_server).await?;
     wait_for_port(hub_leaf_port, &mut hub_server).await?;
     let hub = HubStream::create_at(&format!("nats://127.0.0.1:{hub_port}"), &tag).await?;
 
     let domain = format!("t{tag}");
-    let leaf_config = scratch.0.join("leaf.conf");
+    let leaf_config = scratch.path().join("leaf.conf");
     std::fs::write(
         &leaf_config,
         format!(
             "server_name: leaf-{tag}\nlisten: 127.0.0.1:{leaf_port}\n\
              jetstream {{\n  store_dir: \"{}\"\n  domain: {domain}\n}}\n\
              leafnodes {{\n  reconnect: 1\n  remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}\n",
-            scratch.0.join("leaf-js").display(),
+            scratch.path().join("leaf-js").display(),
             proxy.port
         ),
     )?;
-    let mut leaf = spawn_nats(&leaf_config, &scratch.0.join("leaf.log"))?;
+    let mut leaf = spawn_nats(&leaf_config, &scratch.path().join("leaf.log"))?;
     wait_for_port(leaf_port, &mut leaf).await?;
-    let site = Site {
-        region: "eu".into(),
+    let site = Region {
         nats_url: format!("nats://127.0.0.1:{leaf_port}"),
-        js_domain: domain,
-        redis_url: eu().redis_url,
+        jetstream_domain: domain,
+        ..eu()
     };
     let config = read_region::Config {
         hub_api_prefix: format!("$JS.{hub_domain}.API"),

@@ -20,8 +20,6 @@
 //! this lands most kills between publishing a batch's outputs and storing its checkpoint, the
 //! window a restart must repair.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
@@ -35,6 +33,9 @@ use futures::StreamExt;
 use ledger::{AccountState, format_decimal};
 use prost::Message;
 use rust_decimal::{Decimal, prelude::ToPrimitive};
+use testkit::relay::{
+    configs, enriched, publish_raw, raw, raw_prefix, raw_streams, remove_streams,
+};
 use tokio::process::{Child, Command};
 use trading_proto::events::v1::{
     AccountOpened, CashDeposited, CashWithdrawn, EnrichedEvent, InstrumentUpserted, PriceUpdated,
@@ -179,7 +180,7 @@ fn generate(seed: u64, prices: Prices) -> anyhow::Result<Recorded> {
     let mut events = Vec::with_capacity(RAW_EVENTS);
     for listing in &mut listings {
         listing.version = 1;
-        events.push(support::raw(
+        events.push(raw(
             "instrument",
             listing.symbol,
             1,
@@ -205,7 +206,7 @@ fn generate(seed: u64, prices: Prices) -> anyhow::Result<Recorded> {
             let moved = listing.cents + rng.between(0, 2 * step as u64) as i64 - step;
             listing.cents = moved.clamp(listing.low_cents(), listing.high_cents());
             listing.version += 1;
-            events.push(support::raw(
+            events.push(raw(
                 "instrument",
                 listing.symbol,
                 listing.version,
@@ -237,7 +238,7 @@ fn generate(seed: u64, prices: Prices) -> anyhow::Result<Recorded> {
                 body
             }
         };
-        let event = support::raw("account", &account, version, body);
+        let event = raw("account", &account, version, body);
         book.apply(&event)
             .with_context(|| format!("generated an invalid event for {account}"))?;
         events.push(event);
@@ -384,16 +385,14 @@ async fn publish_paced(
     let mut ticker = tokio::time::interval(PUBLISH_TICK);
     for chunk in events.chunks(PUBLISH_CHUNK) {
         ticker.tick().await;
-        support::publish_raw(&jetstream, &prefix, chunk).await?;
+        publish_raw(&jetstream, &prefix, chunk).await?;
     }
     Ok(())
 }
 
 /// Starts the relay binary on `config`'s names, logging to `log`.
 fn spawn_relay(config: &relay::Config, log: &Path) -> anyhow::Result<Child> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = testkit::free_port()?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -532,7 +531,7 @@ async fn outputs(
         .cached_info()
         .state
         .messages;
-    let events = support::enriched(config, stored as usize, Duration::from_secs(60)).await?;
+    let events = enriched(config, stored as usize, Duration::from_secs(60)).await?;
     ensure!(
         events.len() as u64 == stored,
         "read {} of the {stored} enriched events",
@@ -887,20 +886,6 @@ fn verify(consumer: &VersionCheckingConsumer, recorded: &Recorded) -> anyhow::Re
     Ok(compared)
 }
 
-/// Removes everything a run created on the hub.
-async fn remove(jetstream: &jetstream::Context, config: &relay::Config) {
-    for stream in [
-        &config.account_stream,
-        &config.market_stream,
-        &config.enriched_stream,
-        &config.dead_letter_stream,
-        &format!("KV_{}", config.state_bucket),
-    ] {
-        // Leftovers only cost disk space; a failure here says nothing about the relay.
-        let _ = jetstream.delete_stream(stream).await;
-    }
-}
-
 /// What a run with kills left behind.
 struct CrashRun {
     config: relay::Config,
@@ -914,13 +899,13 @@ struct CrashRun {
 /// Publishes `recorded` at a steady pace on fresh streams while relays are started and killed,
 /// then lets a last relay catch up.
 async fn crash_run(recorded: &Recorded, log: &Path) -> anyhow::Result<CrashRun> {
-    let (_, config) = support::configs();
+    let (_, config) = configs();
     let config = relay::Config {
         batch_size: CRASH_BATCH_SIZE,
         ..config
     };
-    let prefix = config.enriched_prefix.replace("enriched", "raw");
-    let jetstream = support::raw_streams(&config, &prefix).await?;
+    let prefix = raw_prefix(&config);
+    let jetstream = raw_streams(&config, &prefix).await?;
     let started = Instant::now();
     let publisher = tokio::spawn(publish_paced(
         jetstream.clone(),
@@ -975,7 +960,7 @@ async fn crash_run(recorded: &Recorded, log: &Path) -> anyhow::Result<CrashRun> 
 }
 
 fn crash_log() -> std::path::PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}.log", support::tag()))
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}.log", testkit::tag()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -984,13 +969,13 @@ async fn a_relay_killed_at_random_points_ends_with_a_clean_runs_effect() -> anyh
     let log = crash_log();
 
     // The clean run: all raw events first, then one relay that is never interrupted.
-    let (_, clean) = support::configs();
-    let clean_prefix = clean.enriched_prefix.replace("enriched", "raw");
-    let clean_jetstream = support::raw_streams(&clean, &clean_prefix).await?;
+    let (_, clean) = configs();
+    let clean_prefix = raw_prefix(&clean);
+    let clean_jetstream = raw_streams(&clean, &clean_prefix).await?;
     // In chunks: async-nats holds at most 5,000 unacknowledged publishes, and `publish_raw`
     // awaits its acks only after publishing everything.
     for chunk in recorded.events.chunks(1_000) {
-        support::publish_raw(&clean_jetstream, &clean_prefix, chunk).await?;
+        publish_raw(&clean_jetstream, &clean_prefix, chunk).await?;
     }
     let started = Instant::now();
     let mut relay = spawn_relay(&clean, &log)?;
@@ -1043,8 +1028,8 @@ async fn a_relay_killed_at_random_points_ends_with_a_clean_runs_effect() -> anyh
         consumer.duplicates,
         recorded.alerts.len()
     );
-    remove(&clean_jetstream, &clean).await;
-    remove(&run.jetstream, &run.config).await;
+    remove_streams(&clean_jetstream, &clean).await;
+    remove_streams(&run.jetstream, &run.config).await;
     let _ = std::fs::remove_file(&log);
     Ok(())
 }
@@ -1087,7 +1072,7 @@ async fn a_relay_killed_while_prices_swing_publishes_every_set_whole() -> anyhow
          alerts, {} duplicates skipped, {compared} figures match the fold",
         run.kills, run.kills_before_checkpoint, consumer.duplicates
     );
-    remove(&run.jetstream, &run.config).await;
+    remove_streams(&run.jetstream, &run.config).await;
     let _ = std::fs::remove_file(&log);
     Ok(())
 }

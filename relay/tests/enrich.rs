@@ -2,21 +2,20 @@
 //! session, poison messages dead-lettered without stopping the flow, and older schema versions
 //! upcast.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Relay, WriteRegion, configs};
+use testkit::{
+    read_messages,
+    relay::{Relay, configs, enriched, publish_raw, raw, raw_prefix, raw_streams},
+    trading::{self, WriteApi, funded_account, publish_price},
+    write_region::WriteRegion,
+};
 use trading_proto::{
     events::v1::{
         AccountOpened, CashDeposited, EnrichedEvent, InstrumentUpserted, PriceUpdated,
         TradeExecuted, enriched_event::Body as Enriched, raw_event::Body as Raw,
     },
-    trading::v1::{
-        self as api, account_service_client::AccountServiceClient,
-        market_data_service_client::MarketDataServiceClient,
-        order_service_client::OrderServiceClient,
-    },
+    trading::v1 as api,
 };
 
 /// (aggregate, version, part, parts, event type) of each enriched event.
@@ -48,15 +47,7 @@ fn of_account<'a>(events: &'a [EnrichedEvent], account: &str) -> Vec<&'a Enriche
 }
 
 fn order(client_order_id: &str, side: api::Side, quantity: i64) -> api::PlaceOrderRequest {
-    api::PlaceOrderRequest {
-        account_id: "erin".into(),
-        client_order_id: client_order_id.into(),
-        symbol: "AAPL".into(),
-        side: side.into(),
-        quantity,
-        order_type: api::OrderType::Market.into(),
-        limit_price: String::new(),
-    }
+    trading::order("erin", client_order_id, "AAPL", side, quantity)
 }
 
 #[tokio::test]
@@ -64,52 +55,28 @@ async fn a_known_session_enriches_to_hand_computed_events() -> anyhow::Result<()
     let (write_config, relay_config) = configs();
     let region = WriteRegion::start(write_config).await?;
     let relay = Relay::start(relay_config.clone()).await?;
-    let mut accounts = AccountServiceClient::new(region.channel.clone());
-    let mut market = MarketDataServiceClient::new(region.channel.clone());
-    let mut orders = OrderServiceClient::new(region.channel.clone());
-    accounts
-        .open_account(api::OpenAccountRequest {
-            account_id: "erin".into(),
-            owner_name: "Erin".into(),
-            base_currency: "USD".into(),
-        })
-        .await?;
-    accounts
-        .deposit(api::DepositRequest {
-            account_id: "erin".into(),
-            amount: "10000".into(),
-            idempotency_key: "d1".into(),
-        })
-        .await?;
-    market
+    let mut orders = region.orders();
+    funded_account(&region, "erin", "10000").await?;
+    region
+        .market()
         .upsert_instrument(api::UpsertInstrumentRequest {
-            symbol: "AAPL".into(),
             name: "Apple Inc.".into(),
-            asset_class: "equity".into(),
-            sector: "Technology".into(),
-            currency: "USD".into(),
-            tick_size: "0.01".into(),
-            lot_size: 1,
-            tradable: true,
+            ..trading::instrument("AAPL", "0.01", 1)
         })
         .await?;
-    let price = |price: &str| api::PublishPriceRequest {
-        symbol: "AAPL".into(),
-        price: price.into(),
-    };
-    market.publish_price(price("100")).await?;
+    publish_price(&region, "AAPL", "100").await?;
     orders.place_order(order("b1", api::Side::Buy, 10)).await?;
-    market.publish_price(price("120")).await?;
+    publish_price(&region, "AAPL", "120").await?;
     orders.place_order(order("b2", api::Side::Buy, 10)).await?;
     orders.place_order(order("s1", api::Side::Sell, 5)).await?;
     // Valuations use the relay's latest prices, so let it value the sell at 120 first.
-    support::enriched(&relay_config, 12, Duration::from_secs(30)).await?;
+    enriched(&relay_config, 12, Duration::from_secs(30)).await?;
     // (110 - 80) / 110 = 27 % below cost: beyond the 20 % stop-loss, once.
-    market.publish_price(price("80")).await?;
-    market.publish_price(price("70")).await?;
+    publish_price(&region, "AAPL", "80").await?;
+    publish_price(&region, "AAPL", "70").await?;
 
     // account: 1 + 4 x 2 parts; instrument: upsert + 4 prices + 1 alert.
-    let events = support::enriched(&relay_config, 15, Duration::from_secs(30)).await?;
+    let events = enriched(&relay_config, 15, Duration::from_secs(30)).await?;
     let erin = of_account(&events, "erin");
     let erin_shape = shape(&erin.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
     let expected: Vec<(String, u64, u32, u32, String)> = [
@@ -264,15 +231,15 @@ fn instrument() -> Raw {
 #[tokio::test]
 async fn poison_is_dead_lettered_and_the_flow_continues() -> anyhow::Result<()> {
     let (_, config) = configs();
-    let prefix = config.enriched_prefix.replace("enriched", "raw");
-    let jetstream = support::raw_streams(&config, &prefix).await?;
+    let prefix = raw_prefix(&config);
+    let jetstream = raw_streams(&config, &prefix).await?;
     let relay = Relay::start(config.clone()).await?;
-    support::publish_raw(
+    publish_raw(
         &jetstream,
         &prefix,
         &[
-            support::raw("instrument", "XYZ", 1, instrument()),
-            support::raw("account", "p1", 1, opened("p1")),
+            raw("instrument", "XYZ", 1, instrument()),
+            raw("account", "p1", 1, opened("p1")),
         ],
     )
     .await?;
@@ -284,18 +251,18 @@ async fn poison_is_dead_lettered_and_the_flow_continues() -> anyhow::Result<()> 
         )
         .await?
         .await?;
-    support::publish_raw(
+    publish_raw(
         &jetstream,
         &prefix,
         &[
-            support::raw("account", "p1", 7, deposited("p1", "1")),
-            support::raw("account", "p1", 2, deposited("p1", "500")),
-            support::raw("account", "p1", 3, trade("p1", "BUY", 2, "10")),
+            raw("account", "p1", 7, deposited("p1", "1")),
+            raw("account", "p1", 2, deposited("p1", "500")),
+            raw("account", "p1", 3, trade("p1", "BUY", 2, "10")),
         ],
     )
     .await?;
 
-    let dead = support::read_all(
+    let dead = read_messages(
         &config.nats_url,
         &config.dead_letter_stream,
         2,
@@ -320,7 +287,7 @@ async fn poison_is_dead_lettered_and_the_flow_continues() -> anyhow::Result<()> 
     );
     assert_eq!(dead[0].payload.as_ref(), b"\xff\xfenot protobuf");
 
-    let events = support::enriched(&config, 6, Duration::from_secs(20)).await?;
+    let events = enriched(&config, 6, Duration::from_secs(20)).await?;
     let p1 = of_account(&events, "p1");
     let versions: Vec<u64> = p1
         .iter()
@@ -339,20 +306,20 @@ async fn poison_is_dead_lettered_and_the_flow_continues() -> anyhow::Result<()> 
 #[tokio::test]
 async fn older_schema_versions_and_duplicates_are_handled() -> anyhow::Result<()> {
     let (_, config) = configs();
-    let prefix = config.enriched_prefix.replace("enriched", "raw");
-    let jetstream = support::raw_streams(&config, &prefix).await?;
+    let prefix = raw_prefix(&config);
+    let jetstream = raw_streams(&config, &prefix).await?;
     let relay = Relay::start(config.clone()).await?;
-    let mut old_trade = support::raw("account", "o1", 3, trade("o1", "BUY", 3, "12.5"));
+    let mut old_trade = raw("account", "o1", 3, trade("o1", "BUY", 3, "12.5"));
     if let Some(envelope) = &mut old_trade.envelope {
         envelope.schema_version = 1; // written before TradeExecuted carried a notional
     }
-    let opened = support::raw("account", "o1", 1, opened("o1"));
-    support::publish_raw(
+    let opened = raw("account", "o1", 1, opened("o1"));
+    publish_raw(
         &jetstream,
         &prefix,
         &[
-            support::raw("instrument", "XYZ", 1, instrument()),
-            support::raw(
+            raw("instrument", "XYZ", 1, instrument()),
+            raw(
                 "instrument",
                 "XYZ",
                 2,
@@ -363,14 +330,14 @@ async fn older_schema_versions_and_duplicates_are_handled() -> anyhow::Result<()
                 }),
             ),
             opened.clone(),
-            support::raw("account", "o1", 2, deposited("o1", "100")),
+            raw("account", "o1", 2, deposited("o1", "100")),
             // A redelivered copy of version 1 changes nothing.
             opened,
             old_trade,
         ],
     )
     .await?;
-    let events = support::enriched(&config, 7, Duration::from_secs(20)).await?;
+    let events = enriched(&config, 7, Duration::from_secs(20)).await?;
     let o1 = of_account(&events, "o1");
     assert_eq!(o1.len(), 5, "{:?}", shape(&events));
     let Some(Enriched::TradeProfitCalculated(profit)) = &o1[3].body else {

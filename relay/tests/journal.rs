@@ -1,8 +1,6 @@
 //! The relay's journal in its real key-value bucket: an entry larger than one NATS message
 //! comes back whole, and an entry the checkpoint covers is not offered again.
 
-mod support;
-
 use anyhow::{Context, ensure};
 use relay::state::{Journal, JournalDeadLetter, JournalOutput, JournalWrite, StateStore};
 
@@ -32,7 +30,7 @@ fn large_journal(last_sequence: u64) -> Journal {
 
 #[tokio::test]
 async fn a_journal_larger_than_a_message_is_stored_and_read_back_whole() -> anyhow::Result<()> {
-    let (_, config) = support::configs();
+    let (_, config) = testkit::relay::configs();
     let client = async_nats::connect(&config.nats_url).await?;
     let jetstream = async_nats::jetstream::new(client);
     let store = StateStore::open(&jetstream, &config.state_bucket).await?;

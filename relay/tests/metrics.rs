@@ -1,8 +1,6 @@
 //! The relay's counts are exported as OpenTelemetry metrics: read here through the SDK's
 //! in-memory exporter, the same pipeline that sends them over OTLP in production.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
@@ -10,7 +8,7 @@ use opentelemetry_sdk::metrics::{
     InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
     data::{AggregatedMetrics, MetricData},
 };
-use support::{Relay, configs};
+use testkit::relay::{Relay, configs, publish_raw, raw, raw_prefix, raw_streams, remove_streams};
 use trading_proto::events::v1::{AccountOpened, CashDeposited, raw_event::Body as Raw};
 
 /// The latest exported value of a monotonic counter, by name.
@@ -40,10 +38,10 @@ async fn processed_published_and_dead_lettered_counts_are_exported() -> anyhow::
     opentelemetry::global::set_meter_provider(provider.clone());
 
     let (_, config) = configs();
-    let prefix = config.enriched_prefix.replace("enriched", "raw");
-    let jetstream = support::raw_streams(&config, &prefix).await?;
+    let prefix = raw_prefix(&config);
+    let jetstream = raw_streams(&config, &prefix).await?;
     let relay = Relay::start(config.clone()).await?;
-    let opened = support::raw(
+    let opened = raw(
         "account",
         "metered",
         1,
@@ -53,7 +51,7 @@ async fn processed_published_and_dead_lettered_counts_are_exported() -> anyhow::
             base_currency: "USD".into(),
         }),
     );
-    let deposited = support::raw(
+    let deposited = raw(
         "account",
         "metered",
         2,
@@ -63,7 +61,7 @@ async fn processed_published_and_dead_lettered_counts_are_exported() -> anyhow::
             ..Default::default()
         }),
     );
-    support::publish_raw(&jetstream, &prefix, &[opened, deposited]).await?;
+    publish_raw(&jetstream, &prefix, &[opened, deposited]).await?;
     jetstream
         .publish(format!("{prefix}.account.metered"), "not an event".into())
         .await?
@@ -93,14 +91,6 @@ async fn processed_published_and_dead_lettered_counts_are_exported() -> anyhow::
     );
     ensure!(counter(&exporter, "relay.journal.recovered")? == 0);
     relay.stop().await;
-    for stream in [
-        &config.account_stream,
-        &config.market_stream,
-        &config.enriched_stream,
-        &config.dead_letter_stream,
-        &format!("KV_{}", config.state_bucket),
-    ] {
-        let _ = jetstream.delete_stream(stream).await;
-    }
+    remove_streams(&jetstream, &config).await;
     Ok(())
 }

@@ -1,20 +1,15 @@
 //! One trace follows an order: the trace a client starts around `PlaceOrder` continues in the
 //! write region's raw event and in the relay's span, whose context the enriched events carry.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Relay, WriteRegion, configs};
-use tonic::{Request, metadata::MetadataValue};
-use trading_proto::{
-    events::v1::enriched_event::Body as Enriched,
-    trading::v1::{
-        self as api, account_service_client::AccountServiceClient,
-        market_data_service_client::MarketDataServiceClient,
-        order_service_client::OrderServiceClient,
-    },
+use testkit::{
+    relay::{Relay, configs, enriched},
+    trading::{WriteApi, funded_account, order, priced_instrument},
+    write_region::WriteRegion,
 };
+use tonic::{Request, metadata::MetadataValue};
+use trading_proto::{events::v1::enriched_event::Body as Enriched, trading::v1 as api};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -30,50 +25,10 @@ async fn the_trace_started_by_place_order_continues_in_the_relay() -> anyhow::Re
     let (write_config, relay_config) = configs();
     let region = WriteRegion::start(write_config.clone()).await?;
     let relay = Relay::start(relay_config.clone()).await?;
-    let mut accounts = AccountServiceClient::new(region.channel.clone());
-    let mut market = MarketDataServiceClient::new(region.channel.clone());
-    accounts
-        .open_account(api::OpenAccountRequest {
-            account_id: "tracy".into(),
-            owner_name: "Tracy".into(),
-            base_currency: "USD".into(),
-        })
-        .await?;
-    accounts
-        .deposit(api::DepositRequest {
-            account_id: "tracy".into(),
-            amount: "1000".into(),
-            idempotency_key: "d".into(),
-        })
-        .await?;
-    market
-        .upsert_instrument(api::UpsertInstrumentRequest {
-            symbol: "TRC".into(),
-            name: "Trace Co".into(),
-            asset_class: "equity".into(),
-            sector: "Technology".into(),
-            currency: "USD".into(),
-            tick_size: "0.01".into(),
-            lot_size: 1,
-            tradable: true,
-        })
-        .await?;
-    market
-        .publish_price(api::PublishPriceRequest {
-            symbol: "TRC".into(),
-            price: "10".into(),
-        })
-        .await?;
+    funded_account(&region, "tracy", "1000").await?;
+    priced_instrument(&region, "TRC", "10").await?;
 
-    let mut request = Request::new(api::PlaceOrderRequest {
-        account_id: "tracy".into(),
-        client_order_id: "traced".into(),
-        symbol: "TRC".into(),
-        side: api::Side::Buy.into(),
-        quantity: 3,
-        order_type: api::OrderType::Market.into(),
-        limit_price: String::new(),
-    });
+    let mut request = Request::new(order("tracy", "traced", "TRC", api::Side::Buy, 3));
     let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
     request.metadata_mut().insert(
         "traceparent",
@@ -83,11 +38,9 @@ async fn the_trace_started_by_place_order_continues_in_the_relay() -> anyhow::Re
         "x-correlation-id",
         MetadataValue::from_static("corr-traced"),
     );
-    OrderServiceClient::new(region.channel.clone())
-        .place_order(request)
-        .await?;
+    region.orders().place_order(request).await?;
 
-    let events = support::enriched(&relay_config, 7, Duration::from_secs(30)).await?;
+    let events = enriched(&relay_config, 7, Duration::from_secs(30)).await?;
     let profit = events
         .iter()
         .find(|event| matches!(event.body, Some(Enriched::TradeProfitCalculated(_))))

@@ -7,11 +7,14 @@ mod support;
 use std::time::Duration;
 
 use futures::future::join_all;
-use support::{WriteRegion, funded_account, order, priced_instrument};
+use testkit::{
+    trading::{WriteApi, funded_account, instrument, order, priced_instrument},
+    write_region::WriteRegion,
+};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use trading_proto::{
-    events::v1::raw_event::Body,
+    events::v1::{RawEvent, raw_event::Body},
     trading::v1::{self as api, get_account_as_of_request::Point},
 };
 
@@ -37,7 +40,7 @@ async fn as_of(region: &WriteRegion, account_id: &str, point: Point) -> api::Acc
 
 #[tokio::test]
 async fn scripted_session_ends_with_hand_computed_state_and_time_travels() -> anyhow::Result<()> {
-    let region = WriteRegion::start().await?;
+    let region = WriteRegion::start(support::isolated_config()).await?;
     let mut accounts = region.accounts();
     let mut market = region.market();
     let mut orders = region.orders();
@@ -65,10 +68,10 @@ async fn scripted_session_ends_with_hand_computed_state_and_time_travels() -> an
     );
 
     market
-        .upsert_instrument(support::instrument("AAPL", "0.01", 1))
+        .upsert_instrument(instrument("AAPL", "0.01", 1))
         .await?;
     market
-        .upsert_instrument(support::instrument("MSFT", "0.05", 10))
+        .upsert_instrument(instrument("MSFT", "0.05", 10))
         .await?;
     let listed = market
         .list_instruments(api::ListInstrumentsRequest {})
@@ -195,7 +198,7 @@ async fn scripted_session_ends_with_hand_computed_state_and_time_travels() -> an
     assert_eq!(fetched, buy_aapl);
 
     // The raw account stream holds the five events in order, once each.
-    let events = support::read_stream(
+    let events = testkit::read_events::<RawEvent>(
         &region.config.nats_url,
         &region.config.account_stream,
         5,
@@ -221,12 +224,12 @@ fn reason(status: &Status) -> String {
 
 #[tokio::test]
 async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyhow::Result<()> {
-    let region = WriteRegion::start().await?;
+    let region = WriteRegion::start(support::isolated_config()).await?;
     funded_account(&region, "bob", "1000").await?;
     priced_instrument(&region, "AAPL", "100.00").await?;
     let mut market = region.market();
     market
-        .upsert_instrument(support::instrument("LOTS", "0.05", 10))
+        .upsert_instrument(instrument("LOTS", "0.05", 10))
         .await?;
     market
         .publish_price(api::PublishPriceRequest {
@@ -237,7 +240,7 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
     market
         .upsert_instrument(api::UpsertInstrumentRequest {
             tradable: false,
-            ..support::instrument("HALT", "0.01", 1)
+            ..instrument("HALT", "0.01", 1)
         })
         .await?;
     market
@@ -247,7 +250,7 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
         })
         .await?;
     market
-        .upsert_instrument(support::instrument("NOPX", "0.01", 1))
+        .upsert_instrument(instrument("NOPX", "0.01", 1))
         .await?;
     let mut orders = region.orders();
     orders
@@ -421,7 +424,7 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
     let bad_instrument = market
         .upsert_instrument(api::UpsertInstrumentRequest {
             tick_size: "0".into(),
-            ..support::instrument("BAD", "0.01", 1)
+            ..instrument("BAD", "0.01", 1)
         })
         .await
         .expect_err("zero tick");
@@ -438,6 +441,14 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
     region.stop().await
 }
 
+/// Another server on the same keyspace and streams as `config` (a second process's worth).
+fn sharing(config: &write_region::Config) -> write_region::Config {
+    write_region::Config {
+        listen_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..config.clone()
+    }
+}
+
 /// Runs `count` orders from `clients` separate connections, split over two write-region
 /// processes' worth of servers sharing one keyspace, all at once.
 async fn race(
@@ -448,7 +459,7 @@ async fn race(
     let mut channels = Vec::new();
     for client in 0..clients {
         let region = regions[client % regions.len()];
-        channels.push(support::connect(region.addr).await.expect("connect"));
+        channels.push(testkit::connect(region.addr).await.expect("connect"));
     }
     let calls = requests.into_iter().enumerate().map(|(index, request)| {
         let mut client = api::order_service_client::OrderServiceClient::new(
@@ -461,10 +472,10 @@ async fn race(
 
 #[tokio::test]
 async fn concurrent_orders_never_overspend_or_oversell() -> anyhow::Result<()> {
-    let first = WriteRegion::start().await?;
+    let first = WriteRegion::start(support::isolated_config()).await?;
     // A second server on the same keyspace: the conditional batch, not the in-process lock,
     // must keep the two apart.
-    let second = WriteRegion::start_with(support::isolated_config_sharing(&first.config)).await?;
+    let second = WriteRegion::start(sharing(&first.config)).await?;
     funded_account(&first, "carol", "10000").await?;
     priced_instrument(&first, "AAPL", "100.00").await?;
 
@@ -535,8 +546,8 @@ async fn concurrent_orders_never_overspend_or_oversell() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn retries_with_one_key_trade_once_and_answer_identically() -> anyhow::Result<()> {
-    let first = WriteRegion::start().await?;
-    let second = WriteRegion::start_with(support::isolated_config_sharing(&first.config)).await?;
+    let first = WriteRegion::start(support::isolated_config()).await?;
+    let second = WriteRegion::start(sharing(&first.config)).await?;
     funded_account(&first, "dave", "100000").await?;
     priced_instrument(&first, "AAPL", "100.00").await?;
 

@@ -5,7 +5,7 @@
 mod support;
 
 use futures::StreamExt;
-use support::WriteRegion;
+use testkit::write_region::WriteRegion;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -19,7 +19,7 @@ const TRADING_SERVICES: [&str; 3] = [
 
 #[tokio::test]
 async fn health_and_reflection_describe_the_trading_services() -> anyhow::Result<()> {
-    let region = WriteRegion::start().await?;
+    let region = WriteRegion::start(support::isolated_config()).await?;
 
     let mut health = HealthClient::new(region.channel.clone());
     for service in std::iter::once("").chain(TRADING_SERVICES) {

@@ -8,26 +8,33 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use support::{WriteRegion, WriteRegionProcess, order, versions_by_aggregate};
+use testkit::{
+    ScratchDir, free_port, log_tail, send_signal,
+    trading::{WriteApi, funded_account, order, priced_instrument},
+    write_region::{WriteRegion, WriteRegionProcess, versions_by_aggregate},
+};
+use tonic::transport::Channel;
 use trading_proto::{
     events::v1::{RawEvent, raw_event::Body},
     trading::v1 as api,
 };
 use write_region::store::{AggregateKey, Store};
 
+const BINARY: &str = env!("CARGO_BIN_EXE_write-region");
+
 /// A NATS server with JetStream that this test owns, so it can stop it and start it again on
 /// the same port and store directory.
 struct NatsServer {
     port: u16,
-    scratch: support::ScratchDir,
+    scratch: ScratchDir,
     child: Option<tokio::process::Child>,
 }
 
 impl NatsServer {
     async fn start() -> anyhow::Result<Self> {
         let mut server = Self {
-            port: support::free_port()?,
-            scratch: support::ScratchDir::new("nats-outbox")?,
+            port: free_port()?,
+            scratch: ScratchDir::new("nats-outbox")?,
             child: None,
         };
         server.restart().await?;
@@ -72,7 +79,7 @@ impl NatsServer {
             if let Some(status) = child.try_wait()? {
                 anyhow::bail!(
                     "nats-server exited with {status}:\n{}",
-                    support::log_tail(&self.log())
+                    log_tail(&self.log())
                 );
             }
             if self.jetstream_answers().await {
@@ -81,7 +88,7 @@ impl NatsServer {
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!(
                     "nats-server never served jetstream:\n{}",
-                    support::log_tail(&self.log())
+                    log_tail(&self.log())
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -110,17 +117,14 @@ impl NatsServer {
     async fn stop(&mut self) -> anyhow::Result<()> {
         let mut child = self.child.take().context("nats-server is not running")?;
         let pid = child.id().context("nats-server already reaped")?;
-        support::send_sigterm(pid).await?;
+        send_signal(pid, "TERM").await?;
         if tokio::time::timeout(Duration::from_secs(15), child.wait())
             .await
             .is_err()
         {
             child.start_kill()?;
             child.wait().await?;
-            anyhow::bail!(
-                "nats-server ignored SIGTERM:\n{}",
-                support::log_tail(&self.log())
-            );
+            anyhow::bail!("nats-server ignored SIGTERM:\n{}", log_tail(&self.log()));
         }
         Ok(())
     }
@@ -137,12 +141,7 @@ impl NatsServer {
     /// Freezes the server (SIGSTOP): connections stay open but nothing is read or answered,
     /// as when the server hangs or the network drops packets silently.
     async fn freeze(&self) -> anyhow::Result<()> {
-        let status = tokio::process::Command::new("kill")
-            .args(["-STOP", &self.pid()?.to_string()])
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "kill -STOP failed: {status}");
-        Ok(())
+        send_signal(self.pid()?, "STOP").await
     }
 
     /// Kills the server (SIGKILL): whatever clients wrote to it and it had not read is lost.
@@ -168,6 +167,18 @@ enum Outage {
     HungThenKilled,
 }
 
+/// The version of an account as the write model has it.
+async fn account_version(channel: &Channel, account_id: &str) -> anyhow::Result<u64> {
+    Ok(channel
+        .accounts()
+        .get_account(api::GetAccountRequest {
+            account_id: account_id.into(),
+        })
+        .await?
+        .into_inner()
+        .version)
+}
+
 fn envelope(event: &RawEvent) -> trading_proto::events::v1::EventEnvelope {
     event.envelope.clone().unwrap_or_default()
 }
@@ -182,7 +193,7 @@ async fn assert_each_account_complete_and_ordered(
     let by_account = versions_by_aggregate(events);
     let mut expected_total = 0;
     for account in accounts {
-        let version = support::account_version(&region.channel, account).await?;
+        let version = account_version(&region.channel, account).await?;
         let expected: Vec<u64> = (1..=version).collect();
         assert_eq!(
             by_account.get(*account),
@@ -224,15 +235,15 @@ async fn orders_commit_while_nats_hangs_and_publish_once_in_order_after_it_resta
 /// command commits throughout and every event reaches the raw stream once, in order.
 async fn outage_scenario(outage: Outage) -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
-    let region = WriteRegion::start_with(write_region::Config {
+    let region = WriteRegion::start(write_region::Config {
         nats_url: nats.url(),
         ..support::isolated_config()
     })
     .await?;
     let accounts = ["ann", "ben", "cat"];
-    support::priced_instrument(&region, "AAPL", "100.00").await?;
+    priced_instrument(&region, "AAPL", "100.00").await?;
     for account in accounts {
-        support::funded_account(&region, account, "100000").await?;
+        funded_account(&region, account, "100000").await?;
     }
     let mut orders = region.orders();
     for round in 0..2 {
@@ -249,7 +260,7 @@ async fn outage_scenario(outage: Outage) -> anyhow::Result<()> {
         }
     }
     // Open, deposit and two fills per account, published while NATS is up.
-    let published = support::read_stream(
+    let published = testkit::read_events::<RawEvent>(
         &nats.url(),
         &region.config.account_stream,
         12,
@@ -304,7 +315,7 @@ async fn outage_scenario(outage: Outage) -> anyhow::Result<()> {
     }
     nats.restart().await?;
     let expected: u64 = accounts.len() as u64 * 10;
-    let events = support::read_stream(
+    let events = testkit::read_events::<RawEvent>(
         &nats.url(),
         &region.config.account_stream,
         expected as usize,
@@ -313,10 +324,7 @@ async fn outage_scenario(outage: Outage) -> anyhow::Result<()> {
     .await?;
     assert_each_account_complete_and_ordered(&region, &events, &accounts).await?;
     for account in accounts {
-        assert_eq!(
-            support::account_version(&region.channel, account).await?,
-            10
-        );
+        assert_eq!(account_version(&region.channel, account).await?, 10);
     }
     // What went out after the outage is what was committed during it.
     let outage_fills: Vec<_> = events
@@ -345,10 +353,10 @@ async fn event_count_on(nats_url: &str, stream: &str) -> anyhow::Result<Option<u
 async fn a_process_aborted_right_after_a_commit_publishes_the_trade_after_restart()
 -> anyhow::Result<()> {
     let config = support::isolated_config();
-    let setup = WriteRegionProcess::spawn(&config).await?;
-    support::funded_account_via(&setup.channel, "eve", "10000").await?;
-    support::priced_instrument_via(&setup.channel, "AAPL", "100.00").await?;
-    let before = support::read_stream(
+    let setup = WriteRegionProcess::spawn(BINARY, &config).await?;
+    funded_account(&setup, "eve", "10000").await?;
+    priced_instrument(&setup, "AAPL", "100.00").await?;
+    let before = testkit::read_events::<RawEvent>(
         &config.nats_url,
         &config.account_stream,
         2,
@@ -360,11 +368,14 @@ async fn a_process_aborted_right_after_a_commit_publishes_the_trade_after_restar
 
     // The failpoint aborts the process right after the order's LWT commits, before the outbox
     // hears of it. Its sweep is slowed down so nothing but a restart can find the marker.
-    let mut doomed = WriteRegionProcess::spawn(&write_region::Config {
-        failpoint: Some("abort-after-commit".into()),
-        outbox_sweep_interval_ms: 3_600_000,
-        ..config.clone()
-    })
+    let mut doomed = WriteRegionProcess::spawn(
+        BINARY,
+        &write_region::Config {
+            failpoint: Some("abort-after-commit".into()),
+            outbox_sweep_interval_ms: 3_600_000,
+            ..config.clone()
+        },
+    )
     .await?;
     let placed = tokio::time::timeout(
         Duration::from_secs(20),
@@ -409,8 +420,8 @@ async fn a_process_aborted_right_after_a_commit_publishes_the_trade_after_restar
         "the trade must not be on the stream before the restart"
     );
 
-    let restarted = WriteRegionProcess::spawn(&config).await?;
-    let events = support::read_stream(
+    let restarted = WriteRegionProcess::spawn(BINARY, &config).await?;
+    let events = testkit::read_events::<RawEvent>(
         &config.nats_url,
         &config.account_stream,
         3,
@@ -474,14 +485,14 @@ async fn a_process_killed_after_answering_publishes_everything_after_restart() -
     // NATS is unreachable for the first process, so everything it commits is still pending
     // when SIGKILL lands: only the markers can bring the events out.
     let unreachable = write_region::Config {
-        nats_url: format!("nats://127.0.0.1:{}", support::free_port()?),
+        nats_url: format!("nats://127.0.0.1:{}", free_port()?),
         ..config.clone()
     };
-    let mut killed = WriteRegionProcess::spawn(&unreachable).await?;
+    let mut killed = WriteRegionProcess::spawn(BINARY, &unreachable).await?;
     let accounts = ["fay", "gus"];
-    support::priced_instrument_via(&killed.channel, "AAPL", "50.00").await?;
+    priced_instrument(&killed, "AAPL", "50.00").await?;
     for account in accounts {
-        support::funded_account_via(&killed.channel, account, "10000").await?;
+        funded_account(&killed, account, "10000").await?;
     }
     let calls = (0..6).map(|index| {
         let mut orders = killed.orders();
@@ -509,8 +520,8 @@ async fn a_process_killed_after_answering_publishes_everything_after_restart() -
         "nothing can have been published before the restart"
     );
 
-    let restarted = WriteRegionProcess::spawn(&config).await?;
-    let events = support::read_stream(
+    let restarted = WriteRegionProcess::spawn(BINARY, &config).await?;
+    let events = testkit::read_events::<RawEvent>(
         &config.nats_url,
         &config.account_stream,
         10,
@@ -519,10 +530,7 @@ async fn a_process_killed_after_answering_publishes_everything_after_restart() -
     .await?;
     let by_account = versions_by_aggregate(&events);
     for account in accounts {
-        assert_eq!(
-            support::account_version(&restarted.channel, account).await?,
-            5
-        );
+        assert_eq!(account_version(&restarted.channel, account).await?, 5);
         assert_eq!(by_account[account], [1, 2, 3, 4, 5], "{account}");
     }
     assert_eq!(events.len(), 10, "published exactly once");

@@ -4,13 +4,16 @@
 mod support;
 
 use futures::future::join_all;
-use support::{WriteRegion, funded_account, order, priced_instrument};
+use testkit::{
+    trading::{WriteApi, funded_account, order, priced_instrument},
+    write_region::WriteRegion,
+};
 use tonic::Code;
 use trading_proto::trading::v1 as api;
 
 #[tokio::test]
 async fn excess_requests_are_shed_and_accepted_ones_are_recorded() -> anyhow::Result<()> {
-    let region = WriteRegion::start_with(write_region::Config {
+    let region = WriteRegion::start(write_region::Config {
         max_concurrent_requests: 2,
         ..support::isolated_config()
     })

@@ -7,7 +7,10 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context;
-use support::{WriteRegionProcess, order};
+use testkit::{
+    trading::{WriteApi, funded_account, order, priced_instrument},
+    write_region::{WriteRegionProcess, versions_by_aggregate},
+};
 use tokio::time::Instant;
 use tonic::{Code, Status, transport::Channel};
 use trading_proto::{
@@ -17,6 +20,8 @@ use trading_proto::{
         get_account_as_of_request::Point, order_service_client::OrderServiceClient,
     },
 };
+
+const BINARY: &str = env!("CARGO_BIN_EXE_write-region");
 
 const ACCOUNTS: [&str; 2] = ["hal", "ivy"];
 const INITIAL_CASH: i64 = 10_000;
@@ -174,14 +179,14 @@ fn index(events: &[RawEvent]) -> BTreeMap<(String, u64), &RawEvent> {
 async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly() -> anyhow::Result<()>
 {
     let config = support::isolated_config();
-    let mut process = WriteRegionProcess::spawn(&config).await?;
-    support::priced_instrument_via(&process.channel, "AAPL", &PRICE.to_string()).await?;
+    let mut process = WriteRegionProcess::spawn(BINARY, &config).await?;
+    priced_instrument(&process, "AAPL", &PRICE.to_string()).await?;
     for account in ACCOUNTS {
-        support::funded_account_via(&process.channel, account, &INITIAL_CASH.to_string()).await?;
+        funded_account(&process, account, &INITIAL_CASH.to_string()).await?;
     }
     let mut channels = Vec::new();
     for _ in 0..5 {
-        channels.push(support::connect(process.addr).await?);
+        channels.push(testkit::connect(process.addr).await?);
     }
     let requests = Request::all();
     let sigterm = ArmedSigterm::arm(process.pid()?)?;
@@ -250,7 +255,7 @@ async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly() -
     // The outbox published what it held before the process ended: every answered request's
     // event is on the raw stream already.
     let setup_events = 2 * ACCOUNTS.len();
-    let drained = support::read_stream(
+    let drained = testkit::read_events::<RawEvent>(
         &config.nats_url,
         &config.account_stream,
         setup_events + succeeded.len(),
@@ -267,7 +272,7 @@ async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly() -
     }
 
     // A new process sees every answered request at the version it was told.
-    let restarted = WriteRegionProcess::spawn(&config).await?;
+    let restarted = WriteRegionProcess::spawn(BINARY, &config).await?;
     let mut accounts = restarted.accounts();
     for (&request_index, &version) in &succeeded {
         let request = &requests[request_index];
@@ -306,7 +311,7 @@ async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly() -
         );
         expected_events += version as usize;
     }
-    let events = support::read_stream(
+    let events = testkit::read_events::<RawEvent>(
         &config.nats_url,
         &config.account_stream,
         expected_events,
@@ -314,7 +319,7 @@ async fn sigterm_finishes_in_flight_requests_loses_nothing_and_exits_cleanly() -
     )
     .await?;
     assert_eq!(events.len(), expected_events, "every event once");
-    let by_account = support::versions_by_aggregate(&events);
+    let by_account = versions_by_aggregate(&events);
     for account in ACCOUNTS {
         let versions = &by_account[account];
         assert!(

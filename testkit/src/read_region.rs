@@ -1,37 +1,23 @@
-//! Test harness: read regions served in-process on 127.0.0.1:0 against the real NATS leafs and
+//! Read regions for tests: served in-process on 127.0.0.1:0 against the real NATS leaves and
 //! Redis servers that `infra/up` started, each test isolated by its own hub stream (and
 //! subjects), mirror names and Redis key prefix; and a small stand-in for the relay that
 //! builds enriched event sets the way the relay publishes them.
 
-#![allow(dead_code)] // each test file uses its own part of the harness
-
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
+use ::read_region::{Config, views::Views};
 use anyhow::Context;
 use async_nats::jetstream;
 use ledger::{Position, format_decimal, parse_decimal};
 use prost::Message;
-use read_region::Config;
 use rust_decimal::Decimal;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use trading_proto::{
     events::v1::{self as events, EnrichedEvent, EventEnvelope, enriched_event::Body},
     portfolio::v1::{self as api, portfolio_service_client::PortfolioServiceClient},
 };
 
-pub fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-pub fn hub_url() -> String {
-    env_or("NATS_HUB_URL", "nats://127.0.0.1:4222")
-}
-
-pub fn tag() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
+use crate::{Endpoints, Region, served::Served};
 
 pub fn dec(text: &str) -> Decimal {
     parse_decimal(text).expect("test decimal")
@@ -47,7 +33,7 @@ pub struct HubStream {
 
 impl HubStream {
     pub async fn create(tag: &str) -> anyhow::Result<Self> {
-        Self::create_at(&hub_url(), tag).await
+        Self::create_at(&Endpoints::from_env().nats_hub_url, tag).await
     }
 
     pub async fn create_at(url: &str, tag: &str) -> anyhow::Result<Self> {
@@ -403,45 +389,28 @@ impl Relay {
     }
 }
 
-/// Whose Redis and leaf a read region uses.
-#[derive(Clone)]
-pub struct Site {
-    pub region: String,
-    pub nats_url: String,
-    pub js_domain: String,
-    pub redis_url: String,
+/// A stack region's leaf and Redis, for [`isolated_config`].
+pub fn eu() -> Region {
+    Endpoints::from_env().region("eu")
 }
 
-pub fn eu() -> Site {
-    Site {
-        region: "eu".into(),
-        nats_url: env_or("NATS_EU_URL", "nats://127.0.0.1:4223"),
-        js_domain: "eu".into(),
-        redis_url: env_or("REDIS_EU_URL", "redis://127.0.0.1:6380"),
-    }
+/// See [`eu`].
+pub fn ap() -> Region {
+    Endpoints::from_env().region("ap")
 }
 
-pub fn ap() -> Site {
-    Site {
-        region: "ap".into(),
-        nats_url: env_or("NATS_AP_URL", "nats://127.0.0.1:4224"),
-        js_domain: "ap".into(),
-        redis_url: env_or("REDIS_AP_URL", "redis://127.0.0.1:6381"),
-    }
-}
-
-/// A configuration no other test shares, reading `hub`.
-pub fn isolated_config(site: &Site, hub: &HubStream, tag: &str) -> Config {
+/// A configuration no other test shares, reading `hub` through `site`'s leaf into its Redis.
+pub fn isolated_config(site: &Region, hub: &HubStream, tag: &str) -> Config {
     Config {
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        region: site.region.clone(),
+        region: site.name.into(),
         nats_url: site.nats_url.clone(),
-        js_domain: site.js_domain.clone(),
+        js_domain: site.jetstream_domain.clone(),
         hub_stream: hub.name.clone(),
-        mirror_stream: format!("T{tag}_MIRROR_{}", site.region.to_uppercase()),
+        mirror_stream: format!("T{tag}_MIRROR_{}", site.name.to_uppercase()),
         consumer_name: format!("t{tag}-projector"),
         redis_url: site.redis_url.clone(),
-        key_prefix: format!("t{tag}:{}", site.region),
+        key_prefix: format!("t{tag}:{}", site.name),
         gap_retry_ms: 200,
         shutdown_grace_ms: 3_000,
         ..Config::default()
@@ -449,28 +418,11 @@ pub fn isolated_config(site: &Site, hub: &HubStream, tag: &str) -> Config {
 }
 
 /// A read region running in this process.
-pub struct ReadRegion {
-    pub config: Config,
-    pub addr: SocketAddr,
-    pub channel: Channel,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), read_region::RunError>>,
-}
+pub type ReadRegion = Served<Config, ::read_region::RunError>;
 
 impl ReadRegion {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(read_region::run(config.clone(), listener, shutdown.clone()));
-        let channel = connect(addr).await?;
-        Ok(Self {
-            config,
-            addr,
-            channel,
-            shutdown,
-            task,
-        })
+        Self::serve(config.clone(), config.listen_addr, ::read_region::run).await
     }
 
     pub fn client(&self) -> PortfolioServiceClient<Channel> {
@@ -514,10 +466,9 @@ impl ReadRegion {
         }
     }
 
-    /// Stops the server and removes its mirror and Redis keys.
+    /// Stops the server, bounded; [`clean_up`] removes what it left.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
+        tokio::time::timeout(Duration::from_secs(15), self.shut_down())
             .await
             .context("read region did not stop")???;
         Ok(())
@@ -547,26 +498,12 @@ pub async fn clean_up(config: &Config) {
     }
 }
 
-pub async fn redis_keys(url: &str, pattern: &str) -> anyhow::Result<Vec<String>> {
+/// Every key matching `pattern`, with the region's own SCAN loop (the stack's Redis holds other
+/// tests' keys too).
+async fn redis_keys(url: &str, pattern: &str) -> anyhow::Result<Vec<String>> {
     let client = redis::Client::open(url)?;
     let mut connection = client.get_multiplexed_async_connection().await?;
-    let mut cursor = 0_u64;
-    let mut keys = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
+    Ok(read_region::views::scan_keys(&mut connection, pattern).await?)
 }
 
 /// Every key of one generation, by its name after the generation prefix, read type-aware
@@ -576,8 +513,9 @@ pub async fn generation_contents(
     key_prefix: &str,
     generation: u64,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let prefix = format!("{key_prefix}:g{generation}:");
-    let keys = redis_keys(url, &format!("{prefix}*")).await?;
+    let views = Views::connect(url, key_prefix.to_owned()).await?;
+    let prefix = views.generation_prefix(generation);
+    let keys = views.generation_keys(generation).await?;
     let client = redis::Client::open(url)?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut contents = BTreeMap::new();
@@ -646,64 +584,4 @@ pub async fn current_generation(url: &str, key_prefix: &str) -> anyhow::Result<O
         .arg(format!("{key_prefix}:current"))
         .query_async(&mut connection)
         .await?)
-}
-
-/// Connects to a gRPC server, waiting (bounded) until it accepts connections.
-pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(format!("http://{addr}"))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(error) if tokio::time::Instant::now() > deadline => {
-                return Err(error).context("read region never accepted connections");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// A port nothing listened on a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A directory of its own under the system temp dir, removed on drop.
-pub struct ScratchDir(pub std::path::PathBuf);
-
-impl ScratchDir {
-    pub fn new(label: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("{label}-{}", tag()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `check` until it returns Ok(Some), bounded by `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(error) => last_error = Some(error),
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(last_error.unwrap_or_else(|| anyhow::anyhow!("condition never held")))
-                .context(format!("not reached within {within:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,0 +1,38 @@
+//! The harness every crate's tests share. Tests run against the real stack `infra/up` starts
+//! (Cassandra, the NATS hub and its eu/ap leaves, the regional Redis servers); nothing here
+//! mocks a component. What it offers:
+//!
+//! - [`Endpoints`]: where that stack listens, from `infra/.run/endpoints.env`'s variables with
+//!   the stack's defaults, so `cargo test` works with or without sourcing that file.
+//! - [`unique_name`] and [`tag`]: names no other test run uses, so concurrent tests never share
+//!   a keyspace, stream, subject or key.
+//! - [`connect`], [`free_port`], [`ScratchDir`], [`log_tail`], [`send_signal`], [`eventually`]:
+//!   bounded waits and throwaway resources for servers a test starts itself.
+//! - [`read_messages`] and [`read_events`]: a whole JetStream stream, read so that a missing
+//!   or a duplicated message fails the test.
+//! - [`trading`]: the write region's API as tests drive it (a funded account, a priced
+//!   instrument, an order), over any channel to a write region.
+//! - Behind one feature per service, that service's harness: [`write_region`] (in-process and
+//!   as its binary), [`relay`] (in-process, fed raw events), [`read_region`] (in-process, fed
+//!   by a stand-in relay). A feature keeps a crate's tests from building services they never
+//!   start; every such module is a library API, so no test binary carries dead code.
+
+mod endpoints;
+mod local;
+#[cfg(any(feature = "write-region", feature = "read-region"))]
+pub mod served;
+mod streams;
+pub mod trading;
+
+#[cfg(feature = "read-region")]
+pub mod read_region;
+#[cfg(feature = "relay")]
+pub mod relay;
+#[cfg(feature = "write-region")]
+pub mod write_region;
+
+pub use endpoints::{Endpoints, HUB_DOMAIN, Region, env_or};
+pub use local::{
+    ScratchDir, connect, eventually, free_port, log_tail, send_signal, tag, unique_name,
+};
+pub use streams::{read_events, read_messages};
