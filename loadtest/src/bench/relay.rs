@@ -381,6 +381,20 @@ fn synthetic(prefix: &str, count: usize) -> Vec<Raw> {
     out
 }
 
+/// The event the write region records for `request` (what the relay then consumes).
+fn definition_event(request: api::UpsertInstrumentRequest) -> events::InstrumentUpserted {
+    events::InstrumentUpserted {
+        symbol: request.symbol,
+        name: request.name,
+        asset_class: request.asset_class,
+        sector: request.sector,
+        currency: request.currency,
+        tick_size: request.tick_size,
+        lot_size: request.lot_size,
+        tradable: request.tradable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,19 +411,5 @@ mod tests {
             *last = envelope.version;
         }
         assert_eq!(events.len(), 1_000 + INSTRUMENTS.len() * 2);
-    }
-}
-
-/// The event the write region records for `request` (what the relay then consumes).
-fn definition_event(request: api::UpsertInstrumentRequest) -> events::InstrumentUpserted {
-    events::InstrumentUpserted {
-        symbol: request.symbol,
-        name: request.name,
-        asset_class: request.asset_class,
-        sector: request.sector,
-        currency: request.currency,
-        tick_size: request.tick_size,
-        lot_size: request.lot_size,
-        tradable: request.tradable,
     }
 }
