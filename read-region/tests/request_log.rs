@@ -1,0 +1,95 @@
+//! Every request to a read region passes the shared server skeleton, whose request span carries
+//! the caller's trace id: the region's own log shows the request with the trace id it was sent
+//! with, so an operator can go from a trace to the log lines of that call. Runs the real binary
+//! (its own telemetry and log format) on an isolated mirror and key prefix.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use testkit::{
+    ScratchDir, connect, eventually, free_port, log_tail,
+    read_region::{HubStream, clean_up, eu, isolated_config},
+    send_signal, tag,
+};
+use tonic::metadata::MetadataValue;
+use trading_proto::portfolio::v1::{
+    GetPortfolioRequest, portfolio_service_client::PortfolioServiceClient,
+};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+#[tokio::test]
+async fn a_request_shows_in_the_region_log_with_the_trace_id_it_was_sent_with()
+-> anyhow::Result<()> {
+    let tag = tag();
+    let hub = HubStream::create(&tag).await?;
+    let mut config = isolated_config(&eu(), &hub, &tag);
+    config.listen_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let scratch = ScratchDir::new("request-log")?;
+    let log_path = scratch.path().join("read-region.log");
+
+    // The binary reads its settings from READ_REGION_* variables: one per field of the
+    // isolated configuration, so the child serves exactly what an in-process region would.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_read-region"));
+    for (field, value) in serde_json::to_value(&config)?
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let value = match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        command.env(format!("READ_REGION_{}", field.to_uppercase()), value);
+    }
+    let mut child = command
+        .env("RUST_LOG", "info,platform::server=debug")
+        .env_remove("LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .kill_on_drop(true)
+        .spawn()?;
+
+    let outcome = async {
+        let mut client = PortfolioServiceClient::new(connect(config.listen_addr).await?);
+        let mut request = tonic::Request::new(GetPortfolioRequest {
+            account_id: format!("nobody-{tag}"),
+            min_version: 0,
+        });
+        request.metadata_mut().insert(
+            "traceparent",
+            MetadataValue::try_from(format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))?,
+        );
+        let status = client
+            .get_portfolio(request)
+            .await
+            .expect_err("an account nobody opened is not found");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+        eventually(Duration::from_secs(10), || async {
+            let log = std::fs::read_to_string(&log_path)?;
+            Ok(log
+                .lines()
+                .find(|line| {
+                    line.contains(TRACE_ID)
+                        && line.contains("/portfolio.v1.PortfolioService/GetPortfolio")
+                        && line.contains("request answered")
+                })
+                .map(str::to_owned))
+        })
+        .await
+        .map_err(|error| error.context(format!("log tail:\n{}", log_tail(&log_path))))
+    }
+    .await;
+
+    if let Some(pid) = child.id() {
+        send_signal(pid, "TERM").await?;
+    }
+    tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+    clean_up(&config).await;
+    hub.delete().await;
+
+    let line = outcome?;
+    assert!(line.contains("NotFound"), "the line names the answer: {line}");
+    Ok(())
+}
