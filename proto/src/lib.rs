@@ -21,6 +21,28 @@ pub mod events {
     }
 }
 
+impl events::v1::EventEnvelope {
+    /// The envelope of the next event of an aggregate: a fresh `event_id`, `body`'s type and
+    /// schema version, stamped now. Correlation, causation and metadata are the caller's to add.
+    pub fn stamp(
+        aggregate_type: &str,
+        aggregate_id: &str,
+        version: u64,
+        body: &events::v1::raw_event::Body,
+    ) -> Self {
+        Self {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_type: body.event_type().to_owned(),
+            schema_version: body.schema_version(),
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            version,
+            occurred_at: Some(std::time::SystemTime::now().into()),
+            ..Default::default()
+        }
+    }
+}
+
 impl events::v1::raw_event::Body {
     /// The envelope's `event_type` for this body.
     pub fn event_type(&self) -> &'static str {

@@ -18,8 +18,8 @@ use trading_proto::portfolio::v1::{
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 #[tokio::test]
-async fn a_request_shows_in_the_region_log_with_the_trace_id_it_was_sent_with()
--> anyhow::Result<()> {
+async fn a_request_shows_in_the_region_log_with_the_trace_id_it_was_sent_with() -> anyhow::Result<()>
+{
     let tag = tag();
     let hub = HubStream::create(&tag).await?;
     let mut config = isolated_config(&eu(), &hub, &tag);
@@ -90,6 +90,9 @@ async fn a_request_shows_in_the_region_log_with_the_trace_id_it_was_sent_with()
     hub.delete().await;
 
     let line = outcome?;
-    assert!(line.contains("NotFound"), "the line names the answer: {line}");
+    assert!(
+        line.contains("NotFound"),
+        "the line names the answer: {line}"
+    );
     Ok(())
 }

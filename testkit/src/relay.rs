@@ -2,7 +2,7 @@
 //! region or fed raw events a test publishes itself, isolated per test by stream, subject and
 //! bucket names.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use ::relay::Config;
 use async_nats::jetstream;
@@ -78,16 +78,9 @@ pub async fn raw_streams(config: &Config, prefix: &str) -> anyhow::Result<jetstr
 pub fn raw(aggregate_type: &str, aggregate_id: &str, version: u64, body: Body) -> RawEvent {
     RawEvent {
         envelope: Some(EventEnvelope {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            event_type: body.event_type().into(),
-            schema_version: body.schema_version(),
-            aggregate_type: aggregate_type.into(),
-            aggregate_id: aggregate_id.into(),
-            version,
-            occurred_at: Some(std::time::SystemTime::now().into()),
             correlation_id: "test".into(),
             causation_id: "test".into(),
-            metadata: HashMap::new(),
+            ..EventEnvelope::stamp(aggregate_type, aggregate_id, version, &body)
         }),
         body: Some(body),
     }

@@ -274,16 +274,10 @@ async fn consume(
 
 fn envelope(aggregate_type: &str, aggregate_id: &str, version: u64, body: &Body) -> EventEnvelope {
     EventEnvelope {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        event_type: body.event_type().into(),
-        schema_version: body.schema_version(),
-        aggregate_type: aggregate_type.into(),
-        aggregate_id: aggregate_id.into(),
-        version,
-        occurred_at: Some(std::time::SystemTime::now().into()),
         correlation_id: "loadtest".into(),
         causation_id: "loadtest".into(),
         metadata: HashMap::from([("region".to_owned(), "us".to_owned())]),
+        ..EventEnvelope::stamp(aggregate_type, aggregate_id, version, body)
     }
 }
 

@@ -211,16 +211,12 @@ fn stamp(
             metadata.insert("region".to_owned(), context.region.clone());
             RawEvent {
                 envelope: Some(EventEnvelope {
-                    event_id: uuid::Uuid::new_v4().to_string(),
-                    event_type: body.event_type().to_owned(),
-                    schema_version: body.schema_version(),
-                    aggregate_type: key.kind.as_str().to_owned(),
-                    aggregate_id: key.id.clone(),
-                    version,
+                    // One instant for every event of a command.
                     occurred_at: Some(now),
                     correlation_id: context.correlation_id.clone(),
                     causation_id: context.causation_id.clone(),
                     metadata,
+                    ..EventEnvelope::stamp(key.kind.as_str(), &key.id, version, &body)
                 }),
                 body: Some(body),
             }
