@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use ledger::parse_decimal;
 use platform::config::{ConfigError, check_nats_name, check_positive};
-use platform::names::{self, local};
+use platform::names::{self, Aggregate, local};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +86,15 @@ impl Config {
         })
     }
 
-    pub fn duplicate_window(&self) -> Duration {
+    pub(crate) fn duplicate_window(&self) -> Duration {
         Duration::from_secs(self.duplicate_window_secs)
+    }
+
+    /// The raw stream holding `aggregate`'s events.
+    pub(crate) fn raw_stream(&self, aggregate: Aggregate) -> &str {
+        match aggregate {
+            Aggregate::Account => &self.account_stream,
+            Aggregate::Instrument => &self.market_stream,
+        }
     }
 }

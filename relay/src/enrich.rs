@@ -7,7 +7,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use ledger::{AccountState, Instrument, format_decimal, parse_decimal};
+use ledger::{
+    AccountState, DecimalError, FoldError, Instrument, InstrumentEventError, Side, format_decimal,
+    parse_decimal,
+};
+use platform::names::Aggregate;
 use rust_decimal::Decimal;
 use trading_proto::events::v1::{
     AccountRegistered, CashBalanceChanged, InstrumentReferenceUpdated, MarketPriceChanged,
@@ -24,30 +28,54 @@ pub struct RiskRules {
     pub stop_loss: Decimal,
 }
 
+/// Why a raw event can never be processed. The message is the dead letter's `reason` header,
+/// so unlike the relay's other errors it spells out its cause too (kept as its source as well).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnrichError {
     #[error("event has no envelope")]
     NoEnvelope,
     #[error("event has no body (unknown event type {0:?})")]
     UnknownType(String),
-    #[error("{0} is not an event of a {1} stream")]
-    WrongStream(String, &'static str),
-    #[error("field {field}: {problem}")]
-    BadField {
-        field: &'static str,
-        problem: String,
+    #[error("{event_type} is not an event of a {} stream", aggregate.as_str())]
+    WrongStream {
+        event_type: String,
+        aggregate: Aggregate,
     },
+    #[error("field payload: undecodable: {0}")]
+    Undecodable(#[source] prost::DecodeError),
+    #[error("field {field}: {source}")]
+    BadDecimal {
+        field: &'static str,
+        source: DecimalError,
+    },
+    #[error("field version: version {found} cannot follow version {current}")]
+    OutOfOrder { current: u64, found: u64 },
     #[error("account fold refused the event: {0}")]
-    Fold(#[from] ledger::FoldError),
+    Fold(#[from] FoldError),
     #[error("instrument refused the event: {0}")]
-    Instrument(#[from] ledger::InstrumentEventError),
+    Instrument(#[from] InstrumentEventError),
 }
 
-fn decimal(field: &'static str, text: &str) -> Result<Decimal, EnrichError> {
-    parse_decimal(text).map_err(|error| EnrichError::BadField {
-        field,
-        problem: error.to_string(),
-    })
+/// Parses decimal `field` of a raw event.
+pub fn decimal(field: &'static str, text: &str) -> Result<Decimal, EnrichError> {
+    parse_decimal(text).map_err(|source| EnrichError::BadDecimal { field, source })
+}
+
+/// The error for a body `aggregate`'s rules do not handle: another aggregate's event, or none
+/// this build knows.
+fn unhandled(raw: &RawEvent, aggregate: Aggregate) -> EnrichError {
+    match &raw.body {
+        Some(other) => EnrichError::WrongStream {
+            event_type: other.event_type().to_owned(),
+            aggregate,
+        },
+        None => EnrichError::UnknownType(
+            raw.envelope
+                .as_ref()
+                .map(|envelope| envelope.event_type.clone())
+                .unwrap_or_default(),
+        ),
+    }
 }
 
 /// What a raw event means to the relay, before envelopes are stamped.
@@ -174,7 +202,7 @@ pub fn enrich_account(
             };
             let fallback = HashMap::from([(trade.symbol.as_str(), price)]);
             let valued = valuation(book, instruments, &fallback);
-            let alert = (trade.side == "BUY")
+            let alert = (Side::parse(&trade.side) == Some(Side::Buy))
                 .then(|| concentration_alert(&valued, &trade.symbol, rules))
                 .flatten();
             let mut bodies = vec![
@@ -184,16 +212,7 @@ pub fn enrich_account(
             bodies.extend(alert);
             Ok(bodies)
         }
-        Some(other) => Err(EnrichError::WrongStream(
-            other.event_type().to_owned(),
-            "account",
-        )),
-        None => Err(EnrichError::UnknownType(
-            raw.envelope
-                .as_ref()
-                .map(|envelope| envelope.event_type.clone())
-                .unwrap_or_default(),
-        )),
+        _ => Err(unhandled(raw, Aggregate::Account)),
     }
 }
 
@@ -313,16 +332,7 @@ pub fn enrich_instrument<'a>(
             }
             Ok((bodies, flags))
         }
-        Some(other) => Err(EnrichError::WrongStream(
-            other.event_type().to_owned(),
-            "instrument",
-        )),
-        None => Err(EnrichError::UnknownType(
-            raw.envelope
-                .as_ref()
-                .map(|envelope| envelope.event_type.clone())
-                .unwrap_or_default(),
-        )),
+        _ => Err(unhandled(raw, Aggregate::Instrument)),
     }
 }
 

@@ -1,104 +1,206 @@
-//! The relay's own state, in a JetStream key-value bucket that only the relay touches: every
-//! account book, every instrument, stop-loss flags, per source stream the last sequence whose
-//! effects are stored, and per source stream a journal of its last batch. Loaded whole at start.
-//!
-//! The journal is what makes a replay publish the same sets of enriched events: what a raw
-//! event becomes depends on the other loop's progress (a trade is valued at the latest price
-//! the market loop has seen; a price move alerts the holders the account loop has booked), so
-//! enriching a batch again after a crash could produce a different set under the same event
-//! ids. A batch's outputs, dead letters and state writes are therefore stored as one journal
-//! entry before anything is published, and a restart finishes that entry instead of enriching
-//! its raw events again.
+//! Beside the flow, the relay's own state, in a JetStream key-value bucket that only the relay
+//! touches: every account book, every instrument, stop-loss flags and, per source stream, the
+//! last sequence whose effects are stored (and the journal of its last batch, see `journal`).
+//! Loaded whole at start.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    num::ParseIntError,
+    str::Utf8Error,
+};
 
 use async_nats::jetstream::{self, kv};
-
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use ledger::{AccountState, Instrument};
+use ledger::{AccountState, DecimalError, Instrument};
+use platform::names::Aggregate;
 use prost::Message;
 use trading_proto::trading::v1 as api;
 
-use crate::enrich::StopLossFlags;
+use crate::{enrich::StopLossFlags, journal::JournalWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state bucket: {0}")]
-    Bucket(String),
-    #[error("state entry {key} is unreadable: {problem}")]
-    Corrupt { key: String, problem: String },
+    #[error("cannot create the stream of state bucket {bucket}")]
+    CreateBucket {
+        bucket: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("cannot open state bucket {bucket}")]
+    OpenBucket {
+        bucket: String,
+        #[source]
+        source: jetstream::context::KeyValueError,
+    },
+    #[error("cannot list the state bucket's keys")]
+    ListKeys(#[source] kv::WatchError),
+    #[error("cannot read the state bucket's keys")]
+    ReadKeys(#[source] kv::WatcherError),
+    #[error("cannot read state entry {key}")]
+    Read {
+        key: String,
+        #[source]
+        source: kv::EntryError,
+    },
+    #[error("cannot write state entry {key}")]
+    Write {
+        key: String,
+        #[source]
+        source: kv::PutError,
+    },
+    #[error("state entry {key} is unreadable")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: Corruption,
+    },
 }
 
-fn bucket_error(error: impl std::fmt::Display) -> StateError {
-    StateError::Bucket(error.to_string())
+/// Why a stored entry cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum Corruption {
+    #[error("undecodable")]
+    Undecodable(#[from] prost::DecodeError),
+    #[error("bad decimal")]
+    Decimal(#[from] DecimalError),
+    #[error("not utf-8")]
+    NotUtf8(#[from] Utf8Error),
+    #[error("{text:?} is no sequence")]
+    NoSequence {
+        text: String,
+        #[source]
+        source: ParseIntError,
+    },
+    #[error("{0:?} is no journal head")]
+    NoJournalHead(String),
+    #[error("chunk {0} is missing")]
+    MissingChunk(String),
+    #[error("head says sequence {head}, chunks say {chunks}")]
+    SequenceMismatch { head: u64, chunks: u64 },
+}
+
+/// The kinds of entry in the bucket, each under `<kind>.<id>`: the key format, defined once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// `account.<id>`: an account's book.
+    Book,
+    /// `instrument.<symbol>`.
+    Instrument,
+    /// `stoploss.<symbol>`: the accounts beyond their stop-loss, one a line.
+    StopLoss,
+    /// `checkpoint.<stream>`: the last raw sequence whose effects are stored.
+    Checkpoint,
+    /// `journal.<stream>` and its chunks `journal.<stream>.<n>` (see `journal`).
+    Journal,
+}
+
+impl Entry {
+    const ALL: [Self; 5] = [
+        Self::Book,
+        Self::Instrument,
+        Self::StopLoss,
+        Self::Checkpoint,
+        Self::Journal,
+    ];
+
+    const fn kind(self) -> &'static str {
+        match self {
+            // Books and instruments are keyed by the aggregate they fold.
+            Self::Book => Aggregate::Account.as_str(),
+            Self::Instrument => Aggregate::Instrument.as_str(),
+            Self::StopLoss => "stoploss",
+            Self::Checkpoint => "checkpoint",
+            Self::Journal => "journal",
+        }
+    }
+
+    pub(crate) fn key(self, id: &str) -> String {
+        format!("{}.{id}", self.kind())
+    }
+
+    /// The kind and id of `key`; `None` for a key that is no entry.
+    fn parse(key: &str) -> Option<(Self, &str)> {
+        let (kind, id) = key.split_once('.')?;
+        let entry = Self::ALL.into_iter().find(|entry| entry.kind() == kind)?;
+        Some((entry, id))
+    }
 }
 
 /// Everything the relay knows, in memory.
 #[derive(Debug, Default)]
 pub struct RelayState {
     pub books: HashMap<String, AccountState>,
-    pub instruments: HashMap<String, Instrument>,
-    pub stop_loss: StopLossFlags,
+    pub(crate) instruments: HashMap<String, Instrument>,
+    pub(crate) stop_loss: StopLossFlags,
     /// Accounts holding each symbol (quantity above zero), derived from the books.
-    pub holders: HashMap<String, BTreeSet<String>>,
+    pub(crate) holders: HashMap<String, BTreeSet<String>>,
     pub checkpoints: HashMap<String, u64>,
 }
 
 impl RelayState {
-    /// Sets one entry from its stored form (`account.<id>`, `instrument.<symbol>`,
-    /// `stoploss.<symbol>`, `checkpoint.<stream>`); other keys are not state and are ignored.
-    pub fn set(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
-        let corrupt = |problem: String| StateError::Corrupt {
-            key: key.to_owned(),
-            problem,
-        };
-        if let Some(account) = key.strip_prefix("account.") {
-            let decoded = api::Account::decode(value).map_err(|e| corrupt(e.to_string()))?;
-            let book = AccountState::from_api(&decoded).map_err(|e| corrupt(e.to_string()))?;
-            let symbols: Vec<String> = book.positions.keys().cloned().collect();
-            self.books.insert(account.to_owned(), book);
-            for symbol in symbols {
-                self.reindex(account, &symbol);
+    /// Sets one entry from its stored form (see `Entry`); journal and unknown keys are not
+    /// state and are ignored.
+    pub(crate) fn set(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.set_entry(key, value)
+            .map_err(|source| StateError::Corrupt {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    fn set_entry(&mut self, key: &str, value: &[u8]) -> Result<(), Corruption> {
+        match Entry::parse(key) {
+            Some((Entry::Book, account)) => {
+                let book = AccountState::from_api(&api::Account::decode(value)?)?;
+                let symbols: Vec<String> = book.positions.keys().cloned().collect();
+                self.books.insert(account.to_owned(), book);
+                for symbol in symbols {
+                    self.reindex(account, &symbol);
+                }
             }
-        } else if let Some(symbol) = key.strip_prefix("instrument.") {
-            let decoded = api::Instrument::decode(value).map_err(|e| corrupt(e.to_string()))?;
-            let instrument = Instrument::from_api(&decoded).map_err(|e| corrupt(e.to_string()))?;
-            self.instruments.insert(symbol.to_owned(), instrument);
-        } else if let Some(symbol) = key.strip_prefix("stoploss.") {
-            let text = std::str::from_utf8(value).map_err(|e| corrupt(e.to_string()))?;
-            let flagged = text
-                .lines()
-                .filter(|line| !line.is_empty())
-                .map(str::to_owned)
-                .collect();
-            self.stop_loss.insert(symbol.to_owned(), flagged);
-        } else if let Some(stream) = key.strip_prefix("checkpoint.") {
-            let text = std::str::from_utf8(value).map_err(|e| corrupt(e.to_string()))?;
-            let sequence = text
-                .parse()
-                .map_err(|_| corrupt(format!("{text:?} is no sequence")))?;
-            self.checkpoints.insert(stream.to_owned(), sequence);
+            Some((Entry::Instrument, symbol)) => {
+                let instrument = Instrument::from_api(&api::Instrument::decode(value)?)?;
+                self.instruments.insert(symbol.to_owned(), instrument);
+            }
+            Some((Entry::StopLoss, symbol)) => {
+                let flagged = std::str::from_utf8(value)?
+                    .lines()
+                    .filter(|line| !line.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                self.stop_loss.insert(symbol.to_owned(), flagged);
+            }
+            Some((Entry::Checkpoint, stream)) => {
+                let text = std::str::from_utf8(value)?;
+                let sequence = text.parse().map_err(|source| Corruption::NoSequence {
+                    text: text.to_owned(),
+                    source,
+                })?;
+                self.checkpoints.insert(stream.to_owned(), sequence);
+            }
+            Some((Entry::Journal, _)) | None => {}
         }
         Ok(())
     }
 
     /// The stored form of the `dirty` entries, as `set` reads them back.
-    pub fn writes(&self, dirty: impl IntoIterator<Item = Dirty>) -> Vec<JournalWrite> {
+    pub(crate) fn writes(&self, dirty: impl IntoIterator<Item = Dirty>) -> Vec<JournalWrite> {
         dirty
             .into_iter()
             .filter_map(|dirty| match dirty {
                 Dirty::Book(account) => self
                     .books
                     .get(&account)
-                    .map(|book| (format!("account.{account}"), book.to_api().encode_to_vec())),
+                    .map(|book| (Entry::Book.key(&account), book.to_api().encode_to_vec())),
                 Dirty::Instrument(symbol) => self
                     .instruments
                     .get(&symbol)
-                    .map(|i| (format!("instrument.{symbol}"), i.to_api().encode_to_vec())),
+                    .map(|i| (Entry::Instrument.key(&symbol), i.to_api().encode_to_vec())),
                 Dirty::StopLoss(symbol) => {
                     let flagged = self.stop_loss.get(&symbol).cloned().unwrap_or_default();
                     let text: Vec<String> = flagged.into_iter().collect();
-                    Some((format!("stoploss.{symbol}"), text.join("\n").into_bytes()))
+                    Some((Entry::StopLoss.key(&symbol), text.join("\n").into_bytes()))
                 }
             })
             .map(|(key, value)| JournalWrite {
@@ -109,7 +211,7 @@ impl RelayState {
     }
 
     /// Recomputes the holders of `symbol` in `book` after the book changed.
-    pub fn reindex(&mut self, account_id: &str, symbol: &str) {
+    pub(crate) fn reindex(&mut self, account_id: &str, symbol: &str) {
         let held = self
             .books
             .get(account_id)
@@ -122,63 +224,33 @@ impl RelayState {
             holders.remove(account_id);
         }
     }
+
+    /// The last sequence of raw stream `stream` whose effects are stored (0: none).
+    pub(crate) fn checkpoint(&self, stream: &str) -> u64 {
+        self.checkpoints.get(stream).copied().unwrap_or(0)
+    }
+
+    /// Replaces the entries the loop of `aggregate` owns, and the checkpoint of its raw
+    /// `stream`, with `stored`'s.
+    pub(crate) fn restore(&mut self, aggregate: Aggregate, stream: &str, mut stored: Self) {
+        match aggregate {
+            Aggregate::Account => {
+                self.books = stored.books;
+                self.holders = stored.holders;
+            }
+            Aggregate::Instrument => {
+                self.instruments = stored.instruments;
+                self.stop_loss = stored.stop_loss;
+            }
+        }
+        let checkpoint = stored.checkpoints.remove(stream).unwrap_or(0);
+        self.checkpoints.insert(stream.to_owned(), checkpoint);
+    }
 }
 
-/// A journal entry: everything one batch of a source stream does, written before any of it is.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Journal {
-    /// The last raw sequence of the batch: the checkpoint the entry ends with.
-    #[prost(uint64, tag = "1")]
-    pub last_sequence: u64,
-    #[prost(message, repeated, tag = "2")]
-    pub outputs: Vec<JournalOutput>,
-    #[prost(message, repeated, tag = "3")]
-    pub dead_letters: Vec<JournalDeadLetter>,
-    /// State entries as stored in the bucket (key, encoded value).
-    #[prost(message, repeated, tag = "4")]
-    pub writes: Vec<JournalWrite>,
-}
-
-/// One enriched event as published: subject, headers and the encoded event.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct JournalOutput {
-    #[prost(string, tag = "1")]
-    pub subject: String,
-    #[prost(bytes = "bytes", tag = "2")]
-    pub event: bytes::Bytes,
-    #[prost(string, tag = "3")]
-    pub message_id: String,
-    #[prost(string, tag = "4")]
-    pub traceparent: String,
-}
-
-/// One raw message that can never be processed, with why.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct JournalDeadLetter {
-    #[prost(uint64, tag = "1")]
-    pub sequence: u64,
-    #[prost(string, tag = "2")]
-    pub reason: String,
-    #[prost(bytes = "bytes", tag = "3")]
-    pub payload: bytes::Bytes,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct JournalWrite {
-    #[prost(string, tag = "1")]
-    pub key: String,
-    #[prost(bytes = "bytes", tag = "2")]
-    pub value: bytes::Bytes,
-}
-
-/// Journal entries are split into values of at most this size: the servers take messages of up
-/// to 1 MiB, and one price move can alert thousands of holders.
-const JOURNAL_CHUNK: usize = 512 * 1024;
-const JOURNAL_PREFIX: &str = "journal.";
-
-/// A change to persist.
+/// A changed entry to persist.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Dirty {
+pub(crate) enum Dirty {
     Book(String),
     Instrument(String),
     StopLoss(String),
@@ -205,11 +277,18 @@ impl StateStore {
                 ..Default::default()
             })
             .await
-            .map_err(bucket_error)?;
-        let bucket = jetstream
-            .get_key_value(bucket)
-            .await
-            .map_err(bucket_error)?;
+            .map_err(|source| StateError::CreateBucket {
+                bucket: bucket.to_owned(),
+                source,
+            })?;
+        let bucket =
+            jetstream
+                .get_key_value(bucket)
+                .await
+                .map_err(|source| StateError::OpenBucket {
+                    bucket: bucket.to_owned(),
+                    source,
+                })?;
         Ok(Self { bucket })
     }
 
@@ -220,14 +299,17 @@ impl StateStore {
             .bucket
             .keys()
             .await
-            .map_err(bucket_error)?
-            .try_filter(|key| futures::future::ready(!key.starts_with(JOURNAL_PREFIX)))
+            .map_err(StateError::ListKeys)?
+            .try_filter(|key| {
+                let journal = matches!(Entry::parse(key), Some((Entry::Journal, _)));
+                futures::future::ready(!journal)
+            })
             .try_collect()
             .await
-            .map_err(bucket_error)?;
+            .map_err(StateError::ReadKeys)?;
         let entries = futures::stream::iter(keys)
             .map(|key| async move {
-                let value = self.bucket.get(&key).await.map_err(bucket_error)?;
+                let value = self.get(&key).await?;
                 Ok::<_, StateError>((key, value))
             })
             .buffer_unordered(64)
@@ -243,102 +325,50 @@ impl StateStore {
 
     /// Writes state entries, then the checkpoint: a checkpoint never runs ahead of the state it
     /// covers.
-    pub async fn save(
+    pub(crate) async fn save(
         &self,
         writes: &[JournalWrite],
         stream: &str,
         sequence: u64,
     ) -> Result<(), StateError> {
-        // Owned items: futures borrowing from the caller do not satisfy the spawned loop's
-        // lifetime bounds.
-        let writes: Vec<(String, bytes::Bytes)> = writes
+        let writes = writes
             .iter()
             .map(|write| (write.key.clone(), write.value.clone()))
             .collect();
-        futures::stream::iter(writes)
-            .map(|(key, value)| async move {
-                self.bucket.put(key, value).await.map_err(bucket_error)
-            })
-            .buffer_unordered(128)
-            .try_collect::<Vec<_>>()
-            .await?;
-        self.bucket
-            .put(format!("checkpoint.{stream}"), sequence.to_string().into())
+        self.put_all(writes, 128).await?;
+        self.put(Entry::Checkpoint.key(stream), sequence.to_string().into())
             .await
-            .map_err(bucket_error)?;
-        Ok(())
     }
 
-    /// Stores `journal` as `stream`'s last batch: the chunks first, then the head that names
-    /// them, so a crash in between leaves the previous head, which the checkpoint covers.
-    pub async fn write_journal(&self, stream: &str, journal: &Journal) -> Result<(), StateError> {
-        let encoded = bytes::Bytes::from(journal.encode_to_vec());
-        let chunks: Vec<(String, bytes::Bytes)> = (0..encoded.len().div_ceil(JOURNAL_CHUNK))
-            .map(|index| {
-                let start = index * JOURNAL_CHUNK;
-                let end = (start + JOURNAL_CHUNK).min(encoded.len());
-                (
-                    format!("{JOURNAL_PREFIX}{stream}.{index}"),
-                    encoded.slice(start..end),
-                )
-            })
-            .collect();
-        let count = chunks.len();
-        futures::stream::iter(chunks)
-            .map(|(key, chunk)| async move { self.bucket.put(key, chunk).await.map_err(bucket_error) })
-            .buffer_unordered(8)
-            .try_collect::<Vec<_>>()
-            .await?;
-        let head = format!("{} {count}", journal.last_sequence);
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StateError> {
         self.bucket
-            .put(format!("{JOURNAL_PREFIX}{stream}"), head.into())
+            .get(key)
             .await
-            .map_err(bucket_error)?;
-        Ok(())
+            .map_err(|source| StateError::Read {
+                key: key.to_owned(),
+                source,
+            })
     }
 
-    /// `stream`'s last journal entry if it ends after `checkpoint`, i.e. was not finished.
-    pub async fn unfinished_journal(
+    pub(crate) async fn put(&self, key: String, value: Bytes) -> Result<(), StateError> {
+        match self.bucket.put(&key, value).await {
+            Ok(_revision) => Ok(()),
+            Err(source) => Err(StateError::Write { key, source }),
+        }
+    }
+
+    /// Puts `entries`, up to `concurrency` at a time. Owned items: futures borrowing from the
+    /// caller do not satisfy the spawned loop's lifetime bounds.
+    pub(crate) async fn put_all(
         &self,
-        stream: &str,
-        checkpoint: u64,
-    ) -> Result<Option<Journal>, StateError> {
-        let key = format!("{JOURNAL_PREFIX}{stream}");
-        let Some(head) = self.bucket.get(&key).await.map_err(bucket_error)? else {
-            return Ok(None);
-        };
-        let corrupt = |problem: String| StateError::Corrupt {
-            key: key.clone(),
-            problem,
-        };
-        let text = std::str::from_utf8(&head).map_err(|e| corrupt(e.to_string()))?;
-        let (last_sequence, chunks) = text
-            .split_once(' ')
-            .and_then(|(sequence, chunks)| {
-                Some((sequence.parse::<u64>().ok()?, chunks.parse().ok()?))
-            })
-            .ok_or_else(|| corrupt(format!("{text:?} is no journal head")))?;
-        if last_sequence <= checkpoint {
-            return Ok(None);
-        }
-        let mut encoded = Vec::new();
-        for index in 0..chunks {
-            let chunk_key = format!("{key}.{index}");
-            let chunk = self
-                .bucket
-                .get(&chunk_key)
-                .await
-                .map_err(bucket_error)?
-                .ok_or_else(|| corrupt(format!("chunk {chunk_key} is missing")))?;
-            encoded.extend_from_slice(&chunk);
-        }
-        let journal = Journal::decode(encoded.as_slice()).map_err(|e| corrupt(e.to_string()))?;
-        if journal.last_sequence != last_sequence {
-            return Err(corrupt(format!(
-                "head says sequence {last_sequence}, chunks say {}",
-                journal.last_sequence
-            )));
-        }
-        Ok(Some(journal))
+        entries: Vec<(String, Bytes)>,
+        concurrency: usize,
+    ) -> Result<(), StateError> {
+        futures::stream::iter(entries)
+            .map(|(key, value)| self.put(key, value))
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 }

@@ -1,11 +1,11 @@
 //! Schema evolution on read: events written under an older `schema_version` are brought up to
 //! the current shape before enrichment, so everything downstream sees one shape.
 
-use ledger::{format_decimal, parse_decimal};
+use ledger::format_decimal;
 use rust_decimal::Decimal;
 use trading_proto::events::v1::{RawEvent, raw_event::Body};
 
-use crate::enrich::EnrichError;
+use crate::enrich::{EnrichError, decimal};
 
 /// Upcasts `raw` in place to the schema this build writes.
 pub fn upcast(raw: &mut RawEvent) -> Result<(), EnrichError> {
@@ -19,10 +19,7 @@ pub fn upcast(raw: &mut RawEvent) -> Result<(), EnrichError> {
         && trade.notional.is_empty()
     {
         // Version 1 carried no notional: it is price x quantity by definition.
-        let price = parse_decimal(&trade.price).map_err(|error| EnrichError::BadField {
-            field: "price",
-            problem: error.to_string(),
-        })?;
+        let price = decimal("price", &trade.price)?;
         trade.notional = format_decimal(price * Decimal::from(trade.quantity));
     }
     if let (Some(envelope), Some(body)) = (&mut raw.envelope, &raw.body) {

@@ -13,7 +13,7 @@
 //! A second run lets prices swing far enough for stop-loss alerts to fire and clear all the
 //! time, so what a price update becomes depends on timing. It cannot be compared with a clean
 //! run; instead every set must arrive whole, and the relay must have finished journal entries
-//! interrupted by kills (see `relay::state`).
+//! interrupted by kills (see `relay::journal`).
 //!
 //! Each relay lives a random 0.3 to 1.5 s and is then killed as its next output goes by: it
 //! keeps up with the flow, so a kill at an arbitrary moment would mostly find it idle, while

@@ -2,7 +2,10 @@
 //! comes back whole, and an entry the checkpoint covers is not offered again.
 
 use anyhow::{Context, ensure};
-use relay::state::{Journal, JournalDeadLetter, JournalOutput, JournalWrite, StateStore};
+use relay::{
+    journal::{Journal, JournalDeadLetter, JournalOutput, JournalWrite},
+    state::StateStore,
+};
 
 /// About 1.6 MiB of outputs: split over several chunks of the bucket.
 fn large_journal(last_sequence: u64) -> Journal {
