@@ -1,19 +1,19 @@
 //! Stage 2, enrich: a batch of raw events against the relay's state, in memory. Each event is
 //! decoded, brought up to the current schema (`upcast`), checked to be its aggregate's next
-//! version, enriched by the pure rules (`enrich`) and stamped (`publish::stamp`); the batch
-//! becomes one journal entry: its outputs, its dead letters and the state entries it changed.
+//! version, enriched by the pure rules (`enrich`) and stamped (`publish`); the batch becomes one
+//! journal entry: its outputs, its dead letters and the state entries it changed.
 
 use std::collections::HashSet;
 
 use async_nats::jetstream;
 use platform::names::Aggregate;
 use prost::Message;
-use trading_proto::events::v1::RawEvent;
+use trading_proto::events::v1::{EventEnvelope, RawEvent};
 
 use crate::{
     Pipeline, PipelineError,
-    enrich::{self, Bodies, EnrichError, Holder},
-    journal::{Journal, JournalDeadLetter, JournalOutput},
+    enrich::{self, Bodies, EnrichError, Holder, RiskRules},
+    journal::{Journal, JournalDeadLetter},
     metrics::Count,
     state::{Dirty, RelayState},
     upcast::upcast,
@@ -27,8 +27,12 @@ impl Pipeline {
         batch: &[jetstream::Message],
     ) -> Result<Journal, PipelineError> {
         let mut journal = Journal::default();
-        let mut dirty = HashSet::new();
         let mut state = self.lock_state()?;
+        let mut enriching = Enriching {
+            state: &mut state,
+            rules: self.rules,
+            dirty: HashSet::new(),
+        };
         for message in batch {
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
             journal.last_sequence = journal.last_sequence.max(sequence);
@@ -41,8 +45,12 @@ impl Pipeline {
                 );
             }
             let _entered = span.enter();
-            match self.enrich_one(aggregate, &mut state, &message.payload, &mut dirty) {
-                Ok(Some(events)) => journal.outputs.extend(events),
+            match enriching.event(aggregate, &message.payload) {
+                Ok(Some((envelope, bodies))) => {
+                    journal
+                        .outputs
+                        .extend(self.stamp(&envelope, aggregate, bodies));
+                }
                 Ok(None) => self.counters.add(Count::Duplicates, 1),
                 Err(reason) => {
                     tracing::warn!(sequence, %reason, "raw event sent to the dead-letter stream");
@@ -54,19 +62,27 @@ impl Pipeline {
                 }
             }
         }
+        let dirty = enriching.dirty;
         journal.writes = state.writes(dirty);
         Ok(journal)
     }
+}
 
-    /// Enriches one raw event: `Ok(None)` for an event already applied, `Err` for one that can
-    /// never be processed.
-    fn enrich_one(
-        &self,
+/// A batch being enriched: the state it reads and changes, and the entries it changed.
+struct Enriching<'a> {
+    state: &'a mut RelayState,
+    rules: RiskRules,
+    dirty: HashSet<Dirty>,
+}
+
+impl Enriching<'_> {
+    /// Enriches one raw event of `aggregate`'s stream into its envelope and bodies: `Ok(None)`
+    /// for an event already applied, `Err` for one that can never be processed.
+    fn event(
+        &mut self,
         aggregate: Aggregate,
-        state: &mut RelayState,
         payload: &[u8],
-        dirty: &mut HashSet<Dirty>,
-    ) -> Result<Option<Vec<JournalOutput>>, EnrichError> {
+    ) -> Result<Option<(EventEnvelope, Bodies)>, EnrichError> {
         let mut raw = RawEvent::decode(payload).map_err(EnrichError::Undecodable)?;
         upcast(&mut raw)?;
         let envelope = raw.envelope.clone().ok_or(EnrichError::NoEnvelope)?;
@@ -79,8 +95,8 @@ impl Pipeline {
         tracing::Span::current().record("aggregate", envelope.aggregate_id.as_str());
         let id = envelope.aggregate_id.as_str();
         let current = match aggregate {
-            Aggregate::Account => state.books.get(id).map_or(0, |book| book.version),
-            Aggregate::Instrument => state.instruments.get(id).map_or(0, |i| i.version),
+            Aggregate::Account => self.state.books.get(id).map_or(0, |book| book.version),
+            Aggregate::Instrument => self.state.instruments.get(id).map_or(0, |i| i.version),
         };
         if envelope.version <= current {
             return Ok(None);
@@ -94,20 +110,15 @@ impl Pipeline {
             });
         }
         let bodies = match aggregate {
-            Aggregate::Account => self.enrich_account(state, id, &raw, dirty)?,
-            Aggregate::Instrument => self.enrich_instrument(state, id, &raw, dirty)?,
+            Aggregate::Account => self.account(id, &raw)?,
+            Aggregate::Instrument => self.instrument(id, &raw)?,
         };
-        Ok(Some(self.stamp(&envelope, aggregate, bodies)))
+        Ok(Some((envelope, bodies)))
     }
 
     /// A raw account event against the account's book.
-    fn enrich_account(
-        &self,
-        state: &mut RelayState,
-        id: &str,
-        raw: &RawEvent,
-        dirty: &mut HashSet<Dirty>,
-    ) -> Result<Bodies, EnrichError> {
+    fn account(&mut self, id: &str, raw: &RawEvent) -> Result<Bodies, EnrichError> {
+        let state = &mut *self.state;
         let mut book = state.books.get(id).cloned().unwrap_or_default();
         let bodies = enrich::enrich_account(&mut book, &state.instruments, self.rules, raw)?;
         let symbols: Vec<String> = book.positions.keys().cloned().collect();
@@ -115,18 +126,13 @@ impl Pipeline {
         for symbol in symbols {
             state.reindex(id, &symbol);
         }
-        dirty.insert(Dirty::Book(id.to_owned()));
+        self.dirty.insert(Dirty::Book(id.to_owned()));
         Ok(bodies)
     }
 
     /// A raw instrument event against the instrument and the accounts holding it.
-    fn enrich_instrument(
-        &self,
-        state: &mut RelayState,
-        id: &str,
-        raw: &RawEvent,
-        dirty: &mut HashSet<Dirty>,
-    ) -> Result<Bodies, EnrichError> {
+    fn instrument(&mut self, id: &str, raw: &RawEvent) -> Result<Bodies, EnrichError> {
+        let state = &mut *self.state;
         let mut instrument = state.instruments.get(id).cloned().unwrap_or_default();
         let flagged = state.stop_loss.get(id).cloned().unwrap_or_default();
         let holders = state
@@ -141,7 +147,7 @@ impl Pipeline {
             });
         let (bodies, flags) = enrich::enrich_instrument(&mut instrument, holders, self.rules, raw)?;
         state.instruments.insert(id.to_owned(), instrument);
-        dirty.insert(Dirty::Instrument(id.to_owned()));
+        self.dirty.insert(Dirty::Instrument(id.to_owned()));
         if !flags.is_empty() {
             let entry = state.stop_loss.entry(id.to_owned()).or_default();
             for (account, on) in flags {
@@ -151,7 +157,7 @@ impl Pipeline {
                     entry.remove(&account);
                 }
             }
-            dirty.insert(Dirty::StopLoss(id.to_owned()));
+            self.dirty.insert(Dirty::StopLoss(id.to_owned()));
         }
         Ok(bodies)
     }

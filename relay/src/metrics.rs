@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Pipeline;
 
-/// What the relay counts, in `Counters::snapshot` order; each is one exported metric.
+/// What the relay counts, each one exported metric. Declared in `ALL` (and `snapshot`) order:
+/// a count's discriminant is its index.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Count {
     Processed,
@@ -113,21 +114,14 @@ pub(crate) async fn report(
         }
         let now = pipeline.counters.snapshot();
         if now != last {
-            let [
-                processed,
-                published,
-                duplicates,
-                dead_lettered,
-                retries,
-                recovered,
-            ] = now;
+            let count = |count: Count| now[count as usize];
             tracing::info!(
-                processed,
-                published,
-                duplicates,
-                dead_lettered,
-                retries,
-                recovered,
+                processed = count(Count::Processed),
+                published = count(Count::Published),
+                duplicates = count(Count::Duplicates),
+                dead_lettered = count(Count::DeadLettered),
+                retries = count(Count::Retries),
+                recovered = count(Count::Recovered),
                 "relay progress"
             );
             last = now;
