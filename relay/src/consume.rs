@@ -11,7 +11,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use platform::names::Aggregate;
+use platform::{names::Aggregate, telemetry::Causes};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::{RawEvent, raw_event::Body as Raw};
@@ -34,10 +34,9 @@ impl Pipeline {
                 return;
             };
             self.counters.add(Count::Retries, 1);
-            let error = anyhow::Error::from(error);
             tracing::warn!(
                 stream = self.config.raw_stream(aggregate),
-                error = format!("{error:#}"),
+                error = %Causes(&error),
                 retry_in_ms = backoff.as_millis() as u64,
                 "relay loop failed; restarting from the checkpoint"
             );
@@ -47,8 +46,7 @@ impl Pipeline {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
             if let Err(error) = self.reload(aggregate).await {
-                let error = anyhow::Error::from(error);
-                tracing::warn!(error = format!("{error:#}"), "cannot reload relay state");
+                tracing::warn!(error = %Causes(&error), "cannot reload relay state");
             }
         }
     }
