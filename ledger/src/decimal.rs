@@ -37,8 +37,14 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, DecimalError> {
     if fraction.is_some_and(|fraction| fraction.len() > MAX_SCALE as usize) {
         return Err(DecimalError::TooPrecise);
     }
-    // More than 28 significant digits cannot be represented exactly.
-    if whole.trim_start_matches('0').len() > 20 {
+    // A `Decimal` holds 28 significant digits exactly; beyond that it would round silently.
+    // Only the count matters here: maximums are the writer's to enforce (`crate::limits`), and
+    // a stored figure written before a limit existed must still read back.
+    let significant = whole
+        .trim_start_matches('0')
+        .len()
+        .saturating_add(fraction.map_or(0, str::len));
+    if significant > 28 {
         return Err(DecimalError::OutOfRange);
     }
     Decimal::from_str(text).map_err(|_| DecimalError::OutOfRange)
@@ -63,6 +69,11 @@ mod tests {
         assert_eq!(parse_decimal("175.50"), Ok(Decimal::new(17550, 2)));
         assert_eq!(parse_decimal("-0.00000001"), Ok(Decimal::new(-1, 8)));
         assert_eq!(parse_decimal("42"), Ok(Decimal::new(42, 0)));
+        // A balance of 10^20 (21 digits) was once accepted: it must read back exactly.
+        assert_eq!(
+            parse_decimal("100000000000000000000"),
+            Ok(Decimal::from(10_i128.pow(20)))
+        );
     }
 
     #[test]
@@ -75,7 +86,11 @@ mod tests {
         assert_eq!(parse_decimal(""), Err(DecimalError::Empty));
         assert_eq!(parse_decimal("0.123456789"), Err(DecimalError::TooPrecise));
         assert_eq!(
-            parse_decimal("123456789012345678901234567890"),
+            parse_decimal("12345678901234567890123456789"),
+            Err(DecimalError::OutOfRange)
+        );
+        assert_eq!(
+            parse_decimal("123456789012345678901.12345678"),
             Err(DecimalError::OutOfRange)
         );
     }

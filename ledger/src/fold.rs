@@ -28,6 +28,8 @@ pub enum FoldError {
     BadSide { event_id: String, side: String },
     #[error("event {event_id} arrives before the account was opened")]
     NotOpened { event_id: String },
+    #[error("event {event_id} takes a figure of the account beyond what it can hold")]
+    Overflow { event_id: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,12 +59,15 @@ impl AccountState {
     pub fn apply(&mut self, event: &RawEvent) -> Result<(), FoldError> {
         let envelope = event.envelope.clone().unwrap_or_default();
         let event_id = envelope.event_id;
-        if envelope.version != self.version + 1 {
+        if self.version.checked_add(1) != Some(envelope.version) {
             return Err(FoldError::OutOfOrder {
                 current: self.version,
                 found: envelope.version,
             });
         }
+        let overflow = || FoldError::Overflow {
+            event_id: event_id.clone(),
+        };
         let decimal = |field: &'static str, text: &str| {
             parse_decimal(text).map_err(|source| FoldError::BadDecimal {
                 event_id: event_id.clone(),
@@ -77,34 +82,55 @@ impl AccountState {
                 self.base_currency.clone_from(&opened.base_currency);
                 self.opened_at = envelope.occurred_at;
             }
-            _ if self.version == 0 => return Err(FoldError::NotOpened { event_id }),
-            Some(Body::CashDeposited(deposit)) => self.cash += decimal("amount", &deposit.amount)?,
+            _ if self.version == 0 => {
+                return Err(FoldError::NotOpened {
+                    event_id: event_id.clone(),
+                });
+            }
+            Some(Body::CashDeposited(deposit)) => {
+                let amount = decimal("amount", &deposit.amount)?;
+                self.cash = self.cash.checked_add(amount).ok_or_else(overflow)?;
+            }
             Some(Body::CashWithdrawn(withdrawal)) => {
-                self.cash -= decimal("amount", &withdrawal.amount)?;
+                let amount = decimal("amount", &withdrawal.amount)?;
+                self.cash = self.cash.checked_sub(amount).ok_or_else(overflow)?;
             }
             Some(Body::TradeExecuted(trade)) => {
                 let price = decimal("price", &trade.price)?;
-                let notional = price * Decimal::from(trade.quantity);
-                let position = self.positions.entry(trade.symbol.clone()).or_default();
-                match Side::parse(&trade.side) {
-                    Some(Side::Buy) => {
-                        position.buy(trade.quantity, price);
-                        self.cash -= notional;
+                let notional = price
+                    .checked_mul(Decimal::from(trade.quantity))
+                    .ok_or_else(overflow)?;
+                let side = Side::parse(&trade.side).ok_or_else(|| FoldError::BadSide {
+                    event_id: event_id.clone(),
+                    side: trade.side.clone(),
+                })?;
+                // Worked on copies, so an event that does not fit leaves the state as it was.
+                let mut position = self
+                    .positions
+                    .get(&trade.symbol)
+                    .cloned()
+                    .unwrap_or_default();
+                let cash = match side {
+                    Side::Buy => {
+                        position
+                            .buy(trade.quantity, price)
+                            .map_err(|_| overflow())?;
+                        self.cash.checked_sub(notional)
                     }
-                    Some(Side::Sell) => {
-                        position.sell(trade.quantity, price);
-                        self.cash += notional;
+                    Side::Sell => {
+                        position
+                            .sell(trade.quantity, price)
+                            .map_err(|_| overflow())?;
+                        self.cash.checked_add(notional)
                     }
-                    None => {
-                        return Err(FoldError::BadSide {
-                            event_id,
-                            side: trade.side.clone(),
-                        });
-                    }
-                }
+                };
+                self.cash = cash.ok_or_else(overflow)?;
+                self.positions.insert(trade.symbol.clone(), position);
             }
             Some(Body::InstrumentUpserted(_) | Body::PriceUpdated(_)) | None => {
-                return Err(FoldError::NotAnAccountEvent { event_id });
+                return Err(FoldError::NotAnAccountEvent {
+                    event_id: event_id.clone(),
+                });
             }
         }
         self.version = envelope.version;
@@ -240,5 +266,35 @@ mod tests {
                 event_id: "e1".into()
             })
         );
+    }
+
+    #[test]
+    fn a_balance_from_before_the_limits_reads_back_and_overflow_leaves_the_state() {
+        let mut state = AccountState::replay(&[
+            event(
+                1,
+                Body::AccountOpened(AccountOpened {
+                    account_id: "big".into(),
+                    ..Default::default()
+                }),
+            ),
+            event(
+                2,
+                Body::CashDeposited(CashDeposited {
+                    amount: "100000000000000000000".into(),
+                    ..Default::default()
+                }),
+            ),
+        ])
+        .expect("a 10^20 balance folds");
+        assert_eq!(AccountState::from_api(&state.to_api()), Ok(state.clone()));
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&event(3, trade("BUY", 10, "9999999999999999999999999999"))),
+            Err(FoldError::Overflow {
+                event_id: "e3".into()
+            })
+        );
+        assert_eq!(state, before);
     }
 }

@@ -1,15 +1,19 @@
 //! Pure account arithmetic, with no I/O, shared by the write region (to decide commands), the
 //! relay (to enrich events) and the consistency checker (to fold a raw stream independently of
-//! both). Money is `rust_decimal::Decimal` end to end; nothing here touches floating point.
+//! both). Money is `rust_decimal::Decimal` end to end; nothing here touches floating point, and
+//! every operation is checked: a figure that does not fit is an error, never a panic.
+
+#![deny(clippy::arithmetic_side_effects)]
 
 pub mod decimal;
 pub mod fold;
 pub mod instrument;
+pub mod limits;
 pub mod position;
 pub mod side;
 
 pub use decimal::{DecimalError, format_decimal, parse_decimal};
 pub use fold::{AccountState, FoldError};
 pub use instrument::{Instrument, InstrumentEventError};
-pub use position::Position;
+pub use position::{Overflow, Position};
 pub use side::Side;

@@ -42,6 +42,10 @@ pub enum ApiError {
     },
     #[error("the region's views are being rebuilt; retry shortly")]
     Rebuilding,
+    /// Only a view holding figures beyond `ledger::limits` (which the write region enforces)
+    /// can get here; the valuation is refused rather than wrapped or panicked on.
+    #[error("the portfolio of account {0} cannot be valued: a figure does not fit")]
+    Unvaluable(String),
     #[error(transparent)]
     Views(#[from] ViewError),
 }
@@ -55,6 +59,10 @@ impl From<ApiError> for Status {
             ApiError::AccountNotFound(_) => Status::not_found(error.to_string()),
             ApiError::VersionNotReached { .. } => Status::failed_precondition(error.to_string()),
             ApiError::Rebuilding => Status::unavailable(error.to_string()),
+            ApiError::Unvaluable(account_id) => {
+                tracing::error!(%account_id, "portfolio valuation overflows");
+                Status::internal(error.to_string())
+            }
             ApiError::Views(cause) => {
                 tracing::error!(cause = %Causes(cause), "view read failed");
                 Status::unavailable("the region's views cannot be read right now")
@@ -159,9 +167,10 @@ impl PortfolioApi {
         }
     }
 
-    fn portfolio(&self, book: &Book) -> api::Portfolio {
-        let valuation = model::value(book);
-        api::Portfolio {
+    fn portfolio(&self, book: &Book) -> Result<api::Portfolio, ApiError> {
+        let valuation =
+            model::value(book).map_err(|_| ApiError::Unvaluable(book.account_id.clone()))?;
+        Ok(api::Portfolio {
             account_id: book.account_id.clone(),
             region: self.region.clone(),
             version: book.version,
@@ -188,7 +197,7 @@ impl PortfolioApi {
                     weight: format_decimal(valued.weight),
                 })
                 .collect(),
-        }
+        })
     }
 
     async fn get_portfolio_inner(
@@ -203,7 +212,7 @@ impl PortfolioApi {
         let deadline = tokio::time::Instant::now() + budget;
         loop {
             if let Some(book) = self.book_at_least(account, request.min_version).await? {
-                return Ok(self.portfolio(&book));
+                return self.portfolio(&book);
             }
             // Woken by the projector when this account reaches the version; the short poll
             // covers versions applied by another process (a rebuild's switch).
@@ -227,7 +236,7 @@ impl PortfolioApi {
             if reached {
                 // One last read: the version may have arrived with the deadline.
                 if let Some(book) = self.book_at_least(account, request.min_version).await? {
-                    return Ok(self.portfolio(&book));
+                    return self.portfolio(&book);
                 }
                 let reached = match self.book(account).await {
                     Ok(book) => book.version,
@@ -343,7 +352,11 @@ impl PortfolioApi {
         let api = self.clone();
         tokio::spawn(async move {
             let mut last = initial.version;
-            if sender.send(Ok(api.portfolio(&initial))).await.is_err() {
+            if sender
+                .send(api.portfolio(&initial).map_err(Status::from))
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -374,7 +387,11 @@ impl PortfolioApi {
                 };
                 if book.version > last {
                     last = book.version;
-                    if sender.send(Ok(api.portfolio(&book))).await.is_err() {
+                    if sender
+                        .send(api.portfolio(&book).map_err(Status::from))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use ledger::Overflow;
 use rust_decimal::Decimal;
 
 /// Money and prices carry at most 8 fractional digits (`ledger::decimal::MAX_SCALE`), so
@@ -99,38 +100,53 @@ const WEIGHT_DIGITS: u32 = 8;
 /// unrealized = (price - average cost) x quantity, weight = market value / total value where
 /// total value = cash + total market value. A symbol without a local price yet is valued at its
 /// average cost (no unrealized P&L) rather than at zero, which would show a fictitious loss.
-pub fn value(book: &Book) -> Valuation {
-    let mut positions: Vec<ValuedPosition> = book
+pub fn value(book: &Book) -> Result<Valuation, Overflow> {
+    let mut positions = Vec::with_capacity(book.positions.len());
+    let mut total_market_value = Decimal::ZERO;
+    let mut unrealized_pnl = Decimal::ZERO;
+    for position in book
         .positions
         .iter()
         .filter(|position| position.quantity != 0)
-        .map(|position| {
-            let price = position.last_price.unwrap_or(position.average_cost);
-            let quantity = Decimal::from(position.quantity);
-            ValuedPosition {
-                position: position.clone(),
-                price,
-                market_value: quantity * price,
-                unrealized_pnl: (price - position.average_cost) * quantity,
-                weight: Decimal::ZERO,
-            }
-        })
-        .collect();
-    let total_market_value: Decimal = positions.iter().map(|p| p.market_value).sum();
-    let unrealized_pnl: Decimal = positions.iter().map(|p| p.unrealized_pnl).sum();
-    let total_value = book.cash + total_market_value;
+    {
+        let price = position.last_price.unwrap_or(position.average_cost);
+        let quantity = Decimal::from(position.quantity);
+        let market_value = quantity.checked_mul(price).ok_or(Overflow)?;
+        let position_unrealized = price
+            .checked_sub(position.average_cost)
+            .and_then(|gain| gain.checked_mul(quantity))
+            .ok_or(Overflow)?;
+        total_market_value = total_market_value
+            .checked_add(market_value)
+            .ok_or(Overflow)?;
+        unrealized_pnl = unrealized_pnl
+            .checked_add(position_unrealized)
+            .ok_or(Overflow)?;
+        positions.push(ValuedPosition {
+            position: position.clone(),
+            price,
+            market_value,
+            unrealized_pnl: position_unrealized,
+            weight: Decimal::ZERO,
+        });
+    }
+    let total_value = book.cash.checked_add(total_market_value).ok_or(Overflow)?;
     if !total_value.is_zero() {
         for position in &mut positions {
-            position.weight = (position.market_value / total_value).round_dp(WEIGHT_DIGITS);
+            position.weight = position
+                .market_value
+                .checked_div(total_value)
+                .ok_or(Overflow)?
+                .round_dp(WEIGHT_DIGITS);
         }
     }
     positions.sort_by(|a, b| a.position.symbol.cmp(&b.position.symbol));
-    Valuation {
+    Ok(Valuation {
         positions,
         total_market_value,
         total_value,
         unrealized_pnl,
-    }
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -232,7 +248,7 @@ mod tests {
                 position("GONE", 0, "0", None),
             ],
         };
-        let valuation = value(&book);
+        let valuation = value(&book).expect("fits");
         assert_eq!(valuation.positions.len(), 2);
         let aapl = &valuation.positions[0];
         assert_eq!(aapl.position.symbol, "AAPL");
@@ -259,7 +275,7 @@ mod tests {
             realized_pnl: Decimal::ZERO,
             positions: vec![position("NEW", 2, "10", None)],
         };
-        let valuation = value(&book);
+        let valuation = value(&book).expect("fits");
         assert_eq!(valuation.positions[0].market_value, dec("20"));
         assert_eq!(valuation.unrealized_pnl, Decimal::ZERO);
         assert_eq!(valuation.positions[0].weight, dec("1"));
@@ -267,7 +283,30 @@ mod tests {
             positions: vec![],
             ..book
         };
-        assert_eq!(value(&empty).total_value, Decimal::ZERO);
+        assert_eq!(value(&empty).expect("fits").total_value, Decimal::ZERO);
+    }
+
+    #[test]
+    fn a_valuation_beyond_what_a_decimal_holds_is_an_error_not_a_panic() {
+        let extreme = Book {
+            account_id: "a".into(),
+            version: 1,
+            as_of_ms: 0,
+            cash: Decimal::MAX,
+            realized_pnl: Decimal::ZERO,
+            positions: vec![position(
+                "HUGE",
+                i64::MAX,
+                "1",
+                Some("99999999999999999999"),
+            )],
+        };
+        assert_eq!(value(&extreme), Err(Overflow));
+        let cash_only = Book {
+            positions: vec![position("ONE", 1, "1", Some("1"))],
+            ..extreme
+        };
+        assert_eq!(value(&cash_only), Err(Overflow), "cash + market value");
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ledger::{
-    AccountState, DecimalError, FoldError, Instrument, InstrumentEventError, Side, format_decimal,
-    parse_decimal,
+    AccountState, DecimalError, FoldError, Instrument, InstrumentEventError, Overflow, Side,
+    format_decimal, parse_decimal,
 };
 use platform::names::Aggregate;
 use rust_decimal::Decimal;
@@ -54,6 +54,8 @@ pub enum EnrichError {
     Fold(#[from] FoldError),
     #[error("instrument refused the event: {0}")]
     Instrument(#[from] InstrumentEventError),
+    #[error("a figure of the enriched events does not fit: {0}")]
+    Overflow(#[from] Overflow),
 }
 
 /// Parses decimal `field` of a raw event.
@@ -86,46 +88,47 @@ pub fn valuation(
     book: &AccountState,
     instruments: &HashMap<String, Instrument>,
     fallback_prices: &HashMap<&str, Decimal>,
-) -> PortfolioValueUpdated {
+) -> Result<PortfolioValueUpdated, Overflow> {
     let mut total_market_value = Decimal::ZERO;
     let mut realized = Decimal::ZERO;
     let mut unrealized = Decimal::ZERO;
-    let positions = book
-        .positions
-        .iter()
-        .map(|(symbol, position)| {
-            let instrument = instruments.get(symbol);
-            let price = instrument
-                .and_then(|instrument| instrument.last_price)
-                .or_else(|| fallback_prices.get(symbol.as_str()).copied())
-                .unwrap_or(position.average_cost);
-            let market_value = position.market_value(price);
-            let position_unrealized = position.unrealized_pnl(price);
-            total_market_value += market_value;
-            realized += position.realized_pnl;
-            unrealized += position_unrealized;
-            ValuedPosition {
-                symbol: symbol.clone(),
-                name: instrument.map(|i| i.name.clone()).unwrap_or_default(),
-                sector: instrument.map(|i| i.sector.clone()).unwrap_or_default(),
-                quantity: position.quantity,
-                average_cost: format_decimal(position.average_cost),
-                last_price: format_decimal(price),
-                market_value: format_decimal(market_value),
-                unrealized_pnl: format_decimal(position_unrealized),
-                realized_pnl: format_decimal(position.realized_pnl),
-            }
-        })
-        .collect();
-    PortfolioValueUpdated {
+    let mut positions = Vec::with_capacity(book.positions.len());
+    for (symbol, position) in &book.positions {
+        let instrument = instruments.get(symbol);
+        let price = instrument
+            .and_then(|instrument| instrument.last_price)
+            .or_else(|| fallback_prices.get(symbol.as_str()).copied())
+            .unwrap_or(position.average_cost);
+        let market_value = position.market_value(price)?;
+        let position_unrealized = position.unrealized_pnl(price)?;
+        total_market_value = checked_sum(total_market_value, market_value)?;
+        realized = checked_sum(realized, position.realized_pnl)?;
+        unrealized = checked_sum(unrealized, position_unrealized)?;
+        positions.push(ValuedPosition {
+            symbol: symbol.clone(),
+            name: instrument.map(|i| i.name.clone()).unwrap_or_default(),
+            sector: instrument.map(|i| i.sector.clone()).unwrap_or_default(),
+            quantity: position.quantity,
+            average_cost: format_decimal(position.average_cost),
+            last_price: format_decimal(price),
+            market_value: format_decimal(market_value),
+            unrealized_pnl: format_decimal(position_unrealized),
+            realized_pnl: format_decimal(position.realized_pnl),
+        });
+    }
+    Ok(PortfolioValueUpdated {
         account_id: book.account_id.clone(),
         cash_balance: format_decimal(book.cash),
         positions,
         total_market_value: format_decimal(total_market_value),
-        total_value: format_decimal(book.cash + total_market_value),
+        total_value: format_decimal(checked_sum(book.cash, total_market_value)?),
         realized_pnl: format_decimal(realized),
         unrealized_pnl: format_decimal(unrealized),
-    }
+    })
+}
+
+fn checked_sum(left: Decimal, right: Decimal) -> Result<Decimal, Overflow> {
+    left.checked_add(right).ok_or(Overflow)
 }
 
 /// Applies a raw account event to its book and returns the enriched set. The caller has checked
@@ -138,8 +141,28 @@ pub fn enrich_account(
 ) -> Result<Bodies, EnrichError> {
     let before = book.clone();
     book.apply(raw)?;
-    let value = || {
-        enriched_event::Body::PortfolioValueUpdated(valuation(book, instruments, &HashMap::new()))
+    let enriched = account_bodies(&before, book, instruments, rules, raw);
+    if enriched.is_err() {
+        // An event that cannot be enriched is dead-lettered: the book stays as it was.
+        *book = before;
+    }
+    enriched
+}
+
+/// The enriched set of one raw account event, `book` already holding its effect.
+fn account_bodies(
+    before: &AccountState,
+    book: &AccountState,
+    instruments: &HashMap<String, Instrument>,
+    rules: RiskRules,
+    raw: &RawEvent,
+) -> Result<Bodies, EnrichError> {
+    let value = || -> Result<enriched_event::Body, EnrichError> {
+        Ok(enriched_event::Body::PortfolioValueUpdated(valuation(
+            book,
+            instruments,
+            &HashMap::new(),
+        )?))
     };
     match &raw.body {
         Some(Raw::AccountOpened(opened)) => Ok(vec![enriched_event::Body::AccountRegistered(
@@ -156,7 +179,7 @@ pub fn enrich_account(
                 cash_balance: format_decimal(book.cash),
                 reason: "deposit".into(),
             }),
-            value(),
+            value()?,
         ]),
         Some(Raw::CashWithdrawn(movement)) => Ok(vec![
             enriched_event::Body::CashBalanceChanged(CashBalanceChanged {
@@ -165,7 +188,7 @@ pub fn enrich_account(
                 cash_balance: format_decimal(book.cash),
                 reason: "withdrawal".into(),
             }),
-            value(),
+            value()?,
         ]),
         Some(Raw::TradeExecuted(trade)) => {
             let price = decimal("price", &trade.price)?;
@@ -194,14 +217,23 @@ pub fn enrich_account(
                 side: trade.side.clone(),
                 quantity: trade.quantity,
                 price: format_decimal(price),
-                notional: format_decimal(price * Decimal::from(trade.quantity)),
-                realized_pnl: format_decimal(held_after.realized_pnl - held_before.realized_pnl),
+                notional: format_decimal(
+                    price
+                        .checked_mul(Decimal::from(trade.quantity))
+                        .ok_or(Overflow)?,
+                ),
+                realized_pnl: format_decimal(
+                    held_after
+                        .realized_pnl
+                        .checked_sub(held_before.realized_pnl)
+                        .ok_or(Overflow)?,
+                ),
                 average_cost_before: format_decimal(held_before.average_cost),
                 average_cost_after: format_decimal(held_after.average_cost),
                 position_quantity_after: held_after.quantity,
             };
             let fallback = HashMap::from([(trade.symbol.as_str(), price)]);
-            let valued = valuation(book, instruments, &fallback);
+            let valued = valuation(book, instruments, &fallback)?;
             let alert = (Side::parse(&trade.side) == Some(Side::Buy))
                 .then(|| concentration_alert(&valued, &trade.symbol, rules))
                 .flatten();
@@ -227,7 +259,7 @@ fn concentration_alert(
     if total <= Decimal::ZERO {
         return None;
     }
-    let share = (value / total).round_dp(6);
+    let share = value.checked_div(total)?.round_dp(6);
     (share > rules.max_concentration).then(|| {
         enriched_event::Body::RiskThresholdBreached(RiskThresholdBreached {
             account_id: valued.account_id.clone(),
@@ -305,7 +337,16 @@ pub fn enrich_instrument<'a>(
                 if position.quantity <= 0 || position.average_cost <= Decimal::ZERO {
                     continue;
                 }
-                let loss = ((position.average_cost - price) / position.average_cost).round_dp(6);
+                // A loss is below 1 (prices are positive); a quotient too large for a Decimal is a
+                // gain no stop-loss concerns.
+                let Some(loss) = position
+                    .average_cost
+                    .checked_sub(price)
+                    .and_then(|drop| drop.checked_div(position.average_cost))
+                    .map(|loss| loss.round_dp(6))
+                else {
+                    continue;
+                };
                 let beyond = loss > rules.stop_loss;
                 if beyond && !holder.flagged {
                     bodies.push(enriched_event::Body::RiskThresholdBreached(
@@ -338,3 +379,83 @@ pub fn enrich_instrument<'a>(
 
 /// Accounts flagged beyond their stop-loss, per symbol.
 pub type StopLossFlags = HashMap<String, BTreeSet<String>>;
+
+#[cfg(test)]
+mod tests {
+    use ledger::Position;
+    use trading_proto::events::v1::{EventEnvelope, TradeExecuted};
+
+    use super::*;
+
+    const RULES: RiskRules = RiskRules {
+        max_concentration: Decimal::from_parts(5, 0, 0, false, 1),
+        stop_loss: Decimal::from_parts(2, 0, 0, false, 1),
+    };
+
+    #[test]
+    fn a_valuation_beyond_what_a_decimal_holds_is_an_error_not_a_panic() {
+        let mut book = AccountState {
+            account_id: "a".into(),
+            cash: Decimal::MAX,
+            version: 2,
+            ..Default::default()
+        };
+        book.positions.insert(
+            "HUGE".into(),
+            Position {
+                quantity: i64::MAX,
+                average_cost: Decimal::ONE,
+                realized_pnl: Decimal::ZERO,
+            },
+        );
+        let prices = HashMap::from([("HUGE", Decimal::from(i64::MAX))]);
+        assert_eq!(
+            valuation(&book, &HashMap::new(), &prices).err(),
+            Some(Overflow)
+        );
+    }
+
+    #[test]
+    fn a_trade_whose_figures_do_not_fit_is_refused_and_leaves_the_book() {
+        let book = AccountState {
+            account_id: "a".into(),
+            base_currency: "USD".into(),
+            cash: Decimal::MAX,
+            version: 2,
+            ..Default::default()
+        };
+        let trade = RawEvent {
+            envelope: Some(EventEnvelope {
+                event_id: "e3".into(),
+                version: 3,
+                ..Default::default()
+            }),
+            body: Some(Raw::TradeExecuted(TradeExecuted {
+                account_id: "a".into(),
+                symbol: "HUGE".into(),
+                side: Side::Sell.as_str().into(),
+                quantity: 0,
+                price: "9999999999999999999999999999".into(),
+                ..Default::default()
+            })),
+        };
+        // Selling nothing at an extreme price folds, but the valuation of a book holding
+        // Decimal::MAX in cash cannot add the position to it.
+        let mut with_position = book;
+        with_position.positions.insert(
+            "HUGE".into(),
+            Position {
+                quantity: 1,
+                average_cost: Decimal::ONE,
+                realized_pnl: Decimal::ZERO,
+            },
+        );
+        let outcome = enrich_account(&mut with_position, &HashMap::new(), RULES, &trade);
+        assert!(
+            matches!(outcome, Err(EnrichError::Overflow(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(with_position.version, 2, "the book stays at its version");
+        assert_eq!(with_position.positions["HUGE"].quantity, 1);
+    }
+}

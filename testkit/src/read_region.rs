@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use ::read_region::{Config, views::Views};
 use anyhow::Context;
 use async_nats::jetstream;
-use ledger::{Position, format_decimal, parse_decimal};
+use ledger::{Position, Side, format_decimal, parse_decimal};
 use prost::Message;
 use rust_decimal::Decimal;
 use tonic::transport::Channel;
@@ -227,8 +227,12 @@ impl Relay {
                         quantity: position.quantity,
                         average_cost: format_decimal(position.average_cost),
                         last_price: format_decimal(price),
-                        market_value: format_decimal(position.market_value(price)),
-                        unrealized_pnl: format_decimal(position.unrealized_pnl(price)),
+                        market_value: format_decimal(
+                            position.market_value(price).expect("test figures fit"),
+                        ),
+                        unrealized_pnl: format_decimal(
+                            position.unrealized_pnl(price).expect("test figures fit"),
+                        ),
                         realized_pnl: format_decimal(position.realized_pnl),
                     }
                 })
@@ -340,13 +344,13 @@ impl Relay {
         let position = account.positions.entry(symbol.into()).or_default();
         let cost_before = position.average_cost;
         let notional = price * Decimal::from(quantity);
-        let realized = if side == "BUY" {
-            position.buy(quantity, price);
+        let realized = if Side::parse(side) == Some(Side::Buy) {
+            position.buy(quantity, price).expect("test figures fit");
             account.cash -= notional;
             Decimal::ZERO
         } else {
             account.cash += notional;
-            position.sell(quantity, price)
+            position.sell(quantity, price).expect("test figures fit")
         };
         let position = position.clone();
         let trade = events::TradeProfitCalculated {

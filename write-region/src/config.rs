@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use ledger::parse_decimal;
+use ledger::{limits, parse_decimal};
 use platform::config::{ConfigError, check_nats_name, check_positive};
 use platform::names::{self, local};
 use rust_decimal::Decimal;
@@ -97,10 +97,14 @@ impl Config {
 
     pub fn max_order_notional(&self) -> Result<Decimal, ConfigError> {
         match parse_decimal(&self.max_order_notional) {
-            Ok(value) if value > Decimal::ZERO => Ok(value),
+            // No order may move more than an account can hold.
+            Ok(value) if value > Decimal::ZERO && value <= limits::MAX_CASH_BALANCE => Ok(value),
             _ => Err(ConfigError::invalid(
                 "max_order_notional",
-                "must be a positive decimal",
+                format!(
+                    "must be a positive decimal of at most {}",
+                    ledger::format_decimal(limits::MAX_CASH_BALANCE)
+                ),
             )),
         }
     }

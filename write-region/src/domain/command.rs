@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use ledger::{DecimalError, Instrument, Side, parse_decimal};
+use ledger::{DecimalError, Instrument, Side, format_decimal, limits, parse_decimal};
 use rust_decimal::Decimal;
 use trading_proto::trading::v1::{self as api, get_account_as_of_request::Point};
 
@@ -82,8 +82,8 @@ fn text(field: &'static str, value: &str) -> Result<String, DomainError> {
     Ok(trimmed.to_owned())
 }
 
-/// A strictly positive decimal.
-fn positive(field: &'static str, value: &str) -> Result<Decimal, DomainError> {
+/// A strictly positive decimal no greater than `max` (one of [`ledger::limits`]).
+fn positive(field: &'static str, value: &str, max: Decimal) -> Result<Decimal, DomainError> {
     let number = parse_decimal(value).map_err(|error| match error {
         DecimalError::Empty => DomainError::invalid(field, "is required"),
         error => DomainError::invalid(field, error.to_string()),
@@ -91,7 +91,27 @@ fn positive(field: &'static str, value: &str) -> Result<Decimal, DomainError> {
     if number <= Decimal::ZERO {
         return Err(DomainError::invalid(field, "must be greater than zero"));
     }
+    if number > max {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {}", format_decimal(max)),
+        ));
+    }
     Ok(number)
+}
+
+/// A whole number of shares from 1 to [`limits::MAX_QUANTITY`].
+fn count(field: &'static str, value: i64) -> Result<i64, DomainError> {
+    if value <= 0 {
+        return Err(DomainError::invalid(field, "must be greater than zero"));
+    }
+    if value > limits::MAX_QUANTITY {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {}", limits::MAX_QUANTITY),
+        ));
+    }
+    Ok(value)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +157,7 @@ impl CashMovement {
         Ok(Self {
             account_id: account_id(account)?,
             direction,
-            amount: positive("amount", amount)?,
+            amount: positive("amount", amount, limits::MAX_AMOUNT)?,
             idempotency_key: identifier("idempotency_key", idempotency_key)?,
         })
     }
@@ -207,9 +227,11 @@ impl TryFrom<&api::PlaceOrderRequest> for OrderCommand {
                     "must be empty for a MARKET order",
                 ));
             }
-            Ok(api::OrderType::Limit) => {
-                OrderKind::Limit(positive("limit_price", &request.limit_price)?)
-            }
+            Ok(api::OrderType::Limit) => OrderKind::Limit(positive(
+                "limit_price",
+                &request.limit_price,
+                limits::MAX_PRICE,
+            )?),
             _ => {
                 return Err(DomainError::invalid(
                     "order_type",
@@ -217,18 +239,13 @@ impl TryFrom<&api::PlaceOrderRequest> for OrderCommand {
                 ));
             }
         };
-        if request.quantity <= 0 {
-            return Err(DomainError::invalid(
-                "quantity",
-                "must be greater than zero",
-            ));
-        }
+        let quantity = count("quantity", request.quantity)?;
         Ok(Self {
             account_id: account_id(&request.account_id)?,
             client_order_id: identifier("client_order_id", &request.client_order_id)?,
             symbol: symbol(&request.symbol)?,
             side,
-            quantity: request.quantity,
+            quantity,
             kind,
         })
     }
@@ -251,19 +268,14 @@ impl OrderCommand {
 
 /// A validated instrument definition (reference data).
 pub fn instrument(request: &api::UpsertInstrumentRequest) -> Result<Instrument, DomainError> {
-    if request.lot_size <= 0 {
-        return Err(DomainError::invalid(
-            "lot_size",
-            "must be greater than zero",
-        ));
-    }
+    count("lot_size", request.lot_size)?;
     Ok(Instrument {
         symbol: symbol(&request.symbol)?,
         name: text("name", &request.name)?,
         asset_class: text("asset_class", &request.asset_class)?,
         sector: text("sector", &request.sector)?,
         currency: currency("currency", &request.currency)?,
-        tick_size: positive("tick_size", &request.tick_size)?,
+        tick_size: positive("tick_size", &request.tick_size, limits::MAX_PRICE)?,
         lot_size: request.lot_size,
         tradable: request.tradable,
         last_price: None,
@@ -283,7 +295,7 @@ impl TryFrom<&api::PublishPriceRequest> for PriceUpdate {
     fn try_from(request: &api::PublishPriceRequest) -> Result<Self, DomainError> {
         Ok(Self {
             symbol: symbol(&request.symbol)?,
-            price: positive("price", &request.price)?,
+            price: positive("price", &request.price, limits::MAX_PRICE)?,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! records the command; the store stamps envelopes and versions and derives the new state by
 //! folding those same events, so state and stream can never disagree.
 
-use ledger::{AccountState, Instrument, Side, format_decimal};
+use ledger::{AccountState, Instrument, Side, format_decimal, limits};
 use rust_decimal::Decimal;
 use trading_proto::events::v1::{
     AccountOpened, CashDeposited, CashWithdrawn, TradeExecuted, raw_event::Body,
@@ -83,23 +83,45 @@ pub fn decide_cash(
 ) -> Result<Decision, DomainError> {
     let amount = format_decimal(command.amount);
     let body = match command.direction {
-        CashDirection::Deposit => Body::CashDeposited(CashDeposited {
-            account_id: command.account_id.clone(),
-            amount,
-            cash_balance: format_decimal(account.cash + command.amount),
-            idempotency_key: command.idempotency_key.clone(),
-        }),
+        CashDirection::Deposit => {
+            let cash_after = within_cash_limit(
+                account.cash.checked_add(command.amount),
+                format!("deposit of {amount}"),
+            )?;
+            Body::CashDeposited(CashDeposited {
+                account_id: command.account_id.clone(),
+                amount,
+                cash_balance: format_decimal(cash_after),
+                idempotency_key: command.idempotency_key.clone(),
+            })
+        }
         CashDirection::Withdraw => {
             ensure_cash(account, command.amount, format!("withdrawal of {amount}"))?;
             Body::CashWithdrawn(CashWithdrawn {
                 account_id: command.account_id.clone(),
+                // Cannot go below zero: ensure_cash refused a larger withdrawal.
+                cash_balance: format_decimal(account.cash.saturating_sub(command.amount)),
                 amount,
-                cash_balance: format_decimal(account.cash - command.amount),
                 idempotency_key: command.idempotency_key.clone(),
             })
         }
     };
     Ok(Decision { events: vec![body] })
+}
+
+/// The cash balance a command leads to, refused beyond [`limits::MAX_CASH_BALANCE`] (a sum that
+/// does not even fit is beyond it too).
+fn within_cash_limit(cash_after: Option<Decimal>, what: String) -> Result<Decimal, DomainError> {
+    match cash_after {
+        Some(cash) if cash <= limits::MAX_CASH_BALANCE => Ok(cash),
+        _ => Err(DomainError::rejected(
+            RejectReason::BalanceLimitExceeded,
+            format!(
+                "{what} would take the cash balance beyond the maximum of {}",
+                format_decimal(limits::MAX_CASH_BALANCE)
+            ),
+        )),
+    }
 }
 
 /// Ids the caller generates for a new trade (kept out of the pure decision so it is testable).
@@ -177,7 +199,10 @@ pub fn decide_order(
             ));
         }
     }
-    let notional = price * Decimal::from(order.quantity);
+    // Both factors are bounded at the edge (at most 10^9 each), so this fits; checked anyway.
+    let notional = price
+        .checked_mul(Decimal::from(order.quantity))
+        .unwrap_or(Decimal::MAX);
     if notional > limits.max_order_notional {
         return Err(DomainError::rejected(
             RejectReason::MaxNotionalExceeded,
@@ -193,6 +218,17 @@ pub fn decide_order(
         .get(&order.symbol)
         .cloned()
         .unwrap_or_default();
+    let position_limit = || {
+        DomainError::rejected(
+            RejectReason::PositionLimitExceeded,
+            format!(
+                "buying {} {} would take the position beyond the maximum of {} shares",
+                order.quantity,
+                order.symbol,
+                limits::MAX_POSITION_QUANTITY
+            ),
+        )
+    };
     let cash_after = match order.side {
         Side::Buy => {
             ensure_cash(
@@ -200,8 +236,14 @@ pub fn decide_order(
                 notional,
                 format!("notional {}", format_decimal(notional)),
             )?;
-            position.buy(order.quantity, price);
-            account.cash - notional
+            position
+                .buy(order.quantity, price)
+                .map_err(|_| position_limit())?;
+            if position.quantity > limits::MAX_POSITION_QUANTITY {
+                return Err(position_limit());
+            }
+            // Cannot go below zero: ensure_cash refused a larger notional.
+            account.cash.saturating_sub(notional)
         }
         Side::Sell => {
             if order.quantity > position.quantity {
@@ -213,8 +255,15 @@ pub fn decide_order(
                     ),
                 ));
             }
-            position.sell(order.quantity, price);
-            account.cash + notional
+            let proceeds = format!("proceeds {}", format_decimal(notional));
+            let cash_after = within_cash_limit(account.cash.checked_add(notional), proceeds)?;
+            position.sell(order.quantity, price).map_err(|_| {
+                DomainError::rejected(
+                    RejectReason::BalanceLimitExceeded,
+                    "realized profit beyond what an account can hold",
+                )
+            })?;
+            cash_after
         }
     };
     let limit_price = match order.kind {

@@ -12,6 +12,10 @@ pub enum RejectReason {
     NotMarketable,
     MaxNotionalExceeded,
     CurrencyMismatch,
+    /// The command would take the cash balance beyond `ledger::limits::MAX_CASH_BALANCE`.
+    BalanceLimitExceeded,
+    /// The order would take one position beyond `ledger::limits::MAX_POSITION_QUANTITY`.
+    PositionLimitExceeded,
 }
 
 impl RejectReason {
@@ -24,6 +28,8 @@ impl RejectReason {
             Self::NotMarketable => "NOT_MARKETABLE",
             Self::MaxNotionalExceeded => "MAX_NOTIONAL_EXCEEDED",
             Self::CurrencyMismatch => "CURRENCY_MISMATCH",
+            Self::BalanceLimitExceeded => "BALANCE_LIMIT_EXCEEDED",
+            Self::PositionLimitExceeded => "POSITION_LIMIT_EXCEEDED",
         }
     }
 }
