@@ -229,7 +229,7 @@ fn load_kind<T: DeserializeOwned>(dir: &Path, kind: &str) -> anyhow::Result<Vec<
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        // ghz and k6 keep their own summaries beside ours; only <kind>-*.json are our runs.
+        // ghz keeps its own summaries beside ours; only <kind>-*.json are our runs.
         .filter(|path| {
             path.file_name()
                 .and_then(|name| name.to_str())

@@ -15,7 +15,7 @@ use trading_proto::trading::v1::{
 };
 
 /// The instruments every scenario trades, with the price setup publishes. Prices are decimal
-/// strings end to end; the ghz and k6 scenarios name the same symbols.
+/// strings end to end; the ghz scenarios name the same symbols.
 pub const INSTRUMENTS: [(&str, &str, &str); 4] = [
     ("LT-ALPHA", "Loadtest Alpha", "100.00"),
     ("LT-BETA", "Loadtest Beta", "25.50"),
@@ -49,7 +49,7 @@ impl Accounts {
         }
     }
 
-    /// `lt-000042`: fixed width, so ghz and k6 templates can build the same ids.
+    /// `lt-000042`: fixed width, so the ghz templates can build the same ids.
     pub fn funded_id(&self, index: usize) -> String {
         format!("{}-{index:06}", self.prefix)
     }

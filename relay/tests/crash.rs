@@ -735,7 +735,7 @@ fn verify(consumer: &VersionCheckingConsumer, recorded: &Recorded) -> anyhow::Re
         );
         // Account states after each version, by the pure fold.
         let mut folded = vec![AccountState::default()];
-        if aggregate.0 == "account" {
+        if aggregate.0 == platform::names::Aggregate::Account.as_str() {
             for raw in raws {
                 let mut next = folded[folded.len() - 1].clone();
                 next.apply(raw)?;

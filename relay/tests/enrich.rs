@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use platform::names::Aggregate;
 use testkit::{
     read_messages,
     relay::{Relay, configs, enriched, publish_raw, raw, raw_prefix, raw_streams},
@@ -39,9 +40,9 @@ fn of_account<'a>(events: &'a [EnrichedEvent], account: &str) -> Vec<&'a Enriche
     events
         .iter()
         .filter(|e| {
-            e.envelope
-                .as_ref()
-                .is_some_and(|e| e.aggregate_type == "account" && e.aggregate_id == account)
+            e.envelope.as_ref().is_some_and(|e| {
+                e.aggregate_type == Aggregate::Account.as_str() && e.aggregate_id == account
+            })
         })
         .collect()
 }

@@ -36,3 +36,18 @@ pub use local::{
     ScratchDir, connect, eventually, free_port, log_tail, send_signal, tag, unique_name,
 };
 pub use streams::{read_events, read_messages};
+
+/// The subject an event of `envelope`'s aggregate travels on under `prefix` (`raw`,
+/// `enriched`), as the write region and the relay publish it.
+pub fn subject(
+    prefix: &str,
+    envelope: &trading_proto::events::v1::EventEnvelope,
+) -> anyhow::Result<String> {
+    let aggregate = platform::names::Aggregate::parse(&envelope.aggregate_type)
+        .ok_or_else(|| anyhow::anyhow!("unknown aggregate type {:?}", envelope.aggregate_type))?;
+    Ok(platform::names::aggregate_subject(
+        prefix,
+        aggregate,
+        &envelope.aggregate_id,
+    ))
+}

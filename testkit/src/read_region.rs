@@ -73,12 +73,7 @@ impl HubStream {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let envelope = event.envelope.as_ref().context("envelope")?;
-            let scope = if envelope.aggregate_type == "account" {
-                "account"
-            } else {
-                "market"
-            };
-            let subject = format!("{}.{scope}.{}", self.subject_prefix, envelope.aggregate_id);
+            let subject = crate::subject(&self.subject_prefix, envelope)?;
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", message_id(event).as_str());
             acks.push(

@@ -10,7 +10,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::{EnrichedEvent, EventEnvelope, RawEvent, raw_event::Body};
 
-use crate::{read_events, tag, write_region};
+use crate::{read_events, subject, tag, write_region};
 
 /// A write region and a relay wired to each other, sharing nothing with other tests.
 pub fn configs() -> (::write_region::Config, Config) {
@@ -96,17 +96,9 @@ pub async fn publish_raw(
     let mut acks = Vec::new();
     for event in events {
         let envelope = event.envelope.clone().unwrap_or_default();
-        let kind = if envelope.aggregate_type == "account" {
-            "account"
-        } else {
-            "market"
-        };
         acks.push(
             jetstream
-                .publish(
-                    format!("{prefix}.{kind}.{}", envelope.aggregate_id),
-                    event.encode_to_vec().into(),
-                )
+                .publish(subject(prefix, &envelope)?, event.encode_to_vec().into())
                 .await?,
         );
     }
