@@ -103,7 +103,8 @@ struct BenchArgs {
     /// Groups to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,
-    /// Where the services' pid files are, for memory sampling.
+    /// Where the services' pid files are, for memory sampling: `infra/.run/pids` (the default)
+    /// or `infra/.run`.
     #[arg(long)]
     pids_dir: Option<PathBuf>,
     /// Result file (default: loadtest/results/bench-<timestamp>.json).

@@ -56,6 +56,9 @@ impl Sampler {
     /// Starts sampling every `interval` the services found under `pids_dir` (missing ones are
     /// left out) and this process.
     pub fn start(pids_dir: &Path, interval: Duration) -> Self {
+        // `infra/.run` (the run folder) and `infra/.run/pids` both name the pid files.
+        let nested = pids_dir.join("pids");
+        let pids_dir = if nested.is_dir() { &nested } else { pids_dir };
         let mut targets: Vec<(String, u32)> = SERVICES
             .iter()
             .filter_map(|name| {
@@ -63,6 +66,12 @@ impl Sampler {
                 rss_mib(pid).map(|_| ((*name).to_owned(), pid))
             })
             .collect();
+        if targets.is_empty() {
+            eprintln!(
+                "bench: no running service found from the pid files in {}; only this process's memory is reported",
+                pids_dir.display()
+            );
+        }
         targets.push((SELF.to_owned(), std::process::id()));
         let state = Arc::new(Mutex::new(Peaks::default()));
         let stop = CancellationToken::new();
@@ -122,5 +131,34 @@ async fn sample(
                 *entry = entry.max(mib);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--pids-dir infra/.run` (the run folder) finds the services as `infra/.run/pids` does.
+    #[tokio::test]
+    async fn services_are_found_from_the_run_folder_or_its_pids_folder() -> anyhow::Result<()> {
+        let run = std::env::temp_dir().join(format!("loadtest-pids-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(run.join("pids"))?;
+        // This process stands in for a service: any live pid has a resident set.
+        std::fs::write(
+            run.join("pids/write-region.pid"),
+            std::process::id().to_string(),
+        )?;
+        for dir in [run.clone(), run.join("pids")] {
+            let sampler = Sampler::start(&dir, Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let peaks = sampler.finish().await;
+            assert!(
+                peaks.iter().any(|peak| peak.process == "write-region"),
+                "{} gave {peaks:?}",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&run)?;
+        Ok(())
     }
 }
