@@ -117,20 +117,28 @@ pub fn instrument_definition(symbol: &str, name: &str) -> api::UpsertInstrumentR
     }
 }
 
-async fn instruments(mut market: MarketDataServiceClient<Channel>) -> anyhow::Result<()> {
-    let existing = market
-        .list_instruments(api::ListInstrumentsRequest {})
-        .await
-        .context("cannot list instruments (is the write region up?)")?
-        .into_inner()
-        .instruments;
+async fn instruments(market: MarketDataServiceClient<Channel>) -> anyhow::Result<()> {
+    let existing = retrying(|| {
+        let mut market = market.clone();
+        async move { market.list_instruments(api::ListInstrumentsRequest {}).await }
+    })
+    .await
+    .context("cannot list instruments (is the write region up?)")?
+    .into_inner()
+    .instruments;
     for (symbol, name, price) in INSTRUMENTS {
         let current = existing.iter().find(|i| i.symbol == symbol);
         if current.is_none_or(|i| !i.tradable) {
-            market
-                .upsert_instrument(instrument_definition(symbol, name))
-                .await
-                .with_context(|| format!("cannot create instrument {symbol}"))?;
+            retrying(|| {
+                let mut market = market.clone();
+                async move {
+                    market
+                        .upsert_instrument(instrument_definition(symbol, name))
+                        .await
+                }
+            })
+            .await
+            .with_context(|| format!("cannot create instrument {symbol}"))?;
         }
         // Compared as decimals: the store answers "100" for the "100.00" setup wrote, and a
         // needless publish would send every read region a price event on each run.
@@ -138,26 +146,32 @@ async fn instruments(mut market: MarketDataServiceClient<Channel>) -> anyhow::Re
             i.last_price.parse::<Decimal>().ok() == price.parse::<Decimal>().ok()
         };
         if current.is_none_or(|i| !same_price(i)) {
-            market
-                .publish_price(api::PublishPriceRequest {
-                    symbol: symbol.into(),
-                    price: price.into(),
-                })
-                .await
-                .with_context(|| format!("cannot publish the price of {symbol}"))?;
+            let request = api::PublishPriceRequest {
+                symbol: symbol.into(),
+                price: price.into(),
+            };
+            retrying(|| {
+                let (mut market, request) = (market.clone(), request.clone());
+                async move { market.publish_price(request).await }
+            })
+            .await
+            .with_context(|| format!("cannot publish the price of {symbol}"))?;
         }
     }
     Ok(())
 }
 
 /// Brings one account to its setup state; `true` when anything had to be written.
-async fn account(mut clients: Clients, id: &str, funded: bool) -> anyhow::Result<bool> {
-    let version = match clients
-        .accounts
-        .get_account(api::GetAccountRequest {
+async fn account(clients: Clients, id: &str, funded: bool) -> anyhow::Result<bool> {
+    let accounts = &clients.accounts;
+    let version = match retrying(|| {
+        let mut accounts = accounts.clone();
+        let request = api::GetAccountRequest {
             account_id: id.into(),
-        })
-        .await
+        };
+        async move { accounts.get_account(request).await }
+    })
+    .await
     {
         Ok(account) => account.into_inner().version,
         Err(status) if status.code() == Code::NotFound => 0,
@@ -168,14 +182,16 @@ async fn account(mut clients: Clients, id: &str, funded: bool) -> anyhow::Result
         return Ok(false);
     }
     if version == 0 {
-        match clients
-            .accounts
-            .open_account(api::OpenAccountRequest {
-                account_id: id.into(),
-                owner_name: format!("Load test {id}"),
-                base_currency: "USD".into(),
-            })
-            .await
+        let request = api::OpenAccountRequest {
+            account_id: id.into(),
+            owner_name: format!("Load test {id}"),
+            base_currency: "USD".into(),
+        };
+        match retrying(|| {
+            let (mut accounts, request) = (accounts.clone(), request.clone());
+            async move { accounts.open_account(request).await }
+        })
+        .await
         {
             Ok(_) => {}
             // Another setup run got there first.
@@ -183,29 +199,32 @@ async fn account(mut clients: Clients, id: &str, funded: bool) -> anyhow::Result
             Err(status) => bail!("cannot open account {id}: {status}"),
         }
     }
-    clients
-        .accounts
-        .deposit(api::DepositRequest {
-            account_id: id.into(),
-            amount: if funded { FUNDED_CASH } else { POOR_CASH }.into(),
-            idempotency_key: "setup-deposit".into(),
-        })
-        .await
-        .with_context(|| format!("cannot fund account {id}"))?;
+    let deposit = api::DepositRequest {
+        account_id: id.into(),
+        amount: if funded { FUNDED_CASH } else { POOR_CASH }.into(),
+        idempotency_key: "setup-deposit".into(),
+    };
+    retrying(|| {
+        let (mut accounts, request) = (accounts.clone(), deposit.clone());
+        async move { accounts.deposit(request).await }
+    })
+    .await
+    .with_context(|| format!("cannot fund account {id}"))?;
     if funded {
         for (symbol, _, _) in INSTRUMENTS {
-            place_with_retry(
-                &mut clients.orders,
-                api::PlaceOrderRequest {
-                    account_id: id.into(),
-                    client_order_id: format!("setup-buy-{symbol}"),
-                    symbol: symbol.into(),
-                    side: api::Side::Buy.into(),
-                    quantity: INITIAL_POSITION,
-                    order_type: api::OrderType::Market.into(),
-                    limit_price: String::new(),
-                },
-            )
+            let order = api::PlaceOrderRequest {
+                account_id: id.into(),
+                client_order_id: format!("setup-buy-{symbol}"),
+                symbol: symbol.into(),
+                side: api::Side::Buy.into(),
+                quantity: INITIAL_POSITION,
+                order_type: api::OrderType::Market.into(),
+                limit_price: String::new(),
+            };
+            retrying(|| {
+                let (mut orders, request) = (clients.orders.clone(), order.clone());
+                async move { orders.place_order(request).await }
+            })
             .await
             .with_context(|| format!("cannot buy the initial {symbol} position of {id}"))?;
         }
@@ -213,24 +232,34 @@ async fn account(mut clients: Clients, id: &str, funded: bool) -> anyhow::Result
     Ok(true)
 }
 
-/// Setup runs beside other load; a shed request is retried (same idempotency key) rather than
-/// failing the whole setup.
-async fn place_with_retry(
-    orders: &mut OrderServiceClient<Channel>,
-    request: api::PlaceOrderRequest,
-) -> anyhow::Result<()> {
-    let mut attempt = 0;
+/// How long setup keeps retrying one call: long enough for `infra/up` to bring a killed write
+/// region back.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Setup runs beside other load and across write region restarts: a shed call or a lost
+/// connection is retried, with backoff, for up to [`RETRY_FOR`]. Every call setup makes is safe
+/// to repeat: reads, an opening that tolerates ALREADY_EXISTS, and writes with fixed
+/// idempotency keys or client order ids.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
     loop {
-        match orders.place_order(request.clone()).await {
-            Ok(_) => return Ok(()),
+        match call().await {
             Err(status)
-                if matches!(status.code(), Code::ResourceExhausted | Code::Unavailable)
-                    && attempt < 5 =>
+                if matches!(
+                    status.code(),
+                    // Shed, refused, or cut off by a server that went away mid-call.
+                    Code::ResourceExhausted | Code::Unavailable | Code::Unknown | Code::Cancelled
+                ) && tokio::time::Instant::now() < deadline =>
             {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
-            Err(status) => return Err(status.into()),
+            result => return result,
         }
     }
 }

@@ -407,22 +407,13 @@ async fn fold_stream(
 async fn write_model(
     mut accounts: AccountServiceClient<Channel>,
     account: &str,
-) -> Result<api::Account, Difference> {
+) -> Result<api::Account, Status> {
     accounts
         .get_account(grpc::request(api::GetAccountRequest {
             account_id: account.to_owned(),
         }))
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|status| {
-            Difference::new(
-                account,
-                WRITE_MODEL,
-                "GetAccount",
-                status_text(&status),
-                None,
-            )
-        })
 }
 
 fn status_text(status: &Status) -> String {
@@ -537,7 +528,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let jetstream = jetstream::new(nats);
 
     // The write models first, so the stream read after them holds every event they reflect.
-    let written: Vec<(String, Result<api::Account, Difference>)> =
+    let written: Vec<(String, Result<api::Account, Status>)> =
         futures::stream::iter(settings.accounts.iter().cloned())
             .map(|account| {
                 let client = accounts_client.clone();
@@ -550,6 +541,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             .collect()
             .await;
     eprintln!("  verify: {} write models read", written.len());
+    // A stack nobody has loaded is not 1,100 differences: say what is missing.
+    anyhow::ensure!(
+        written.is_empty()
+            || written
+                .iter()
+                .any(|(_, written)| !matches!(written, Err(status) if status.code() == Code::NotFound)),
+        "none of the {} accounts exists on {}: nothing to verify (create them with `loadtest setup` or `loadtest lag`, or name accounts with --account)",
+        written.len(),
+        settings.write_addr
+    );
 
     let mut folds: HashMap<String, StreamFold> = written
         .iter()
@@ -581,7 +582,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
                     Ok(written) => {
                         check_account(&account, &written, &fold, regions, deadline).await
                     }
-                    Err(difference) => vec![difference],
+                    Err(status) => vec![Difference::new(
+                        &account,
+                        WRITE_MODEL,
+                        "GetAccount",
+                        status_text(&status),
+                        None,
+                    )],
                 }
             }
         })
