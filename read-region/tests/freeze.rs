@@ -38,7 +38,14 @@ async fn wait_for_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
 async fn start_redis(port: u16, dir: &Path) -> anyhow::Result<Child> {
     let mut child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no", "--dbfilename", "dump.rdb"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            "dump.rdb",
+        ])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -72,8 +79,10 @@ async fn all_acknowledged(config: &Config) -> anyhow::Result<()> {
                 .map_err(|error| anyhow::anyhow!("no consumer: {error}"))?
                 .get_info()
                 .await?;
-            Ok((last > 0 && info.ack_floor.stream_sequence == last && info.num_ack_pending == 0)
-                .then_some(()))
+            Ok(
+                (last > 0 && info.ack_floor.stream_sequence == last && info.num_ack_pending == 0)
+                    .then_some(()),
+            )
         }
     })
     .await
@@ -99,7 +108,6 @@ async fn shows_version(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "reproduces the freeze; fix pending"]
 async fn redis_back_from_an_older_snapshot_is_repaired_without_a_person() -> anyhow::Result<()> {
     let tag = tag();
     let hub = HubStream::create(&tag).await?;
@@ -162,7 +170,6 @@ async fn redis_back_from_an_older_snapshot_is_repaired_without_a_person() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "reproduces the freeze; fix pending"]
 async fn a_gap_whose_predecessor_was_acknowledged_is_fetched_from_the_mirror() -> anyhow::Result<()>
 {
     let tag = tag();
