@@ -32,6 +32,10 @@ pub struct Config {
     pub batch_size: usize,
     /// How long an event that arrived before its predecessor waits before it is redelivered.
     pub gap_retry_ms: u64,
+    /// How long an aggregate may stay gapped before the region re-reads its events from the
+    /// mirror: the predecessor may have been acknowledged and then lost by Redis, and the
+    /// durable consumer would never deliver it again.
+    pub gap_repair_ms: u64,
     /// How long `min_version` waits when the call carries no deadline.
     pub default_wait_ms: u64,
     /// Requests served at once; beyond it requests are refused with RESOURCE_EXHAUSTED. High,
@@ -55,6 +59,7 @@ impl Default for Config {
             key_prefix: String::new(),
             batch_size: 512,
             gap_retry_ms: 300,
+            gap_repair_ms: 3_000,
             default_wait_ms: 5_000,
             max_concurrent_requests: 4_096,
             shutdown_grace_ms: 5_000,
@@ -92,6 +97,9 @@ impl Config {
             return invalid("batch_size", "must be between 1 and 10000");
         }
         check_positive("max_concurrent_requests", self.max_concurrent_requests)?;
+        if self.gap_repair_ms == 0 {
+            return invalid("gap_repair_ms", "must be at least 1");
+        }
         if self.default_wait_ms == 0 {
             return invalid("default_wait_ms", "must be at least 1");
         }
@@ -109,6 +117,10 @@ impl Config {
 
     pub fn gap_retry(&self) -> Duration {
         Duration::from_millis(self.gap_retry_ms)
+    }
+
+    pub fn gap_repair(&self) -> Duration {
+        Duration::from_millis(self.gap_repair_ms)
     }
 
     pub fn default_wait(&self) -> Duration {

@@ -4,8 +4,18 @@
 //! Messages are acknowledged only after their script succeeded. An event at or below its
 //! aggregate's cursor is acknowledged and skipped; one beyond the successor (its predecessor
 //! has not arrived) is not applied but negatively acknowledged with a delay, so it comes back
-//! after the predecessor. The consumer's ack floor is where a restart resumes; the stream
-//! sequence recorded with every apply tells a rebuild how far a generation has got.
+//! after the predecessor. The stream sequence recorded with every apply tells a rebuild how
+//! far a generation has got.
+//!
+//! An acknowledged event is only as durable as Redis (`appendfsync everysec` loses the last
+//! second on a crash; an older RDB loses more), and the durable consumer never delivers it
+//! again, so its aggregate's next event would be a gap forever. Two repairs keep it whole:
+//! every second the consumer's ack floor is recorded in the served generation as applied, and
+//! whenever the projector meets a Redis process it has not caught up with (at start, after a
+//! Redis restart) it replays the mirror from that record through what the consumer delivered;
+//! and an aggregate gapped longer than `gap_repair_ms` has its events re-read from the mirror
+//! (an ordered consumer filtered by its subject). Both apply through the same script, which
+//! skips what is there.
 //!
 //! Rebuild replays the mirror from sequence 1 with an ordered consumer into a fresh generation
 //! and switches the served pointer only once it has seen everything the live generation
@@ -58,6 +68,8 @@ pub enum ProjectError {
     Read(#[from] pull::OrderedError),
     #[error("a mirror message has no jetstream metadata")]
     Metadata(#[source] async_nats::Error),
+    #[error("cannot read the consumer's state")]
+    ConsumerInfo(#[from] jetstream::context::ConsumerInfoError),
     #[error("the mirror consumer ended")]
     ConsumerEnded,
     #[error(transparent)]
@@ -237,6 +249,68 @@ pub struct RebuildReport {
     pub waiting: usize,
 }
 
+/// Events that arrived before their predecessor, per aggregate, by (version, part).
+type Waiting = HashMap<(Aggregate, String), BTreeMap<(u64, u32), PreparedEvent>>;
+
+/// Applies events read in stream order to `target`; one that comes before its predecessor
+/// waits in `waiting` and goes in once that one did. Books of completed account versions go
+/// to `book` (only asked for on the served generation). Returns how many applied.
+async fn apply_in_order(
+    views: &Views,
+    target: Target,
+    prepared: Vec<PreparedEvent>,
+    waiting: &mut Waiting,
+    book: &mut (dyn FnMut(Book) + Send),
+) -> Result<u64, ProjectError> {
+    let snapshots = target == Target::Current;
+    let mut events = 0_u64;
+    let outcomes = views.apply_batch(target, &prepared, snapshots).await?;
+    let mut unblocked = Vec::new();
+    for (event, outcome) in prepared.into_iter().zip(outcomes) {
+        match outcome {
+            ApplyOutcome::Applied { book: applied } => {
+                events += 1;
+                applied.into_iter().for_each(&mut *book);
+                unblocked.push((event.aggregate, event.aggregate_id.clone()));
+            }
+            ApplyOutcome::Duplicate => {}
+            ApplyOutcome::Gap(_) => {
+                waiting
+                    .entry((event.aggregate, event.aggregate_id.clone()))
+                    .or_default()
+                    .insert((event.version, event.part), event);
+            }
+            ApplyOutcome::NoGeneration => return Err(ProjectError::GenerationLost),
+        }
+    }
+    // Rare: an event that came before its predecessor can go in once that one did.
+    for aggregate in unblocked {
+        while let Some(queue) = waiting.get_mut(&aggregate) {
+            let Some((_, event)) = queue.pop_first() else {
+                waiting.remove(&aggregate);
+                break;
+            };
+            match views
+                .apply_batch(target, std::slice::from_ref(&event), snapshots)
+                .await?
+                .pop()
+            {
+                Some(ApplyOutcome::Applied { book: applied }) => {
+                    events += 1;
+                    applied.into_iter().for_each(&mut *book);
+                }
+                Some(ApplyOutcome::Duplicate) => {}
+                Some(ApplyOutcome::Gap(_)) => {
+                    queue.insert((event.version, event.part), event);
+                    break;
+                }
+                _ => return Err(ProjectError::GenerationLost),
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// Rebuilds the views from the mirror into a fresh generation and switches to it.
 pub async fn rebuild(
     views: &Views,
@@ -257,9 +331,7 @@ pub async fn rebuild(
     let mut messages = consumer.messages().await?;
     let mut seen = 0_u64;
     let mut events = 0_u64;
-    // Events that arrived before their predecessor, per aggregate, by (version, part).
-    let mut waiting: HashMap<(Aggregate, String), BTreeMap<(u64, u32), PreparedEvent>> =
-        HashMap::new();
+    let mut waiting = Waiting::new();
     let mut last_report = Instant::now();
     let report = |seen, events, target| Progress {
         generation,
@@ -317,58 +389,37 @@ pub async fn rebuild(
                 prepared.push(event);
             }
         }
-        let outcomes = views
-            .apply_batch(Target::Generation(generation), &prepared, false)
-            .await?;
-        let mut unblocked = Vec::new();
-        for (event, outcome) in prepared.into_iter().zip(outcomes) {
-            match outcome {
-                ApplyOutcome::Applied { .. } => {
-                    events += 1;
-                    unblocked.push((event.aggregate, event.aggregate_id.clone()));
-                }
-                ApplyOutcome::Duplicate => {}
-                ApplyOutcome::Gap(_) => {
-                    waiting
-                        .entry((event.aggregate, event.aggregate_id.clone()))
-                        .or_default()
-                        .insert((event.version, event.part), event);
-                }
-                ApplyOutcome::NoGeneration => return Err(ProjectError::GenerationLost),
-            }
-        }
-        // Rare: an event that came before its predecessor can go in once that one did.
-        for aggregate in unblocked {
-            while let Some(queue) = waiting.get_mut(&aggregate) {
-                let Some((_, event)) = queue.pop_first() else {
-                    waiting.remove(&aggregate);
-                    break;
-                };
-                match views
-                    .apply_batch(
-                        Target::Generation(generation),
-                        std::slice::from_ref(&event),
-                        false,
-                    )
-                    .await?
-                    .first()
-                {
-                    Some(ApplyOutcome::Applied { .. }) => events += 1,
-                    Some(ApplyOutcome::Duplicate) => {}
-                    Some(ApplyOutcome::Gap(_)) => {
-                        queue.insert((event.version, event.part), event);
-                        break;
-                    }
-                    _ => return Err(ProjectError::GenerationLost),
-                }
-            }
-        }
+        events += apply_in_order(
+            views,
+            Target::Generation(generation),
+            prepared,
+            &mut waiting,
+            &mut |_| {},
+        )
+        .await?;
         views.mark_seen(generation, seen).await?;
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             progress(&report(seen, events, target));
         }
     }
+}
+
+/// An aggregate whose next event is waiting for a predecessor.
+struct Gap {
+    /// When its first event was found ahead of the cursor.
+    since: Instant,
+    /// The latest such event's stream sequence: the re-read goes up to it.
+    sequence: u64,
+}
+
+/// What the live projector tracks between batches to keep Redis whole.
+#[derive(Default)]
+struct Upkeep {
+    /// The Redis process caught up with the consumer (None: not yet, as at start).
+    redis_run_id: Option<String>,
+    /// Gapped aggregates by their subject on the mirror.
+    gaps: HashMap<String, Gap>,
 }
 
 /// The live projector: what the server runs in the background.
@@ -416,6 +467,143 @@ impl Projector {
         }
     }
 
+    /// Keeps Redis holding every event the consumer acknowledged, run every second:
+    /// - when Redis is a process not yet caught up with (this projector just started, or Redis
+    ///   restarted, possibly from an older RDB/AOF that lacks applies already acknowledged),
+    ///   replays the mirror from the last position recorded as applied through what the
+    ///   consumer has delivered (the cursor rule skips what is there);
+    /// - otherwise records the consumer's ack floor as applied;
+    /// - re-reads from the mirror the events of every aggregate gapped for longer than
+    ///   `gap_repair_ms`: its predecessor may have been acknowledged and lost since.
+    async fn keep_whole(
+        &self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        upkeep: &mut Upkeep,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProjectError> {
+        let run_id = self.views.server_run_id().await?;
+        if upkeep.redis_run_id.as_deref() != Some(run_id.as_str()) {
+            if let Some(applied) = self.views.applied_through().await? {
+                let delivered = consumer.get_info().await?.delivered.stream_sequence;
+                if delivered > applied {
+                    tracing::info!(
+                        region = %self.config.region,
+                        from = applied + 1,
+                        through = delivered,
+                        "catching redis up with what the consumer acknowledged"
+                    );
+                    let events = self.replay("", applied + 1, delivered, shutdown).await?;
+                    if events > 0 {
+                        tracing::warn!(
+                            region = %self.config.region,
+                            events,
+                            "redis had lost acknowledged events; applied them again"
+                        );
+                    }
+                }
+            }
+            // The run id read before the replay: a restart meanwhile shows at the next check.
+            upkeep.redis_run_id = Some(run_id);
+            return Ok(());
+        }
+        let floor = consumer.get_info().await?.ack_floor.stream_sequence;
+        self.views.record_acked(floor, &run_id).await?;
+
+        let bound = self.config.gap_repair();
+        let due: Vec<String> = upkeep
+            .gaps
+            .iter()
+            .filter(|(_, gap)| gap.since.elapsed() >= bound)
+            .map(|(subject, _)| subject.clone())
+            .collect();
+        for subject in due {
+            let Some(gap) = upkeep.gaps.remove(&subject) else {
+                continue;
+            };
+            // Every event of the aggregate up to the gapped one, from the start of the mirror:
+            // where the lost predecessor sits is not known, the filter keeps the read small.
+            let events = self.replay(&subject, 1, gap.sequence, shutdown).await?;
+            tracing::warn!(
+                region = %self.config.region,
+                subject,
+                waited_ms = gap.since.elapsed().as_millis() as u64,
+                events,
+                "aggregate gapped too long; re-read its events from the mirror"
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the mirror's `filter` subject (all when empty) from `start` through `end` with an
+    /// ordered consumer and applies it to the served generation through the apply script,
+    /// which skips what is there. Returns how many events applied.
+    async fn replay(
+        &self,
+        filter: &str,
+        start: u64,
+        end: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, ProjectError> {
+        let consumer = self
+            .mirror
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut waiting = Waiting::new();
+        let mut applied = 0_u64;
+        let mut done = false;
+        while !done {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Err(ProjectError::Stopped),
+                next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => next,
+            };
+            let first = match first {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err(ProjectError::ConsumerEnded),
+                // Nothing more to read: the mirror no longer holds (or never held) the rest.
+                Err(_) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.config.batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(message)) => batch.push(message),
+                    _ => break,
+                }
+            }
+            let mut prepared = Vec::with_capacity(batch.len());
+            for message in batch {
+                let message = message?;
+                let info = message.info().map_err(ProjectError::Metadata)?;
+                if info.stream_sequence > end {
+                    done = true;
+                    break;
+                }
+                done |= info.stream_sequence == end || info.pending == 0;
+                if let Some(event) = decode(&message.payload, info.stream_sequence) {
+                    prepared.push(event);
+                }
+            }
+            applied += apply_in_order(
+                &self.views,
+                Target::Current,
+                prepared,
+                &mut waiting,
+                &mut |book| {
+                    // Whoever waits for this version hears of it as from the live consumer.
+                    let _ = self.applied.send(Arc::new(book));
+                },
+            )
+            .await?;
+        }
+        Ok(applied)
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectError> {
         let consumer = ensure_consumer(&self.mirror, &self.config).await?;
         let mut messages = loop {
@@ -437,12 +625,18 @@ impl Projector {
             }
         };
         let mut healthy_check = Instant::now() - Duration::from_secs(10);
+        let mut upkeep = Upkeep::default();
         loop {
-            // Redis restarted empty shows as a missing generation; checked on every idle
-            // second and whenever a script reports it.
+            // Redis restarted empty shows as a missing generation, restarted with fewer writes
+            // than were acknowledged as a new run id, a lost predecessor as an old gap; checked
+            // every second and whenever a script reports a missing generation.
             if healthy_check.elapsed() >= Duration::from_secs(1) {
                 healthy_check = Instant::now();
-                match self.heal(&shutdown).await {
+                let checked = match self.heal(&shutdown).await {
+                    Ok(()) => self.keep_whole(&consumer, &mut upkeep, &shutdown).await,
+                    Err(error) => Err(error),
+                };
+                match checked {
                     Ok(()) => {}
                     Err(ProjectError::Stopped) => return Ok(()),
                     Err(error) => {
@@ -477,7 +671,7 @@ impl Projector {
                     _ => break,
                 }
             }
-            if self.process(batch).await {
+            if self.process(batch, &mut upkeep.gaps).await {
                 healthy_check = Instant::now() - Duration::from_secs(10);
             }
         }
@@ -485,7 +679,11 @@ impl Projector {
 
     /// Applies one batch and acknowledges each message by its outcome. Returns whether the
     /// views were found missing (the caller rebuilds at once).
-    async fn process(&self, batch: Vec<jetstream::Message>) -> bool {
+    async fn process(
+        &self,
+        batch: Vec<jetstream::Message>,
+        gaps: &mut HashMap<String, Gap>,
+    ) -> bool {
         let mut messages = Vec::with_capacity(batch.len());
         let mut prepared = Vec::with_capacity(batch.len());
         let mut pending = 0;
@@ -532,6 +730,8 @@ impl Projector {
         for ((message, event), outcome) in messages.iter().zip(&prepared).zip(outcomes) {
             let ack = match outcome {
                 ApplyOutcome::Applied { book, .. } => {
+                    // The aggregate moved: whatever it waited for has arrived.
+                    gaps.remove(message.subject.as_str());
                     self.freshness
                         .last_applied_ms
                         .store(event.occurred_ms, Ordering::Relaxed);
@@ -557,6 +757,12 @@ impl Projector {
                         stream_sequence = event.stream_sequence,
                         "event ahead of its predecessor; retrying later"
                     );
+                    gaps.entry(message.subject.to_string())
+                        .or_insert(Gap {
+                            since: Instant::now(),
+                            sequence: 0,
+                        })
+                        .sequence = event.stream_sequence;
                     message
                         .ack_with(AckKind::Nak(Some(self.config.gap_retry())))
                         .await

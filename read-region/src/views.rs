@@ -8,7 +8,9 @@
 //! sentinel: when Redis comes back empty it is missing, and the projector rebuilds.
 //!
 //! Per generation `g`:
-//! - `g:meta` hash: `seq` (the highest mirror stream sequence applied or seen), `created_ms`.
+//! - `g:meta` hash: `seq` (the highest mirror stream sequence applied or seen), `created_ms`,
+//!   `acked` (the consumer's ack floor as last recorded: every event up to it is applied here,
+//!   because an event is acknowledged only after its apply, which Redis logged before this).
 //! - `g:cursor` hash: `<aggregate_type>:<aggregate_id>` -> `version:part:parts`.
 //! - `g:acct:<id>` hash: owner, currency, cash, realized (1e-8 units), version, as_of (ms).
 //! - `g:posq:<id>` / `g:posc:<id>` / `g:posr:<id>` hashes: symbol -> quantity / average cost /
@@ -38,6 +40,21 @@ const LUA_COMMON: &str = include_str!("lua/common.lua");
 const LUA_APPLY: &str = include_str!("lua/apply.lua");
 const LUA_READ: &str = include_str!("lua/read.lua");
 const LUA_SWITCH: &str = include_str!("lua/switch.lua");
+/// Raises the served generation's `acked` (never lowers it), only on the Redis process the
+/// caller last checked (a restarted one may have lost applies that the ack floor covers).
+/// ARGV: prefix, sequence, run_id. Returns 1 when recorded.
+const LUA_ACKED: &str = r"
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if run ~= ARGV[3] then return 0 end
+local gen = redis.call('GET', ARGV[1] .. ':current')
+if not gen then return 0 end
+local meta = ARGV[1] .. ':g' .. gen .. ':meta'
+if redis.call('EXISTS', meta) == 0 then return 0 end
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', meta, 'acked') or '0') then
+  redis.call('HSET', meta, 'acked', ARGV[2])
+end
+return 1
+";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -106,6 +123,7 @@ pub struct Views {
     apply: redis::Script,
     pub(crate) read: redis::Script,
     switch: redis::Script,
+    acked: redis::Script,
 }
 
 /// Every key matching `pattern`, by SCAN so Redis keeps serving meanwhile.
@@ -145,6 +163,7 @@ impl Views {
             apply: redis::Script::new(&format!("{LUA_COMMON}{LUA_APPLY}")),
             read: redis::Script::new(&format!("{LUA_COMMON}{LUA_READ}")),
             switch: redis::Script::new(LUA_SWITCH),
+            acked: redis::Script::new(LUA_ACKED),
         })
     }
 
@@ -180,6 +199,50 @@ impl Views {
             .query_async(&mut connection)
             .await?;
         Ok(sentinel.then_some(generation))
+    }
+
+    /// Identifies the Redis server process: it changes when Redis restarts, which is when it
+    /// may have come back with fewer writes than it acknowledged (an older RDB or AOF).
+    pub async fn server_run_id(&self) -> Result<String, ViewError> {
+        let mut connection = self.connection.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .ok_or(ViewError::Protocol("INFO server without run_id"))
+    }
+
+    /// The stream sequence up to which the served generation holds every event (its recorded
+    /// `acked`, 0 when never recorded), or None when Redis holds no views.
+    pub async fn applied_through(&self) -> Result<Option<u64>, ViewError> {
+        let Some(generation) = self.current_generation().await? else {
+            return Ok(None);
+        };
+        let mut connection = self.connection.clone();
+        let acked: Option<u64> = redis::cmd("HGET")
+            .arg(self.meta_key(generation))
+            .arg("acked")
+            .query_async(&mut connection)
+            .await?;
+        Ok(Some(acked.unwrap_or(0)))
+    }
+
+    /// Records that the served generation holds every event up to `sequence` (the consumer's
+    /// ack floor, read after those acks were sent, hence after their applies), if Redis is
+    /// still the process `run_id` names. Returns whether it recorded.
+    pub async fn record_acked(&self, sequence: u64, run_id: &str) -> Result<bool, ViewError> {
+        let mut connection = self.connection.clone();
+        let recorded: i64 = self
+            .acked
+            .arg(&self.prefix)
+            .arg(sequence)
+            .arg(run_id)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(recorded == 1)
     }
 
     /// Starts an empty generation that nothing serves yet.
