@@ -120,7 +120,11 @@ pub fn instrument_definition(symbol: &str, name: &str) -> api::UpsertInstrumentR
 async fn instruments(market: MarketDataServiceClient<Channel>) -> anyhow::Result<()> {
     let existing = retrying(|| {
         let mut market = market.clone();
-        async move { market.list_instruments(api::ListInstrumentsRequest {}).await }
+        async move {
+            market
+                .list_instruments(api::ListInstrumentsRequest {})
+                .await
+        }
     })
     .await
     .context("cannot list instruments (is the write region up?)")?

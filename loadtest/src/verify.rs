@@ -544,9 +544,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     // A stack nobody has loaded is not 1,100 differences: say what is missing.
     anyhow::ensure!(
         written.is_empty()
-            || written
-                .iter()
-                .any(|(_, written)| !matches!(written, Err(status) if status.code() == Code::NotFound)),
+            || written.iter().any(
+                |(_, written)| !matches!(written, Err(status) if status.code() == Code::NotFound)
+            ),
         "none of the {} accounts exists on {}: nothing to verify (create them with `loadtest setup` or `loadtest lag`, or name accounts with --account)",
         written.len(),
         settings.write_addr
