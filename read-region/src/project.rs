@@ -185,6 +185,39 @@ async fn ensure_consumer(
         .map_err(ProjectError::from)
 }
 
+/// The next message of an ordered read of the mirror, or `None` once it has been idle for two
+/// seconds (it has nothing more to give).
+async fn next_or_idle<T>(
+    messages: &mut (impl futures::Stream<Item = T> + Unpin),
+    shutdown: &CancellationToken,
+) -> Result<Option<T>, ProjectError> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(ProjectError::Stopped),
+        next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => match next {
+            Ok(Some(message)) => Ok(Some(message)),
+            Ok(None) => Err(ProjectError::ConsumerEnded),
+            Err(_) => Ok(None),
+        },
+    }
+}
+
+/// `first` and whatever else `messages` holds ready now, up to `limit`: what arrived together
+/// goes to Redis in one round trip, without waiting for more.
+fn ready_batch<T>(
+    first: T,
+    messages: &mut (impl futures::Stream<Item = T> + Unpin),
+    limit: usize,
+) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < limit {
+        match messages.next().now_or_never() {
+            Some(Some(item)) => batch.push(item),
+            _ => break,
+        }
+    }
+    batch
+}
+
 /// Decodes a message into the apply script's arguments; `None` when it can never apply
 /// (logged; the caller terminates it so it is not redelivered forever).
 fn decode(payload: &[u8], stream_sequence: u64) -> Option<PreparedEvent> {
@@ -357,26 +390,12 @@ pub async fn rebuild(
                 SwitchOutcome::NoGeneration => return Err(ProjectError::GenerationLost),
             }
         }
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Err(ProjectError::Stopped),
-            next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => next,
+        let Some(first) = next_or_idle(&mut messages, shutdown).await? else {
+            // Nothing more to read: the target was a sequence the mirror no longer holds.
+            target = seen;
+            continue;
         };
-        let first = match first {
-            Ok(Some(message)) => message,
-            Ok(None) => return Err(ProjectError::ConsumerEnded),
-            Err(_) => {
-                // Nothing more to read: the target was a sequence the mirror no longer holds.
-                target = seen;
-                continue;
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < batch_size {
-            match messages.next().now_or_never() {
-                Some(Some(message)) => batch.push(message),
-                _ => break,
-            }
-        }
+        let batch = ready_batch(first, &mut messages, batch_size);
         let mut prepared = Vec::with_capacity(batch.len());
         for message in batch {
             let message = message?;
@@ -559,23 +578,11 @@ impl Projector {
         let mut applied = 0_u64;
         let mut done = false;
         while !done {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return Err(ProjectError::Stopped),
-                next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => next,
-            };
-            let first = match first {
-                Ok(Some(message)) => message,
-                Ok(None) => return Err(ProjectError::ConsumerEnded),
+            let Some(first) = next_or_idle(&mut messages, shutdown).await? else {
                 // Nothing more to read: the mirror no longer holds (or never held) the rest.
-                Err(_) => break,
+                break;
             };
-            let mut batch = vec![first];
-            while batch.len() < self.config.batch_size {
-                match messages.next().now_or_never() {
-                    Some(Some(message)) => batch.push(message),
-                    _ => break,
-                }
-            }
+            let batch = ready_batch(first, &mut messages, self.config.batch_size);
             let mut prepared = Vec::with_capacity(batch.len());
             for message in batch {
                 let message = message?;
@@ -664,13 +671,11 @@ impl Projector {
                 Ok(None) => return Err(ProjectError::ConsumerEnded),
                 Err(_) => continue,
             };
-            let mut batch = vec![first];
-            while batch.len() < self.config.batch_size {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    _ => break,
-                }
-            }
+            // A consumer error ends the batch; the consumer retries by itself.
+            let batch = ready_batch(Ok(first), &mut messages, self.config.batch_size)
+                .into_iter()
+                .map_while(Result::ok)
+                .collect();
             if self.process(batch, &mut upkeep.gaps).await {
                 healthy_check = Instant::now() - Duration::from_secs(10);
             }

@@ -5,57 +5,12 @@
 //! lost on its own). Either way the next event is a gap whose predecessor the durable consumer
 //! will never deliver again; the region has to fetch it from its mirror by itself.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
 use read_region::Config;
-use testkit::{Region, ScratchDir, eventually, free_port, read_region::*, tag};
-use tokio::{
-    net::TcpStream,
-    process::{Child, Command},
-};
-
-async fn wait_for_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("server exited with {status} before listening on {port}");
-        }
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "nothing listens on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A throwaway Redis that keeps its data only in `dir/dump.rdb`, written when the test says
-/// SAVE and loaded at start: restarting it is restarting from an older snapshot.
-async fn start_redis(port: u16, dir: &Path) -> anyhow::Result<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dbfilename",
-            "dump.rdb",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start redis-server")?;
-    wait_for_port(port, &mut child).await?;
-    Ok(child)
-}
+use testkit::{eventually, read_region::*, tag};
 
 async fn redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     Ok(redis::Client::open(url)?
@@ -111,14 +66,8 @@ async fn shows_version(
 async fn redis_back_from_an_older_snapshot_is_repaired_without_a_person() -> anyhow::Result<()> {
     let tag = tag();
     let hub = HubStream::create(&tag).await?;
-    let port = free_port()?;
-    let dir = ScratchDir::new("freeze-redis")?;
-    let mut server = start_redis(port, dir.path()).await?;
-    let site = Region {
-        redis_url: format!("redis://127.0.0.1:{port}"),
-        ..eu()
-    };
-    let config = isolated_config(&site, &hub, &tag);
+    let mut own = OwnRedis::start().await?;
+    let config = isolated_config(&own.site, &hub, &tag);
     let region = ReadRegion::start(config.clone()).await?;
 
     let mut relay = Relay::default();
@@ -131,7 +80,7 @@ async fn redis_back_from_an_older_snapshot_is_repaired_without_a_person() -> any
     all_acknowledged(&config).await?;
     // The snapshot Redis will come back from: version 2.
     redis::cmd("SAVE")
-        .query_async::<()>(&mut redis(&site.redis_url).await?)
+        .query_async::<()>(&mut redis(&own.site.redis_url).await?)
         .await?;
 
     // Version 3 is applied and acknowledged; then Redis crashes and loses it.
@@ -140,9 +89,7 @@ async fn redis_back_from_an_older_snapshot_is_repaired_without_a_person() -> any
         .portfolio_at("fay", 3, Duration::from_secs(20))
         .await?;
     all_acknowledged(&config).await?;
-    server.start_kill()?;
-    server.wait().await?;
-    let _server = start_redis(port, dir.path()).await?;
+    own.restart(Restart::LastSnapshot).await?;
     let reloaded = eventually(Duration::from_secs(10), || async {
         Ok(region.portfolio("fay").await.ok())
     })

@@ -2,48 +2,16 @@
 //! hub cut while the write region keeps publishing. Each test runs its own throwaway server
 //! (redis-server, or a leaf nats-server behind a TCP proxy it can sever).
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context;
-use testkit::{Region, ScratchDir, eventually, free_port, read_region::*, tag};
+use testkit::{Region, ScratchDir, eventually, free_port, read_region::*, tag, wait_for_port};
 use tokio::{
     net::{TcpListener, TcpStream},
     process::{Child, Command},
     sync::watch,
 };
 use trading_proto::portfolio::v1 as api;
-
-async fn wait_for_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("server exited with {status} before listening on {port}");
-        }
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "nothing listens on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn start_redis(port: u16, dir: &Path) -> anyhow::Result<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start redis-server")?;
-    wait_for_port(port, &mut child).await?;
-    Ok(child)
-}
 
 fn same_figures(mut a: api::Portfolio, mut b: api::Portfolio) -> bool {
     a.staleness_ms = 0;
@@ -55,14 +23,8 @@ fn same_figures(mut a: api::Portfolio, mut b: api::Portfolio) -> bool {
 async fn redis_restarted_empty_is_rebuilt_without_a_person() -> anyhow::Result<()> {
     let tag = tag();
     let hub = HubStream::create(&tag).await?;
-    let port = free_port()?;
-    let first_dir = ScratchDir::new("rr-redis")?;
-    let mut redis = start_redis(port, first_dir.path()).await?;
-    let site = Region {
-        redis_url: format!("redis://127.0.0.1:{port}"),
-        ..eu()
-    };
-    let config = isolated_config(&site, &hub, &tag);
+    let mut own = OwnRedis::start().await?;
+    let config = isolated_config(&own.site, &hub, &tag);
     let region = ReadRegion::start(config.clone()).await?;
 
     let mut relay = Relay::default();
@@ -78,10 +40,7 @@ async fn redis_restarted_empty_is_rebuilt_without_a_person() -> anyhow::Result<(
         .await?;
 
     // Redis dies and comes back with nothing.
-    redis.start_kill()?;
-    redis.wait().await?;
-    let second_dir = ScratchDir::new("rr-redis")?;
-    let _redis = start_redis(port, second_dir.path()).await?;
+    own.restart(Restart::Empty).await?;
 
     let rebuilt = eventually(Duration::from_secs(30), || async {
         Ok(region

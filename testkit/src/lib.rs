@@ -6,8 +6,9 @@
 //!   the stack's defaults, so `cargo test` works with or without sourcing that file.
 //! - [`unique_name`] and [`tag`]: names no other test run uses, so concurrent tests never share
 //!   a keyspace, stream, subject or key.
-//! - [`connect`], [`free_port`], [`ScratchDir`], [`log_tail`], [`send_signal`], [`eventually`]:
-//!   bounded waits and throwaway resources for servers a test starts itself.
+//! - [`connect`], [`free_port`], [`ScratchDir`], [`log_tail`], [`send_signal`], [`eventually`],
+//!   [`wait_for_port`], [`start_redis`]: bounded waits and throwaway resources and servers
+//!   (a Redis a test may kill or restart from an older snapshot) for what a test starts itself.
 //! - [`read_messages`] and [`read_events`]: a whole JetStream stream, read so that a missing
 //!   or a duplicated message fails the test.
 //! - [`trading`]: the write region's API as tests drive it (a funded account, a priced
@@ -21,6 +22,7 @@ mod endpoints;
 mod local;
 #[cfg(any(feature = "write-region", feature = "read-region"))]
 pub mod served;
+mod servers;
 mod streams;
 pub mod trading;
 
@@ -35,6 +37,7 @@ pub use endpoints::{Endpoints, HUB_DOMAIN, Region, env_or};
 pub use local::{
     ScratchDir, connect, eventually, free_port, log_tail, send_signal, tag, unique_name,
 };
+pub use servers::{start_redis, wait_for_port};
 pub use streams::{read_events, read_messages};
 
 /// The subject an event of `envelope`'s aggregate travels on under `prefix` (`raw`,

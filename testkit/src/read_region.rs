@@ -17,7 +17,7 @@ use trading_proto::{
     portfolio::v1::{self as api, portfolio_service_client::PortfolioServiceClient},
 };
 
-use crate::{Endpoints, Region, served::Served};
+use crate::{Endpoints, Region, ScratchDir, free_port, served::Served, start_redis};
 
 pub fn dec(text: &str) -> Decimal {
     parse_decimal(text).expect("test decimal")
@@ -396,6 +396,51 @@ pub fn eu() -> Region {
 /// See [`eu`].
 pub fn ap() -> Region {
     Endpoints::from_env().region("ap")
+}
+
+/// A throwaway Redis serving one region under test, which the test may kill and bring back:
+/// from its last `SAVE` (a Redis that lost its latest writes) or empty.
+pub struct OwnRedis {
+    /// Region `eu`'s endpoints with this Redis in place of the stack's.
+    pub site: Region,
+    port: u16,
+    dir: ScratchDir,
+    server: tokio::process::Child,
+}
+
+impl OwnRedis {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dir = ScratchDir::new("own-redis")?;
+        let server = start_redis(port, dir.path()).await?;
+        Ok(Self {
+            site: Region {
+                redis_url: format!("redis://127.0.0.1:{port}"),
+                ..eu()
+            },
+            port,
+            dir,
+            server,
+        })
+    }
+
+    /// SIGKILL, then start again on the same port from the last snapshot, or from nothing.
+    pub async fn restart(&mut self, from: Restart) -> anyhow::Result<()> {
+        self.server.start_kill()?;
+        self.server.wait().await?;
+        if from == Restart::Empty {
+            self.dir = ScratchDir::new("own-redis")?;
+        }
+        self.server = start_redis(self.port, self.dir.path()).await?;
+        Ok(())
+    }
+}
+
+/// What a restarted [`OwnRedis`] comes back with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    LastSnapshot,
+    Empty,
 }
 
 /// A configuration no other test shares, reading `hub` through `site`'s leaf into its Redis.
