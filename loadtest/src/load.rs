@@ -134,12 +134,27 @@ impl Record {
     }
 }
 
-/// Runs `call` under `pace` for `duration`, printing a progress line to stderr every second.
-pub async fn run<F, Fut>(label: &str, pace: Pace, duration: Duration, call: F) -> LoadResult
+/// One request of a load, given its numbers: any `Fn(Call) -> impl Future<Output = Result<Outcome,
+/// String>>` that can be shared between the callers.
+pub trait Caller: Send + Sync + 'static {
+    type Answer: Future<Output = Result<Outcome, String>> + Send + 'static;
+    fn call(&self, call: Call) -> Self::Answer;
+}
+
+impl<F, Fut> Caller for F
 where
     F: Fn(Call) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, String>> + Send + 'static,
 {
+    type Answer = Fut;
+
+    fn call(&self, call: Call) -> Fut {
+        self(call)
+    }
+}
+
+/// Runs `call` under `pace` for `duration`, printing a progress line to stderr every second.
+pub async fn run(label: &str, pace: Pace, duration: Duration, call: impl Caller) -> LoadResult {
     let call = Arc::new(call);
     let counters = Arc::new(Counters::default());
     let done = Arc::new(AtomicBool::new(false));
@@ -183,16 +198,12 @@ where
     }
 }
 
-async fn closed<F, Fut>(
-    call: Arc<F>,
+async fn closed<C: Caller>(
+    call: Arc<C>,
     concurrency: usize,
     deadline: Instant,
     counters: &Arc<Counters>,
-) -> Record
-where
-    F: Fn(Call) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Outcome, String>> + Send + 'static,
-{
+) -> Record {
     let sequence = Arc::new(AtomicU64::new(0));
     let mut callers = tokio::task::JoinSet::new();
     for worker in 0..concurrency.max(1) {
@@ -203,12 +214,13 @@ where
             while Instant::now() < deadline {
                 let seq = sequence.fetch_add(1, Ordering::Relaxed);
                 let sent = Instant::now();
-                let result = call(Call {
-                    seq,
-                    worker,
-                    worker_seq,
-                })
-                .await;
+                let result = call
+                    .call(Call {
+                        seq,
+                        worker,
+                        worker_seq,
+                    })
+                    .await;
                 record.note(&counters, result, sent.elapsed());
                 worker_seq += 1;
             }
@@ -224,17 +236,13 @@ where
     total
 }
 
-async fn open<F, Fut>(
-    call: Arc<F>,
+async fn open<C: Caller>(
+    call: Arc<C>,
     per_second: f64,
     max_in_flight: usize,
     deadline: Instant,
     counters: &Arc<Counters>,
-) -> Record
-where
-    F: Fn(Call) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Outcome, String>> + Send + 'static,
-{
+) -> Record {
     // Calls that finished, handed back by their tasks; calls beyond `max_in_flight` are not
     // sent and counted as the client falling behind, so a stalled server cannot make the load
     // generator itself pile up unbounded work.
@@ -261,12 +269,13 @@ where
             let (call, counters, finished) = (call.clone(), counters.clone(), finished.clone());
             tokio::spawn(async move {
                 let sent = Instant::now();
-                let result = call(Call {
-                    seq,
-                    worker: (seq % slots) as usize,
-                    worker_seq: seq / slots,
-                })
-                .await;
+                let result = call
+                    .call(Call {
+                        seq,
+                        worker: (seq % slots) as usize,
+                        worker_seq: seq / slots,
+                    })
+                    .await;
                 let took = sent.elapsed();
                 if let Ok(mut record) = finished.lock() {
                     record.note(&counters, result, took);
