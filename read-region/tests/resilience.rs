@@ -8,7 +8,7 @@ use anyhow::Context;
 use testkit::{Region, ScratchDir, eventually, free_port, read_region::*, tag, wait_for_port};
 use tokio::{
     net::{TcpListener, TcpStream},
-    process::{Child, Command},
+    process::Child,
     sync::watch,
 };
 use trading_proto::portfolio::v1 as api;
@@ -122,7 +122,7 @@ impl Drop for LinkProxy {
 
 fn spawn_nats(config: &Path, log: &Path) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log)?;
-    Command::new("nats-server")
+    testkit::nats_server()
         .arg("-c")
         .arg(config)
         .stdout(log.try_clone()?)

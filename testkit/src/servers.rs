@@ -1,5 +1,6 @@
 //! Servers a test starts and stops itself (never the shared stack's): a throwaway Redis it can
-//! kill or restart from an older snapshot, and the wait until a child listens.
+//! kill or restart from an older snapshot, the NATS server build the stack runs, and the wait
+//! until a child listens.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -26,6 +27,12 @@ pub async fn wait_for_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A `nats-server` command for a server the test runs itself: the build `infra/up` uses
+/// (`NATS_SERVER` in `infra/.run/endpoints.env`), else whatever `nats-server` is on the PATH.
+pub fn nats_server() -> Command {
+    Command::new(crate::env_or("NATS_SERVER", "nats-server"))
 }
 
 /// A throwaway Redis on loopback `port` that keeps its data only in `dir/dump.rdb`, written

@@ -58,7 +58,7 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(self.log())?;
-        let mut child = tokio::process::Command::new("nats-server")
+        let mut child = testkit::nats_server()
             .args([
                 "-js",
                 "-a",
