@@ -248,6 +248,15 @@ fn account_bodies(
     }
 }
 
+/// A share as a percentage for an alert's text; a share too large to scale (only nonsense
+/// figures make one) is shown as it is rather than overflowing.
+fn percent(share: Decimal) -> String {
+    share.checked_mul(Decimal::ONE_HUNDRED).map_or_else(
+        || format!("{} x 100", format_decimal(share)),
+        format_decimal,
+    )
+}
+
 fn concentration_alert(
     valued: &PortfolioValueUpdated,
     symbol: &str,
@@ -269,8 +278,8 @@ fn concentration_alert(
             threshold: format_decimal(rules.max_concentration),
             detail: format!(
                 "{symbol} is {}% of the portfolio's value (limit {}%)",
-                format_decimal(share * Decimal::ONE_HUNDRED),
-                format_decimal(rules.max_concentration * Decimal::ONE_HUNDRED)
+                percent(share),
+                percent(rules.max_concentration)
             ),
         })
     })
@@ -360,9 +369,9 @@ pub fn enrich_instrument<'a>(
                                 "{} at {} is {}% below the average cost {} (stop-loss {}%)",
                                 update.symbol,
                                 format_decimal(price),
-                                format_decimal(loss * Decimal::ONE_HUNDRED),
+                                percent(loss),
                                 format_decimal(position.average_cost),
-                                format_decimal(rules.stop_loss * Decimal::ONE_HUNDRED)
+                                percent(rules.stop_loss)
                             ),
                         },
                     ));
@@ -457,5 +466,85 @@ mod tests {
         );
         assert_eq!(with_position.version, 2, "the book stays at its version");
         assert_eq!(with_position.positions["HUGE"].quantity, 1);
+    }
+
+    /// A raw account event body and whether it claims the book's next version.
+    fn account_event() -> impl proptest::strategy::Strategy<Value = (bool, Raw)> {
+        use proptest::prelude::*;
+        use testkit::properties::decimal_text;
+        use trading_proto::events::v1::{CashDeposited, CashWithdrawn};
+        let body = prop_oneof![
+            decimal_text().prop_map(|amount| Raw::CashDeposited(CashDeposited {
+                amount,
+                ..Default::default()
+            })),
+            decimal_text().prop_map(|amount| Raw::CashWithdrawn(CashWithdrawn {
+                amount,
+                ..Default::default()
+            })),
+            (
+                prop_oneof![Just("BUY"), Just("SELL"), Just("HOLD")],
+                any::<i64>(),
+                prop_oneof![Just(1_i64), Just(100), 1_i64..1_000_000_000],
+                decimal_text(),
+                prop_oneof![Just("AAA"), Just("BBB")],
+            )
+                .prop_map(|(side, any_quantity, quantity, price, symbol)| {
+                    // Mostly sensible quantities, sometimes any i64 at all.
+                    let quantity = if any_quantity % 4 == 0 {
+                        any_quantity
+                    } else {
+                        quantity
+                    };
+                    Raw::TradeExecuted(TradeExecuted {
+                        account_id: "p".into(),
+                        symbol: symbol.into(),
+                        side: side.into(),
+                        quantity,
+                        price,
+                        ..Default::default()
+                    })
+                }),
+        ];
+        (prop::bool::weighted(0.9), body)
+    }
+
+    proptest::proptest! {
+        /// Whatever the figures: no panic, and each event either advances the book exactly as
+        /// the write model's fold does (with an enriched set to publish) or is refused, to be
+        /// dead-lettered, leaving the book as it was.
+        #[test]
+        fn enrichment_advances_like_the_fold_or_leaves_the_book(
+            events in proptest::collection::vec(account_event(), 1..40)
+        ) {
+            let mut book = AccountState {
+                account_id: "p".into(),
+                base_currency: "USD".into(),
+                version: 1,
+                ..Default::default()
+            };
+            for (next, body) in events {
+                let version = if next { book.version + 1 } else { book.version + 3 };
+                let raw = RawEvent {
+                    envelope: Some(EventEnvelope {
+                        event_id: format!("e{version}"),
+                        version,
+                        ..Default::default()
+                    }),
+                    body: Some(body),
+                };
+                let before = book.clone();
+                let mut folded = before.clone();
+                let fold = folded.apply(&raw);
+                match enrich_account(&mut book, &HashMap::new(), RULES, &raw) {
+                    Ok(bodies) => {
+                        proptest::prop_assert!(fold.is_ok());
+                        proptest::prop_assert_eq!(&book, &folded);
+                        proptest::prop_assert!(!bodies.is_empty());
+                    }
+                    Err(_) => proptest::prop_assert_eq!(&book, &before),
+                }
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@
 //!   (a Redis a test may kill or restart from an older snapshot) for what a test starts itself.
 //! - [`read_messages`] and [`read_events`]: a whole JetStream stream, read so that a missing
 //!   or a duplicated message fails the test.
+//! - [`properties`]: generators for property tests (extreme and malformed figures).
 //! - [`trading`]: the write region's API as tests drive it (a funded account, a priced
 //!   instrument, an order), over any channel to a write region.
 //! - Behind one feature per service, that service's harness: [`write_region`] (in-process and
@@ -20,6 +21,7 @@
 
 mod endpoints;
 mod local;
+pub mod properties;
 #[cfg(any(feature = "write-region", feature = "read-region"))]
 pub mod served;
 mod servers;
