@@ -191,6 +191,13 @@ nats_leafs_at_least() {
     [[ -n $n && $n -ge $want ]]
 }
 
+# toxiproxy: its API answers and both leaf links' proxies exist.
+link_proxies_ready() {
+    local proxies
+    proxies=$(curl -fsS --max-time 3 "http://$1:$2/proxies" 2>/dev/null) || return 1
+    [[ $proxies == *'"leaf-eu"'* && $proxies == *'"leaf-ap"'* ]]
+}
+
 # --- starting components ------------------------------------------------------
 
 # Print NAME's problem and the tail of its log, then exit non-zero.

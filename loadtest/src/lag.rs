@@ -203,6 +203,7 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<LagRun> 
         rate: settings.rate,
         duration_s: settings.duration.as_secs_f64(),
         accounts: settings.accounts.funded,
+        link_latency_ms: None,
         orders,
         regions,
     })
@@ -493,6 +494,12 @@ pub fn table(run: &LagRun) -> String {
             |l| format!("p50 {:.2} ms, p99 {:.2} ms", l.p50_ms, l.p99_ms)
         ),
     );
+    if let Some(millis) = run.link_latency_ms {
+        let _ = writeln!(
+            out,
+            "every leaf link slowed by {millis} ms each way (toxiproxy) during the run"
+        );
+    }
     let _ = writeln!(
         out,
         "lag is from the PlaceOrder answer to the region's GetPortfolio(min_version) answer, so it includes that read's round trip"

@@ -7,12 +7,16 @@
 //! summarising with `stats`, while `memory` samples the services' resident memory) ->
 //! `results` (one JSON file per run) -> `report` (a self-contained HTML page from those files).
 //!
-//! Subcommands that need the read regions end to end (`lag`, `verify`) plug in beside `bench`:
-//! they reuse `setup` for accounts, `load` for pacing and `results` for their output.
+//! Subcommands that need the read regions end to end (`lag`, `verify`, `chaos`) plug in beside
+//! `bench`: they reuse `setup` for accounts, `load` for pacing and `results` for their output;
+//! `chaos` hurts the stack through `chaos::stack` (processes, Redis data) and `link` (the leaf
+//! links' proxies) and checks it with `verify`.
 
 pub mod bench;
+pub mod chaos;
 pub mod grpc;
 pub mod lag;
+pub mod link;
 pub mod load;
 pub mod memory;
 pub mod report;

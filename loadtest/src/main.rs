@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loadtest::{
     bench::{self, Group},
-    grpc, lag, memory, report, results,
+    chaos, grpc, lag, link, memory, report, results,
     setup::{self, Accounts},
     verify,
 };
@@ -39,6 +39,12 @@ enum Command {
     /// For every account, compare the write model, the fold of its raw events and every read
     /// region's portfolio; print each difference and fail on any. Run once load has stopped.
     Verify(Box<VerifyArgs>),
+    /// Orders at a fixed rate while the stack of `infra/up` is hurt, one fault at a time and in
+    /// rounds (SIGKILL of each process, a cut leaf link, Redis from an older snapshot, FLUSHALL);
+    /// after each, the recovery time, the orders lost and the accounts that differ anywhere.
+    /// Fails unless every fault ends with 0 lost and 0 differing. Only for a stack that is there
+    /// to be hurt.
+    Chaos(Box<ChaosArgs>),
     /// Write a self-contained HTML report from the JSON results.
     Report {
         /// Folder of result files.
@@ -61,6 +67,24 @@ struct Target {
     /// Account id prefix: ids are <prefix>-000000, <prefix>-poor-000000, ...
     #[arg(long, default_value = "lt")]
     prefix: String,
+}
+
+/// The read regions of the stack (portfolio.v1).
+#[derive(Args, Clone)]
+struct ReadRegions {
+    /// The eu read region.
+    #[arg(long, env = "READ_EU_ADDR", default_value_t = local::READ_EU_ADDR.to_string())]
+    read_eu_addr: String,
+    /// The ap read region.
+    #[arg(long, env = "READ_AP_ADDR", default_value_t = local::READ_AP_ADDR.to_string())]
+    read_ap_addr: String,
+}
+
+impl ReadRegions {
+    /// Name and address of each, eu first.
+    fn named(&self) -> [(&'static str, &String); 2] {
+        [("eu", &self.read_eu_addr), ("ap", &self.read_ap_addr)]
+    }
 }
 
 #[derive(Args)]
@@ -119,19 +143,15 @@ struct VerifyArgs {
     /// Check these accounts instead of the load-test ones (repeatable).
     #[arg(long = "account", value_name = "ID")]
     account_ids: Vec<String>,
-    /// The eu read region (portfolio.v1).
-    #[arg(long, env = "READ_EU_ADDR", default_value_t = local::READ_EU_ADDR.to_string())]
-    read_eu_addr: String,
-    /// The ap read region (portfolio.v1).
-    #[arg(long, env = "READ_AP_ADDR", default_value_t = local::READ_AP_ADDR.to_string())]
-    read_ap_addr: String,
+    #[command(flatten)]
+    regions: ReadRegions,
     #[arg(long, env = "NATS_HUB_URL", default_value = local::NATS_HUB_URL)]
     nats_url: String,
     /// Hub stream of the write region's raw account events.
     #[arg(long, default_value = names::RAW_ACCOUNTS_STREAM)]
     raw_stream: String,
     /// Subject prefix of those events: `<prefix>.<account id>`.
-    #[arg(long, default_value_t = format!("{}.{}", names::RAW_SUBJECT_PREFIX, names::Aggregate::Account.subject_token()))]
+    #[arg(long, default_value_t = verify::raw_account_prefix())]
     raw_subject_prefix: String,
     /// Seconds, in all, the read regions get to reach the write model's versions.
     #[arg(long, default_value_t = 30)]
@@ -145,12 +165,8 @@ struct VerifyArgs {
 struct LagArgs {
     #[command(flatten)]
     target: Target,
-    /// The eu read region (portfolio.v1).
-    #[arg(long, env = "READ_EU_ADDR", default_value_t = local::READ_EU_ADDR.to_string())]
-    read_eu_addr: String,
-    /// The ap read region (portfolio.v1).
-    #[arg(long, env = "READ_AP_ADDR", default_value_t = local::READ_AP_ADDR.to_string())]
-    read_ap_addr: String,
+    #[command(flatten)]
+    regions: ReadRegions,
     /// Orders offered per second.
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
@@ -160,7 +176,62 @@ struct LagArgs {
     /// Place this many orders (at --rate) instead of running for --duration.
     #[arg(long, conflicts_with = "duration")]
     orders: Option<u64>,
+    /// Add this many milliseconds each way to every region's leaf link for the run (toxiproxy;
+    /// 100 is about New York to Singapore), removed afterwards.
+    #[arg(long)]
+    link_latency_ms: Option<u64>,
+    /// toxiproxy's API, for --link-latency-ms.
+    #[arg(long, env = "TOXIPROXY_URL", default_value = link::DEFAULT_API)]
+    toxiproxy_url: String,
     /// Result file (default: loadtest/results/lag-<timestamp>.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    regions: ReadRegions,
+    #[arg(long, env = "REDIS_EU_URL", default_value = local::REDIS_EU_URL)]
+    redis_eu_url: String,
+    #[arg(long, env = "REDIS_AP_URL", default_value = local::REDIS_AP_URL)]
+    redis_ap_url: String,
+    #[arg(long, env = "NATS_HUB_URL", default_value = local::NATS_HUB_URL)]
+    nats_url: String,
+    /// toxiproxy's API, in front of each region's leaf link.
+    #[arg(long, env = "TOXIPROXY_URL", default_value = link::DEFAULT_API)]
+    toxiproxy_url: String,
+    /// Rounds; each runs every fault once, in order.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// A fault of each round, repeatable: kill:<component> (write-region, relay,
+    /// read-region-eu|ap, nats-hub, nats-eu|ap, redis-eu|ap, toxiproxy, cassandra),
+    /// cut-link:<eu|ap>, older-snapshot:<eu|ap>, flushall:<eu|ap>. Default: kill:write-region,
+    /// kill:relay, kill:read-region-eu, kill:read-region-ap, kill:nats-hub, kill:nats-eu,
+    /// kill:redis-eu, cut-link:ap, older-snapshot:ap, flushall:eu.
+    #[arg(long = "fault", value_name = "KIND:TARGET")]
+    faults: Vec<chaos::Fault>,
+    /// Orders offered per second while each fault runs.
+    #[arg(long, default_value_t = 150.0)]
+    rate: f64,
+    /// Seconds of orders per fault.
+    #[arg(long, default_value_t = 20.0)]
+    load_secs: f64,
+    /// Seconds into the orders when the fault strikes.
+    #[arg(long, default_value_t = 5.0)]
+    fault_at: f64,
+    /// Seconds a cut link stays cut.
+    #[arg(long, default_value_t = 30.0)]
+    cut_secs: f64,
+    /// Seconds the stack gets to recover after each fault.
+    #[arg(long, default_value_t = 120.0)]
+    recover_within: f64,
+    /// The stack's run folder (pid files, Redis data): default infra/.run.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Result file (default: loadtest/results/chaos-<timestamp>.json).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -188,6 +259,64 @@ fn loopback_only(addr: &str) -> anyhow::Result<()> {
         "{addr} is not a loopback address; load tests only target this machine"
     );
     Ok(())
+}
+
+fn chaos_settings(args: &ChaosArgs) -> anyhow::Result<chaos::Settings> {
+    loopback_only(&args.target.write_addr)?;
+    for addr in [&args.nats_url, &args.toxiproxy_url] {
+        loopback_only(addr)?;
+    }
+    for (_, addr) in args.regions.named() {
+        loopback_only(addr)?;
+    }
+    anyhow::ensure!(
+        args.rate > 0.0 && args.rate <= 5_000.0,
+        "--rate must be in (0, 5000] orders per second"
+    );
+    anyhow::ensure!(
+        args.fault_at >= 0.0 && args.fault_at < args.load_secs && args.load_secs <= 600.0,
+        "--fault-at must fall within --load-secs (at most 600)"
+    );
+    anyhow::ensure!(
+        args.cut_secs > 0.0 && args.recover_within > 0.0,
+        "--cut-secs and --recover-within must be positive"
+    );
+    let redis = [&args.redis_eu_url, &args.redis_ap_url];
+    let root = loadtest::workspace_root();
+    Ok(chaos::Settings {
+        write_addr: args.target.write_addr.clone(),
+        regions: args
+            .regions
+            .named()
+            .into_iter()
+            .zip(redis)
+            .map(|((name, addr), redis_url)| chaos::Region {
+                name: name.to_owned(),
+                addr: addr.clone(),
+                redis_url: redis_url.clone(),
+            })
+            .collect(),
+        nats_url: args.nats_url.clone(),
+        links_api: args.toxiproxy_url.clone(),
+        run_dir: args
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| root.join("infra").join(".run")),
+        up: root.join("infra").join("up"),
+        accounts: Accounts::new(&args.target.prefix, args.target.accounts),
+        faults: if args.faults.is_empty() {
+            chaos::Fault::all()
+        } else {
+            args.faults.clone()
+        },
+        rounds: args.rounds.max(1),
+        rate: args.rate,
+        load: Duration::from_secs_f64(args.load_secs),
+        fault_at: Duration::from_secs_f64(args.fault_at),
+        cut: Duration::from_secs_f64(args.cut_secs),
+        recover_within: Duration::from_secs_f64(args.recover_within),
+        tag: run_tag(),
+    })
 }
 
 fn main() -> ExitCode {
@@ -255,12 +384,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("results: {}", out.display());
         }
         Command::Verify(args) => {
-            for addr in [
-                &args.target.write_addr,
-                &args.read_eu_addr,
-                &args.read_ap_addr,
-                &args.nats_url,
-            ] {
+            loopback_only(&args.target.write_addr)?;
+            loopback_only(&args.nats_url)?;
+            for (_, addr) in args.regions.named() {
                 loopback_only(addr)?;
             }
             let accounts = if args.account_ids.is_empty() {
@@ -272,10 +398,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = verify::run(&verify::Settings {
                 write_addr: args.target.write_addr,
-                regions: vec![
-                    ("eu".into(), args.read_eu_addr),
-                    ("ap".into(), args.read_ap_addr),
-                ],
+                regions: args
+                    .regions
+                    .named()
+                    .map(|(name, addr)| (name.to_owned(), addr.clone()))
+                    .to_vec(),
                 nats_url: args.nats_url,
                 raw_stream: args.raw_stream,
                 raw_subject_prefix: args.raw_subject_prefix,
@@ -300,11 +427,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Lag(args) => {
-            for addr in [
-                &args.target.write_addr,
-                &args.read_eu_addr,
-                &args.read_ap_addr,
-            ] {
+            loopback_only(&args.target.write_addr)?;
+            for (_, addr) in args.regions.named() {
                 loopback_only(addr)?;
             }
             anyhow::ensure!(
@@ -324,25 +448,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| results::file_for("lag", std::time::SystemTime::now()));
             let settings = lag::Settings {
                 write_addr: args.target.write_addr.clone(),
-                regions: vec![
-                    lag::Region {
-                        name: "eu".into(),
-                        addr: args.read_eu_addr,
-                    },
-                    lag::Region {
-                        name: "ap".into(),
-                        addr: args.read_ap_addr,
-                    },
-                ],
+                regions: args
+                    .regions
+                    .named()
+                    .map(|(name, addr)| lag::Region {
+                        name: name.to_owned(),
+                        addr: addr.clone(),
+                    })
+                    .to_vec(),
                 rate: args.rate,
                 duration: Duration::from_secs_f64(seconds),
                 accounts: Accounts::new(&args.target.prefix, args.target.accounts),
                 tag: run_tag(),
             };
-            let run = lag::run(settings, command_line()).await?;
+            let run = match args.link_latency_ms {
+                None => lag::run(settings, command_line()).await?,
+                Some(millis) => {
+                    let links = link::Links::new(&args.toxiproxy_url)?;
+                    let mut slowed = async {
+                        for (region, _) in args.regions.named() {
+                            links
+                                .add_latency(region, Duration::from_millis(millis))
+                                .await?;
+                        }
+                        lag::run(settings, command_line()).await
+                    }
+                    .await;
+                    // The links go back to normal whatever happened to the run.
+                    links.reset().await?;
+                    if let Ok(run) = &mut slowed {
+                        run.link_latency_ms = Some(millis);
+                    }
+                    slowed?
+                }
+            };
             println!("\n{}", lag::table(&run));
             results::write(&out, &run)?;
             println!("results: {}", out.display());
+        }
+        Command::Chaos(args) => {
+            let run = chaos::run(chaos_settings(&args)?, command_line()).await?;
+            println!("\n{}", chaos::table(&run));
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| results::file_for("chaos", std::time::SystemTime::now()));
+            results::write(&out, &run)?;
+            println!("results: {}", out.display());
+            anyhow::ensure!(
+                run.passed(),
+                "orders were lost, accounts differ or the stack did not recover (see above)"
+            );
         }
         Command::Report { results: dir, out } => {
             let dir = dir.unwrap_or_else(results::default_dir);

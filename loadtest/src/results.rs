@@ -146,6 +146,9 @@ pub struct LagRun {
     pub rate: f64,
     pub duration_s: f64,
     pub accounts: usize,
+    /// Latency added to each direction of every leaf link for the run (`--link-latency-ms`).
+    #[serde(default)]
+    pub link_latency_ms: Option<u64>,
     /// The `PlaceOrder` calls themselves: achieved rate, rejections, errors, latency.
     pub orders: LoadResult,
     pub regions: Vec<RegionLag>,

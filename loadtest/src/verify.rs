@@ -21,6 +21,7 @@ use anyhow::{Context, anyhow, bail};
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use futures::StreamExt;
 use ledger::{AccountState, format_decimal, parse_decimal};
+use platform::names;
 use prost::Message;
 use rust_decimal::Decimal;
 use tokio::time::Instant;
@@ -45,6 +46,15 @@ const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// The least time a region's read gets once the shared deadline has passed, so accounts checked
 /// late still get one real read rather than an immediate timeout.
 const MIN_REGION_WAIT: Duration = Duration::from_secs(1);
+
+/// The subject prefix of the write region's raw account events on the hub: `<prefix>.<id>`.
+pub fn raw_account_prefix() -> String {
+    format!(
+        "{}.{}",
+        names::RAW_SUBJECT_PREFIX,
+        names::Aggregate::Account.subject_token()
+    )
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -63,6 +63,10 @@ impl From<ApiError> for Status {
                 tracing::error!(%account_id, "portfolio valuation overflows");
                 Status::internal(error.to_string())
             }
+            ApiError::Views(ViewError::Overflow) => {
+                tracing::error!("a stored total overflowed");
+                Status::internal(error.to_string())
+            }
             ApiError::Views(cause) => {
                 tracing::error!(cause = %Causes(cause), "view read failed");
                 Status::unavailable("the region's views cannot be read right now")

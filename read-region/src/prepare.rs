@@ -203,7 +203,12 @@ fn body_args(
             }
             let price = decimal("price", &body.price)?;
             let notional = if body.notional.is_empty() {
-                price * Decimal::from(body.quantity)
+                price
+                    .checked_mul(Decimal::from(body.quantity))
+                    .ok_or(field(
+                        "notional",
+                        "price x quantity is beyond a decimal's range",
+                    ))?
             } else {
                 decimal("notional", &body.notional)?
             };

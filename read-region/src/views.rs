@@ -38,6 +38,8 @@ use crate::{
 /// Functions shared by the apply and read scripts, prepended to each.
 const LUA_COMMON: &str = include_str!("lua/common.lua");
 const LUA_APPLY: &str = include_str!("lua/apply.lua");
+/// What the apply script leaves in a counter whose sum left 64-bit integers.
+const OVERFLOW: &[u8] = b"overflow";
 const LUA_READ: &str = include_str!("lua/read.lua");
 const LUA_SWITCH: &str = include_str!("lua/switch.lua");
 const LUA_ACKED: &str = include_str!("lua/acked.lua");
@@ -50,6 +52,10 @@ pub enum ViewError {
     Protocol(&'static str),
     #[error("a view script answered a malformed number")]
     Number(#[source] ParseIntError),
+    /// A counter the apply script could not add to without leaving 64-bit integers
+    /// (`lua/apply.lua`, `add`): only figures far beyond `ledger::limits` get there.
+    #[error("a stored total is beyond the range a region can hold")]
+    Overflow,
     #[error("a view script answered a malformed decimal")]
     Decimal(#[source] ledger::DecimalError),
     #[error("stored {what} cannot be decoded")]
@@ -414,6 +420,9 @@ pub(crate) fn string(value: &Value) -> Result<String, ViewError> {
 pub(crate) fn parse_number<T: std::str::FromStr<Err = ParseIntError>>(
     raw: &[u8],
 ) -> Result<T, ViewError> {
+    if raw == OVERFLOW {
+        return Err(ViewError::Overflow);
+    }
     String::from_utf8_lossy(raw)
         .parse()
         .map_err(ViewError::Number)

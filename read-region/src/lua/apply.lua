@@ -41,12 +41,21 @@ if version ~= sv or part ~= sp then
   return {'gap', gen, tostring(cv), tostring(cp), tostring(cn)}
 end
 
+-- Adds to a counter field. A sum beyond Redis's 64-bit integers (only figures far beyond the
+-- write model's limits get there) must not fail the script, which would hold the region's
+-- projection at this event for good: the field reads 'overflow' instead, and stays so (a later
+-- HINCRBY on it fails the same way), so readers refuse the figure rather than show a wrong one.
+local function add(key, field, by)
+  local r = redis.pcall('HINCRBY', key, field, by)
+  if type(r) == 'table' and r.err then redis.call('HSET', key, field, 'overflow') end
+end
+
 local function holders(symbol, before, after)
   if before <= 0 and after > 0 then
-    redis.call('HINCRBY', g .. ':sym:' .. symbol, 'holders', 1)
+    add(g .. ':sym:' .. symbol, 'holders', 1)
     redis.call('SADD', g .. ':symbols', symbol)
   elseif before > 0 and after <= 0 then
-    redis.call('HINCRBY', g .. ':sym:' .. symbol, 'holders', -1)
+    add(g .. ':sym:' .. symbol, 'holders', -1)
   end
 end
 local function set_position(acct, symbol, qty, cost)
@@ -74,23 +83,23 @@ local function count(key, qty, notional)
     if d and tonumber(d) > tonumber(day) then return end
     redis.call('HSET', key, 'day', day, 'trades', 0, 'volume', 0, 'notional', 0)
   end
-  redis.call('HINCRBY', key, 'trades', 1)
-  redis.call('HINCRBY', key, 'volume', qty)
-  redis.call('HINCRBY', key, 'notional', notional)
+  add(key, 'trades', 1)
+  add(key, 'volume', qty)
+  add(key, 'notional', notional)
 end
 
 if kind == 'registered' then
   redis.call('HSET', g .. ':acct:' .. aid, 'owner', ARGV[13], 'currency', ARGV[14],
     'cash', '0', 'realized', '0', 'version', '0', 'as_of', occurred)
-  redis.call('HINCRBY', g .. ':totals', 'accounts', 1)
+  add(g .. ':totals', 'accounts', 1)
 elseif kind == 'cash' then
   redis.call('HSET', g .. ':acct:' .. aid, 'cash', ARGV[13])
 elseif kind == 'trade' then
   local symbol, qty, notional, realized = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
   redis.call('ZADD', g .. ':trades:' .. aid, version, ARGV[13])
   set_position(aid, symbol, ARGV[18], ARGV[19])
-  redis.call('HINCRBY', g .. ':posr:' .. aid, symbol, realized)
-  redis.call('HINCRBY', g .. ':acct:' .. aid, 'realized', realized)
+  add(g .. ':posr:' .. aid, symbol, realized)
+  add(g .. ':acct:' .. aid, 'realized', realized)
   reference(symbol, ARGV[20], ARGV[21])
   count(g .. ':sym:' .. symbol, qty, notional)
   count(g .. ':totals', qty, notional)
