@@ -4,7 +4,10 @@
 //!
 //! Each aggregate belongs to one worker (by hash), which publishes from the aggregate's last
 //! published version onwards, in order, and only then records the new published version and
-//! clears the aggregate's pending markers. Commands write a marker before they commit, so a
+//! clears the aggregate's pending markers. A worker takes every aggregate waiting in its queue
+//! (up to `MAX_BATCH`) at once: their events go out back to back, the acks are awaited together
+//! and their bookkeeping is written concurrently, so under load one fsync wait on the hub and
+//! one round of store writes serve many commits instead of one. Commands write a marker before they commit, so a
 //! crash between commit and publish, or a NATS outage, leaves markers that the periodic sweep
 //! finds; the worker then reloads the unpublished events from the store. Republishing after a
 //! crash is harmless: JetStream drops a repeated `Nats-Msg-Id` inside its duplicate window and
@@ -28,6 +31,8 @@ use crate::store::{AggregateKey, NewEvent, Store, StoreError};
 /// A marker older than this, for a version that was never committed, is a lost race's leftover.
 const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Aggregates a worker publishes in one go.
+const MAX_BATCH: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
@@ -211,18 +216,31 @@ impl Worker {
                     () = shutdown.cancelled() => return,
                 }
             };
-            let queued = self.queued.remove(&key).unwrap_or_default();
-            match self.publish(&key, &queued).await {
+            let mut batch = vec![(key.clone(), self.queued.remove(&key).unwrap_or_default())];
+            while batch.len() < MAX_BATCH
+                && let Some(key) = self.queue.pop_front()
+            {
+                let queued = self.queued.remove(&key).unwrap_or_default();
+                batch.push((key, queued));
+            }
+            match self.publish(&batch).await {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(error) => {
                     tracing::warn!(
-                        aggregate = %key.id,
+                        aggregates = batch.len(),
                         error = &error as &dyn std::error::Error,
                         retry_in_ms = backoff.as_millis() as u64,
                         "outbox publish failed"
                     );
-                    self.queued.insert(key.clone(), queued);
-                    self.queue.push_front(key);
+                    // The whole batch again, in its order: what did go out is republished,
+                    // which JetStream's duplicate window and every consumer's version check
+                    // make harmless.
+                    // Nothing new was taken meanwhile (jobs are read only at the top of the loop),
+                    // so the batch goes back as it was.
+                    for (key, queued) in batch.into_iter().rev() {
+                        self.queued.insert(key.clone(), queued);
+                        self.queue.push_front(key);
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = shutdown.cancelled() => return,
@@ -279,9 +297,65 @@ impl Worker {
         Ok(())
     }
 
-    /// Publishes every unpublished event of `key` in version order.
-    async fn publish(&mut self, key: &AggregateKey, queued: &Queued) -> Result<(), PublishError> {
+    /// Publishes every unpublished event of each aggregate of `batch`, each in version order,
+    /// then records the progress of all of them.
+    async fn publish(&mut self, batch: &[(AggregateKey, Queued)]) -> Result<(), PublishError> {
         self.ensure_streams().await?;
+        let plans =
+            futures::future::try_join_all(batch.iter().map(|(key, queued)| self.plan(key, queued)))
+                .await?;
+        let mut acks = Vec::new();
+        let mut lasts = Vec::with_capacity(plans.len());
+        for (key, plan) in batch.iter().map(|(key, _)| key).zip(&plans) {
+            let mut last = plan.published;
+            for payload in &plan.payloads {
+                let event = RawEvent::decode(payload.as_slice())?;
+                let envelope = event.envelope.unwrap_or_default();
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    envelope.event_id.as_str(),
+                );
+                headers.insert("event-type", envelope.event_type.as_str());
+                for (name, value) in &envelope.metadata {
+                    if name == "traceparent" || name == "tracestate" {
+                        headers.insert(name.as_str(), value.as_str());
+                    }
+                }
+                // Publishes go out in order on one connection, so the stream stores each
+                // aggregate's events in order; the acks are awaited together below.
+                let ack = self
+                    .jetstream
+                    .publish_with_headers(self.config.subject(key), headers, payload.clone().into())
+                    .await
+                    .map_err(PublishError::jetstream)?;
+                acks.push(ack);
+                last = envelope.version;
+            }
+            lasts.push(last);
+        }
+        for ack in acks {
+            ack.await.map_err(PublishError::jetstream)?;
+        }
+        futures::future::try_join_all(
+            batch
+                .iter()
+                .zip(&plans)
+                .zip(&lasts)
+                .map(|(((key, queued), plan), &last)| {
+                    self.record(key, queued, plan.published, last)
+                }),
+        )
+        .await?;
+        for ((key, _), last) in batch.iter().zip(lasts) {
+            self.published.insert(key.clone(), last);
+        }
+        Ok(())
+    }
+
+    /// What to publish of `key`: the events reported in-process when they follow the last
+    /// published version without a hole, else the unpublished events read from the store.
+    async fn plan(&self, key: &AggregateKey, queued: &Queued) -> Result<Plan, PublishError> {
         let published = match self.published.get(key) {
             Some(version) => *version,
             None => self.store.published_version(key).await?,
@@ -295,7 +369,7 @@ impl Worker {
             .iter()
             .zip(published + 1..)
             .all(|(event, expected)| event.version == expected);
-        let payloads: Vec<Vec<u8>> = if contiguous && queued.marker.is_none() {
+        let payloads = if contiguous && queued.marker.is_none() {
             hinted.iter().map(|event| event.payload.clone()).collect()
         } else {
             let stored = self.store.load(key, false).await?;
@@ -303,35 +377,20 @@ impl Worker {
                 .load_events(key, published, stored.version)
                 .await?
         };
-        let mut last = published;
-        let mut acks = Vec::with_capacity(payloads.len());
-        for payload in payloads {
-            let event = RawEvent::decode(payload.as_slice())?;
-            let envelope = event.envelope.unwrap_or_default();
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                envelope.event_id.as_str(),
-            );
-            headers.insert("event-type", envelope.event_type.as_str());
-            for (name, value) in &envelope.metadata {
-                if name == "traceparent" || name == "tracestate" {
-                    headers.insert(name.as_str(), value.as_str());
-                }
-            }
-            // Publishes go out in order on one connection, so the stream stores them in order;
-            // the acks are awaited together below.
-            let ack = self
-                .jetstream
-                .publish_with_headers(self.config.subject(key), headers, payload.into())
-                .await
-                .map_err(PublishError::jetstream)?;
-            acks.push(ack);
-            last = envelope.version;
-        }
-        for ack in acks {
-            ack.await.map_err(PublishError::jetstream)?;
-        }
+        Ok(Plan {
+            published,
+            payloads,
+        })
+    }
+
+    /// Records that `key` is published up to `last` and clears its markers.
+    async fn record(
+        &self,
+        key: &AggregateKey,
+        queued: &Queued,
+        published: u64,
+        last: u64,
+    ) -> Result<(), PublishError> {
         if last > published || queued.marker.is_some() {
             self.store.mark_published(key, last).await?;
         }
@@ -342,7 +401,14 @@ impl Worker {
             // Written by a command whose commit lost its race: nothing to publish.
             self.store.clear_pending(key, marked).await?;
         }
-        self.published.insert(key.clone(), last);
         Ok(())
     }
+}
+
+/// One aggregate's share of a batch.
+struct Plan {
+    /// Its last published version before the batch.
+    published: u64,
+    /// Its unpublished events, in version order.
+    payloads: Vec<Vec<u8>>,
 }

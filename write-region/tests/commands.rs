@@ -544,6 +544,27 @@ async fn concurrent_orders_never_overspend_or_oversell() -> anyhow::Result<()> {
     first.stop().await
 }
 
+/// The server may keep the state its last commit produced and decide a retry against it: a
+/// retry must still answer as the first time, even though that state could not fill it again.
+#[tokio::test]
+async fn a_retry_answers_as_the_first_time_though_its_own_fill_spent_the_cash() -> anyhow::Result<()>
+{
+    let region = WriteRegion::start(support::isolated_config()).await?;
+    funded_account(&region, "erin", "1000").await?;
+    priced_instrument(&region, "AAPL", "100.00").await?;
+    let all_in = || order("erin", "all-in", "AAPL", api::Side::Buy, 10);
+    let first = region.orders().place_order(all_in()).await?.into_inner();
+    let retry = region.orders().place_order(all_in()).await?.into_inner();
+    assert_eq!(retry, first);
+    let refused = region
+        .orders()
+        .place_order(order("erin", "one-more", "AAPL", api::Side::Buy, 1))
+        .await
+        .expect_err("no cash left");
+    assert_eq!(reason(&refused), "INSUFFICIENT_FUNDS");
+    region.stop().await
+}
+
 #[tokio::test]
 async fn retries_with_one_key_trade_once_and_answer_identically() -> anyhow::Result<()> {
     let first = WriteRegion::start(support::isolated_config()).await?;

@@ -1,12 +1,21 @@
-//! One command on one aggregate: load its state, check the idempotency record, decide, stamp
-//! envelopes, and commit events, state and record in one conditional batch; then hand the
-//! committed events to the outbox.
+//! One command on one aggregate: take its state, decide, stamp envelopes, and commit events,
+//! state and idempotency record in one conditional batch; then hand the committed events to the
+//! outbox.
 //!
 //! Commands on one aggregate are serialized inside this process (striped async locks) so they
-//! do not fight each other in Paxos; the conditional batch still guards against any other
-//! process, and a lost race reloads with a SERIAL read and decides again.
+//! do not fight each other in Paxos. Because of that, the state a command committed is a good
+//! guess of the state the next command on that aggregate starts from, so each stripe keeps it:
+//! the usual command costs no read at all, only its conditional batch. The guess is never
+//! trusted: the batch commits only `IF version = v` (another process may have moved on) and only
+//! if the idempotency record does not exist yet (`IF NOT EXISTS`: a retry of a request already
+//! committed). A batch that does not apply reloads with a SERIAL read, which completes any Paxos
+//! round in flight, checks the record, and decides again; so two processes on one store are
+//! exactly as correct as one, only slower when they write the same aggregates.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use prost::Message;
 use trading_proto::events::v1::{EventEnvelope, RawEvent, raw_event::Body};
@@ -23,6 +32,27 @@ use crate::{
 /// How often a command retries after losing a race to another writer.
 pub(super) const MAX_ATTEMPTS: u32 = 16;
 pub(super) const LOCK_STRIPES: usize = 1024;
+/// Aggregates whose last committed state a stripe keeps (about 64k in all).
+const CACHED_PER_STRIPE: usize = 64;
+
+/// One lock stripe: held while a command runs on any of its aggregates, and their last states.
+#[derive(Default)]
+pub(super) struct Stripe {
+    cached: HashMap<AggregateKey, Stored>,
+}
+
+impl Stripe {
+    fn remember(&mut self, key: AggregateKey, stored: Stored) {
+        if self.cached.len() >= CACHED_PER_STRIPE
+            && !self.cached.contains_key(&key)
+            && let Some(evicted) = self.cached.keys().next().cloned()
+        {
+            // Any entry will do: a state not cached is one read away.
+            self.cached.remove(&evicted);
+        }
+        self.cached.insert(key, stored);
+    }
+}
 
 /// An idempotency key and what the request under it must look like.
 pub(super) struct Idempotency<'a> {
@@ -49,6 +79,24 @@ impl Commands {
         };
         let stored = self.store.load(&key, false).await?;
         decode_stored(&key, &stored)
+    }
+
+    /// The first response to the request under `idempotency`'s key, if one was committed (read
+    /// with SERIAL consistency, so a commit in flight is seen); a different request under the
+    /// same key is a conflict.
+    async fn replay<M: Message + Default>(
+        &self,
+        key: &AggregateKey,
+        idempotency: &Idempotency<'_>,
+    ) -> Result<Option<M>, CommandError> {
+        match self
+            .store
+            .load_record(key, idempotency.kind, idempotency.key)
+            .await?
+        {
+            Some(bytes) => replay_record(key, &bytes, idempotency).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The response recorded under an idempotency key, if any.
@@ -86,25 +134,41 @@ impl Commands {
         };
         // The stripe count fits usize, so the remainder does too.
         let stripe = (key.stable_hash() % LOCK_STRIPES as u64) as usize;
-        let _serialized = self.locks[stripe].lock().await;
+        let mut stripe = self.locks[stripe].lock().await;
         for attempt in 0..MAX_ATTEMPTS {
-            let serial = attempt > 0;
-            let (stored, replay) = tokio::join!(self.store.load(&key, serial), async {
-                match &idempotency {
-                    Some(idempotency) => self
-                        .store
-                        .load_record(&key, idempotency.kind, idempotency.key)
-                        .await
-                        .map(|record| record.map(|bytes| (bytes, idempotency))),
-                    None => Ok(None),
+            let stored = match stripe.cached.remove(&key) {
+                Some(stored) if attempt == 0 => stored,
+                _ => {
+                    let serial = attempt > 0;
+                    let (stored, replay) = tokio::join!(self.store.load(&key, serial), async {
+                        // A first attempt without a cached state leaves the record to the batch's
+                        // `IF NOT EXISTS`; after a lost race, it may be what made the batch lose.
+                        match &idempotency {
+                            Some(idempotency) if serial => self.replay(&key, idempotency).await,
+                            _ => Ok(None),
+                        }
+                    });
+                    if let Some(response) = replay? {
+                        return Ok(response);
+                    }
+                    stored?
                 }
-            });
-            if let Some((bytes, idempotency)) = replay? {
-                return replay_record(&key, &bytes, idempotency);
-            }
-            let stored = stored?;
+            };
             let current: Option<A> = decode_stored(&key, &stored)?;
-            let bodies = decide(current.as_ref())?;
+            let bodies = match decide(current.as_ref()) {
+                Ok(bodies) => bodies,
+                Err(refused) => {
+                    // A retry of a request that was committed is answered as it was the first
+                    // time, not judged again against the state its own commit produced.
+                    if let Some(idempotency) = &idempotency
+                        && let Some(response) = self.replay(&key, idempotency).await?
+                    {
+                        return Ok(response);
+                    }
+                    stripe.remember(key, stored);
+                    return Err(refused.into());
+                }
+            };
             let events = stamp(&key, stored.version, bodies, context);
             let mut state = current.unwrap_or_default();
             for event in &events {
@@ -133,17 +197,25 @@ impl Commands {
             let last_version = stored.version + rows.len() as u64;
             // The marker goes first: if this process dies after the commit, a sweep finds it.
             self.store.mark_pending(&key, last_version).await?;
+            let encoded = aggregate::encode(&state);
             let committed = self
                 .store
                 .append(Append {
                     key: &key,
                     expected_version: stored.version,
-                    state: aggregate::encode(&state),
+                    state: encoded.clone(),
                     events: &rows,
                     record,
                 })
                 .await?;
             if committed {
+                stripe.remember(
+                    key.clone(),
+                    Stored {
+                        state: Some(encoded),
+                        version: last_version,
+                    },
+                );
                 if let Some(hook) = &self.after_commit {
                     hook();
                 }

@@ -2,8 +2,8 @@
 //! method taking a validated domain command, and the reads the write model answers itself
 //! ([`queries`]).
 //!
-//! Every write runs through [`execute`]: for one aggregate at a time, load its state, check the
-//! idempotency record, decide, stamp envelopes, and commit events, state and record in one
+//! Every write runs through [`execute`]: for one aggregate at a time, take its state (cached, or
+//! loaded), decide, stamp envelopes, and commit events, state and idempotency record in one
 //! conditional batch; then hand the committed events to the outbox.
 
 mod aggregate;
@@ -28,7 +28,7 @@ use crate::{
     store::{AggregateKey, RecordKind, Store, StoreError},
 };
 
-use self::execute::{Idempotency, LOCK_STRIPES, MAX_ATTEMPTS};
+use self::execute::{Idempotency, LOCK_STRIPES, MAX_ATTEMPTS, Stripe};
 
 /// The cause of unreadable stored data: a protobuf, decimal or fold error.
 type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -78,8 +78,9 @@ pub struct Commands {
     outbox: Outbox,
     limits: OrderLimits,
     /// Commands on one aggregate are serialized inside this process so they do not fight each
-    /// other in Paxos; the conditional batch still guards against any other process.
-    locks: Vec<Mutex<()>>,
+    /// other in Paxos; the conditional batch still guards against any other process. Each
+    /// stripe also caches the last state its aggregates committed.
+    locks: Vec<Mutex<Stripe>>,
     after_commit: Option<AfterCommitHook>,
 }
 
@@ -94,7 +95,7 @@ impl Commands {
             store,
             outbox,
             limits,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::default()).collect(),
             after_commit,
         }
     }

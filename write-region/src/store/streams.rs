@@ -2,8 +2,9 @@
 //! `streams`, its events as clustering rows, its idempotency records beside them, and its
 //! current state and version as static columns. A command is one single-partition conditional
 //! batch: the state moves from version `v` to `v + n` only `IF version = v`, and the `n` events
-//! and the idempotency record are written in the same Paxos round. Two writers can therefore
-//! never both commit on the same version: no read-modify-write race can overspend or oversell.
+//! and the idempotency record (only `IF NOT EXISTS`) are written in the same Paxos round. Two
+//! writers can therefore never both commit on the same version: no read-modify-write race can
+//! overspend or oversell, and no request is committed twice under one idempotency key.
 
 use std::time::SystemTime;
 
@@ -73,6 +74,7 @@ pub(super) struct Statements {
     create_state: PreparedStatement,
     update_state: PreparedStatement,
     insert_row: PreparedStatement,
+    insert_record: PreparedStatement,
     index_instrument: PreparedStatement,
     list_instruments: PreparedStatement,
 }
@@ -82,6 +84,9 @@ impl Statements {
         let quorum = Consistency::LocalQuorum;
         let load_state = "SELECT state, version FROM {keyspace}.streams \
                           WHERE aggregate_type = ? AND aggregate_id = ? LIMIT 1";
+        let insert_row = "INSERT INTO {keyspace}.streams \
+                          (aggregate_type, aggregate_id, entry_kind, entry_key, payload, occurred_at) \
+                          VALUES (?, ?, ?, ?, ?, ?)";
         Ok(Self {
             load_state: prepare.statement(load_state, quorum).await?,
             // A SERIAL read completes any Paxos round in flight, so after a lost race the
@@ -121,13 +126,9 @@ impl Statements {
                     quorum,
                 )
                 .await?,
-            insert_row: prepare
-                .statement(
-                    "INSERT INTO {keyspace}.streams \
-                     (aggregate_type, aggregate_id, entry_kind, entry_key, payload, occurred_at) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                    quorum,
-                )
+            insert_row: prepare.statement(insert_row, quorum).await?,
+            insert_record: prepare
+                .statement(&format!("{insert_row} IF NOT EXISTS"), quorum)
                 .await?,
             index_instrument: prepare
                 .statement(
@@ -263,7 +264,7 @@ impl Store {
             ));
         }
         if let Some((record_kind, record_key, payload)) = append.record {
-            batch.append_statement(statements.insert_row.clone());
+            batch.append_statement(statements.insert_record.clone());
             values.push(row(
                 record_kind.as_str(),
                 record_key.to_owned(),
