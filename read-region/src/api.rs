@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use trading_proto::portfolio::v1::{self as api, portfolio_service_server::PortfolioService};
 
 use crate::{
+    announce::Announcer,
     model::{self, Book, timestamp_from_ms},
     now_ms,
     project::Freshness,
@@ -75,6 +76,9 @@ impl From<ApiError> for Status {
     }
 }
 
+/// How often a reader waiting for a version, or watching, looks at the view itself: versions
+/// that a rebuild's switch or another process applied are not announced here.
+const POLL: Duration = Duration::from_secs(1);
 const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 500;
 
@@ -113,7 +117,7 @@ pub struct PortfolioApi {
     views: Views,
     region: String,
     freshness: Arc<Freshness>,
-    applied: broadcast::Sender<Arc<Book>>,
+    announcer: Arc<Announcer>,
     default_wait: Duration,
     /// Ends open watch streams, so a graceful shutdown is not held up by them.
     shutdown: CancellationToken,
@@ -137,7 +141,7 @@ impl PortfolioApi {
         views: Views,
         region: String,
         freshness: Arc<Freshness>,
-        applied: broadcast::Sender<Arc<Book>>,
+        announcer: Arc<Announcer>,
         default_wait: Duration,
         shutdown: CancellationToken,
     ) -> Self {
@@ -145,7 +149,7 @@ impl PortfolioApi {
             views,
             region,
             freshness,
-            applied,
+            announcer,
             default_wait,
             shutdown,
         }
@@ -212,22 +216,21 @@ impl PortfolioApi {
         let request = request.into_inner();
         let account = account_id(&request.account_id)?;
         // Subscribed before the first read, so a version applied in between is not missed.
-        let mut applied = self.applied.subscribe();
+        let mut subscription = self.announcer.subscribe(account);
         let deadline = tokio::time::Instant::now() + budget;
         loop {
             if let Some(book) = self.book_at_least(account, request.min_version).await? {
                 return self.portfolio(&book);
             }
-            // Woken by the projector when this account reaches the version; the short poll
-            // covers versions applied by another process (a rebuild's switch).
+            // Woken by the projector when this account reaches the version; the poll covers
+            // versions applied by another process (a rebuild's switch).
             let reached = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => true,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+                _ = tokio::time::sleep(POLL) => false,
                 _ = async {
                     loop {
-                        match applied.recv().await {
-                            Ok(update) if update.account_id == account
-                                && update.version >= request.min_version => return,
+                        match subscription.receiver.recv().await {
+                            Ok(update) if update.version >= request.min_version => return,
                             Ok(_) => {}
                             Err(broadcast::error::RecvError::Lagged(_)) => return,
                             Err(broadcast::error::RecvError::Closed) => {
@@ -350,7 +353,7 @@ impl PortfolioApi {
         request: api::WatchPortfolioRequest,
     ) -> Result<WatchStream, ApiError> {
         let account = account_id(&request.account_id)?.to_owned();
-        let mut applied = self.applied.subscribe();
+        let mut subscription = self.announcer.subscribe(&account);
         let initial = self.book(&account).await?;
         let (sender, receiver) = mpsc::channel::<Result<api::Portfolio, Status>>(64);
         let api = self.clone();
@@ -367,16 +370,15 @@ impl PortfolioApi {
                 let next = tokio::select! {
                     _ = sender.closed() => return,
                     _ = api.shutdown.cancelled() => return,
-                    update = applied.recv() => match update {
-                        Ok(book) if book.account_id == account => Some(book),
-                        Ok(_) => continue,
+                    update = subscription.receiver.recv() => match update {
+                        Ok(book) => Some(book),
                         // Fell behind the projector: the view itself is the truth. A version
                         // may be skipped then, but never reordered.
                         Err(broadcast::error::RecvError::Lagged(_)) => None,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     // Versions applied by a rebuild or another process show up here.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+                    _ = tokio::time::sleep(POLL) => None,
                 };
                 let book = match next {
                     Some(book) => book,

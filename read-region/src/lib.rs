@@ -7,6 +7,7 @@
 //! (the read script the API answers from) -> `api` (gRPC). `model` holds the pure rules:
 //! valuation, scaled money, page tokens; the projection rule itself is the apply script's.
 
+pub mod announce;
 pub mod api;
 pub mod config;
 pub mod model;
@@ -18,13 +19,14 @@ pub mod views;
 use std::{sync::Arc, time::Duration};
 
 use platform::{config::ConfigError, server::Server, telemetry::Causes};
-use tokio::{net::TcpListener, sync::broadcast, task::JoinSet};
+use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use trading_proto::portfolio::v1::portfolio_service_server::PortfolioServiceServer;
 
 pub use config::Config;
 
 use crate::{
+    announce::Announcer,
     api::PortfolioApi,
     project::{Freshness, Projector, RebuildReport},
     views::Views,
@@ -70,7 +72,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let (views, mirror) = connect(&config).await?;
     let freshness = Arc::new(Freshness::default());
-    let (applied, _) = broadcast::channel(4096);
+    let announcer = Arc::new(Announcer::default());
 
     let mut server = Server::new(&[SERVICE_NAME], config.max_concurrent_requests)?;
     server
@@ -79,7 +81,7 @@ pub async fn run(
             views.clone(),
             config.region.clone(),
             freshness.clone(),
-            applied.clone(),
+            announcer.clone(),
             config.default_wait(),
             shutdown.clone(),
         )));
@@ -99,7 +101,7 @@ pub async fn run(
         mirror,
         config: config.clone(),
         freshness,
-        applied,
+        announcer,
     };
     let projector_stop = workers_stop.clone();
     background.spawn(async move {

@@ -39,11 +39,11 @@ use async_nats::jetstream::{
 use futures::{FutureExt, StreamExt};
 use platform::names::Aggregate;
 use prost::Message as _;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::EnrichedEvent;
 
 use crate::{
+    announce::Announcer,
     config::Config,
     model::Book,
     now_ms,
@@ -448,7 +448,7 @@ pub struct Projector {
     pub config: Config,
     pub freshness: Arc<Freshness>,
     /// Each account's book after every version applied, in apply order.
-    pub applied: broadcast::Sender<Arc<Book>>,
+    pub announcer: Arc<Announcer>,
 }
 
 impl Projector {
@@ -601,10 +601,8 @@ impl Projector {
                 Target::Current,
                 prepared,
                 &mut waiting,
-                &mut |book| {
-                    // Whoever waits for this version hears of it as from the live consumer.
-                    let _ = self.applied.send(Arc::new(book));
-                },
+                // Whoever waits for this version hears of it as from the live consumer.
+                &mut |book| self.announcer.announce(book),
             )
             .await?;
         }
@@ -741,8 +739,7 @@ impl Projector {
                         .last_applied_ms
                         .store(event.occurred_ms, Ordering::Relaxed);
                     if let Some(book) = book {
-                        // No receiver is fine: nobody is waiting or watching.
-                        let _ = self.applied.send(Arc::new(book));
+                        self.announcer.announce(book);
                     }
                     message.ack().await
                 }
