@@ -7,6 +7,7 @@
 
 pub mod decimal;
 pub mod fold;
+pub mod ids;
 pub mod instrument;
 pub mod limits;
 pub mod position;

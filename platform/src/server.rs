@@ -138,7 +138,10 @@ where
         let started = Instant::now();
         let answered = self.0.call(request);
         Box::pin(async move {
-            let result = answered.await;
+            let mut result = answered.await;
+            if let Ok(response) = &mut result {
+                caller_mistake(response.headers_mut());
+            }
             let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             match &result {
                 // A unary call that fails answers with its status in the headers; a success's
@@ -158,6 +161,35 @@ where
             result
         })
     }
+}
+
+/// How tonic words the failures of a request it could not even read, before any handler ran.
+const UNREADABLE: [&str; 4] = [
+    "failed to decode Protobuf message",
+    "Unexpected EOF decoding stream",
+    "Missing request message",
+    "protocol error: received message with",
+];
+const TOO_LARGE: &str = "Error, decoded message length too large";
+
+/// tonic answers a request it cannot decode with `INTERNAL` and one over the size limit with
+/// `OUT_OF_RANGE`, as the gRPC spec lists them; for this API both are the caller's mistake, and
+/// `INTERNAL` must mean our fault (it is what alerts and the request log count as one). So an
+/// unreadable request becomes `INVALID_ARGUMENT` and an oversized one `RESOURCE_EXHAUSTED`, with
+/// tonic's message kept. Handlers' own statuses never start with these words.
+fn caller_mistake(headers: &mut http::HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    let message = status.message();
+    let code = match status.code() {
+        tonic::Code::Internal if UNREADABLE.iter().any(|words| message.starts_with(words)) => {
+            tonic::Code::InvalidArgument
+        }
+        tonic::Code::OutOfRange if message.starts_with(TOO_LARGE) => tonic::Code::ResourceExhausted,
+        _ => return,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from(code as i32));
 }
 
 fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {

@@ -96,20 +96,16 @@ fn found<T>(read: Read<T>, account_id: &str) -> Result<T, ApiError> {
     }
 }
 
+/// Checked as the write region checks it (`ledger::ids`): an id it would refuse is a caller's
+/// mistake here too, not an account that is merely not found.
 fn account_id(value: &str) -> Result<&str, ApiError> {
-    let problem = if value.is_empty() {
-        "is required"
-    } else if value.len() > 128 {
-        "is longer than 128 characters"
-    } else if value.chars().any(char::is_control) {
-        "contains control characters"
-    } else {
-        return Ok(value);
-    };
-    Err(ApiError::InvalidArgument {
-        field: "account_id",
-        problem,
-    })
+    match ledger::ids::identifier_problem(value) {
+        Some(problem) => Err(ApiError::InvalidArgument {
+            field: "account_id",
+            problem,
+        }),
+        None => Ok(value),
+    }
 }
 
 #[derive(Clone)]

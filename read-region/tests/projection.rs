@@ -251,9 +251,16 @@ async fn unknown_accounts_and_malformed_requests_are_refused_precisely() -> anyh
         .expect_err("unknown account");
     assert_eq!(status.code(), tonic::Code::NotFound);
 
-    let status = region.portfolio("").await.expect_err("empty account id");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("account_id"), "{status:?}");
+    // Ids the write region refuses are refused here the same way, not merely not found.
+    let too_long = "a".repeat(65);
+    for malformed in ["", "bad id!", "a.b", too_long.as_str()] {
+        let status = region
+            .portfolio(malformed)
+            .await
+            .expect_err("malformed account id");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{malformed:?}");
+        assert!(status.message().contains("account_id"), "{status:?}");
+    }
     let status = client
         .list_trades(api::ListTradesRequest {
             account_id: "known".into(),

@@ -431,6 +431,57 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
     assert_eq!(bad_instrument.code(), Code::InvalidArgument);
     assert!(bad_instrument.message().contains("tick_size"));
 
+    // Probed from outside: a currency that does not exist, a lot size past the maximum, a
+    // 16 KB client order id (refused, never echoed back), and times no Timestamp can hold.
+    let xyz = accounts
+        .open_account(api::OpenAccountRequest {
+            account_id: "newcomer".into(),
+            owner_name: "New Comer".into(),
+            base_currency: "XYZ".into(),
+        })
+        .await
+        .expect_err("no such currency");
+    assert_eq!(xyz.code(), Code::InvalidArgument);
+    assert!(xyz.message().contains("ISO 4217"), "{xyz:?}");
+    let huge_lots = market
+        .upsert_instrument(instrument("HUGE", "0.01", i64::MAX))
+        .await
+        .expect_err("lot size past the maximum");
+    assert_eq!(huge_lots.code(), Code::InvalidArgument);
+    let long_id = "x".repeat(16 * 1024);
+    let lookup = orders
+        .get_order(api::GetOrderRequest {
+            account_id: "bob".into(),
+            client_order_id: long_id.clone(),
+        })
+        .await
+        .expect_err("malformed client order id");
+    assert_eq!(lookup.code(), Code::InvalidArgument);
+    assert!(lookup.message().contains("client_order_id"));
+    assert!(
+        !lookup.message().contains(&long_id[..64]),
+        "the id is not echoed back"
+    );
+    for (seconds, nanos) in [
+        (1_700_000_000, -1),
+        (1_700_000_000, 2_000_000_000),
+        (1 << 62, 0),
+    ] {
+        let status = accounts
+            .get_account_as_of(api::GetAccountAsOfRequest {
+                account_id: "bob".into(),
+                point: Some(Point::AsOfTime(prost_types::Timestamp { seconds, nanos })),
+            })
+            .await
+            .expect_err("not a normalized time");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{seconds} {nanos}: {status:?}"
+        );
+        assert!(status.message().contains("as_of_time"));
+    }
+
     let after = accounts
         .get_account(api::GetAccountRequest {
             account_id: "bob".into(),

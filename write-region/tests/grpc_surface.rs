@@ -1,15 +1,17 @@
 //! What every server must offer besides its API: health reporting SERVING once the store
-//! answers, and reflection (v1 and v1alpha) listing the trading.v1 services, so `grpcurl`
-//! works without .proto files.
+//! answers, reflection (v1 and v1alpha) listing the trading.v1 services, so `grpcurl` works
+//! without .proto files, and a precise code for a request it cannot read.
 
 mod support;
 
 use futures::StreamExt;
 use testkit::write_region::WriteRegion;
+use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tonic_reflection::pb::{v1, v1alpha};
+use trading_proto::trading::v1::{PlaceOrderRequest, PlaceOrderResponse};
 
 const TRADING_SERVICES: [&str; 3] = [
     "trading.v1.AccountService",
@@ -93,5 +95,46 @@ async fn health_and_reflection_describe_the_trading_services() -> anyhow::Result
         ),
         "{response:?}"
     );
+    region.stop().await
+}
+
+/// A request the server cannot read is the caller's mistake, not the server's fault: bytes that
+/// are not the method's message answer `INVALID_ARGUMENT`, a message over the size limit
+/// `RESOURCE_EXHAUSTED` (tonic's own answers are `INTERNAL` and `OUT_OF_RANGE`).
+#[tokio::test]
+async fn unreadable_and_oversized_requests_are_the_callers_mistake() -> anyhow::Result<()> {
+    let region = WriteRegion::start(support::isolated_config()).await?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/trading.v1.OrderService/PlaceOrder");
+    let mut grpc = tonic::client::Grpc::new(region.channel.clone());
+
+    // Field 1 of PlaceOrderRequest is a string; a Duration puts a varint there.
+    grpc.ready().await?;
+    let unreadable = grpc
+        .unary(
+            tonic::Request::new(prost_types::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            path.clone(),
+            tonic_prost::ProstCodec::<prost_types::Duration, PlaceOrderResponse>::default(),
+        )
+        .await
+        .expect_err("not a PlaceOrderRequest");
+    assert_eq!(unreadable.code(), Code::InvalidArgument, "{unreadable:?}");
+
+    grpc.ready().await?;
+    let oversized = grpc
+        .unary(
+            tonic::Request::new(PlaceOrderRequest {
+                account_id: "a".repeat(5 * 1024 * 1024),
+                ..Default::default()
+            }),
+            path,
+            tonic_prost::ProstCodec::<PlaceOrderRequest, PlaceOrderResponse>::default(),
+        )
+        .await
+        .expect_err("over the 4 MiB limit");
+    assert_eq!(oversized.code(), Code::ResourceExhausted, "{oversized:?}");
     region.stop().await
 }

@@ -3,32 +3,21 @@
 
 use std::time::SystemTime;
 
-use ledger::{DecimalError, Instrument, Side, format_decimal, limits, parse_decimal};
+use ledger::{DecimalError, Instrument, Side, format_decimal, ids, limits, parse_decimal};
 use rust_decimal::Decimal;
 use trading_proto::trading::v1::{self as api, get_account_as_of_request::Point};
 
 use super::DomainError;
 
-const MAX_ID_LEN: usize = 64;
 const MAX_TEXT_LEN: usize = 200;
 
-/// Account ids and idempotency keys: 1-64 of `A-Z a-z 0-9 _ -`, so they are safe in NATS
-/// subjects, Redis keys and logs.
+/// Account ids, idempotency keys and client order ids: the rule every service shares
+/// ([`ledger::ids`]).
 fn identifier(field: &'static str, value: &str) -> Result<String, DomainError> {
-    if value.is_empty() {
-        return Err(DomainError::invalid(field, "is required"));
+    match ids::identifier_problem(value) {
+        Some(problem) => Err(DomainError::invalid(field, problem)),
+        None => Ok(value.to_owned()),
     }
-    if value.len() > MAX_ID_LEN
-        || !value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(DomainError::invalid(
-            field,
-            format!("must be 1-{MAX_ID_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"),
-        ));
-    }
-    Ok(value.to_owned())
 }
 
 pub fn account_id(value: &str) -> Result<String, DomainError> {
@@ -58,12 +47,12 @@ fn symbol(value: &str) -> Result<String, DomainError> {
 }
 
 fn currency(field: &'static str, value: &str) -> Result<String, DomainError> {
-    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {
+    if ids::is_currency(value) {
         Ok(value.to_owned())
     } else {
         Err(DomainError::invalid(
             field,
-            "must be a three-letter ISO 4217 code such as \"USD\"",
+            "must be an ISO 4217 currency code such as \"USD\"",
         ))
     }
 }
@@ -311,17 +300,18 @@ impl TryFrom<&api::GetOrderRequest> for OrderRef {
     type Error = DomainError;
 
     fn try_from(request: &api::GetOrderRequest) -> Result<Self, DomainError> {
-        let account_id = account_id(&request.account_id)?;
-        // Any client order id the placement accepted can be looked up; an empty one never was.
-        if request.client_order_id.is_empty() {
-            return Err(DomainError::invalid("client_order_id", "is required"));
-        }
+        // Checked as the placement checks it: an id it would refuse was never placed, and is
+        // not echoed back (a 16 KB id would not fit a client's header limits).
         Ok(Self {
-            account_id,
-            client_order_id: request.client_order_id.clone(),
+            account_id: account_id(&request.account_id)?,
+            client_order_id: identifier("client_order_id", &request.client_order_id)?,
         })
     }
 }
+
+/// The range of a protobuf `Timestamp`: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
 /// A point of an account's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,9 +332,19 @@ impl AsOf {
                 ))
             }
             Some(Point::Version(version)) => Ok(Self::Version(version)),
-            Some(Point::AsOfTime(time)) => SystemTime::try_from(time)
-                .map(Self::Time)
-                .map_err(|_| DomainError::invalid("as_of_time", "is not a valid time")),
+            Some(Point::AsOfTime(time)) => {
+                // A normalized protobuf Timestamp: nanos within a second, 0001-01-01 to
+                // 9999-12-31 (the range the type defines); anything else is a caller's mistake.
+                let normal = (0..1_000_000_000).contains(&time.nanos)
+                    && (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&time.seconds);
+                match SystemTime::try_from(time) {
+                    Ok(at) if normal => Ok(Self::Time(at)),
+                    _ => Err(DomainError::invalid(
+                        "as_of_time",
+                        "must be a normalized time between 0001-01-01 and 9999-12-31",
+                    )),
+                }
+            }
             None => Err(DomainError::invalid(
                 "version",
                 "version or as_of_time is required",
