@@ -35,7 +35,14 @@ start_services() {
 # enriched stream, mirrored into its own leaf's JetStream domain (named after the region).
 start_read_region() {
     local region=$1 addr=$2 nats=$3 redis=$4
-    READ_REGION_REGION="$region" \
+    local key="$RUN_DIR/secrets/page-token-$region.key"
+    # The key the region signs its page tokens with: generated here once, never committed or
+    # logged, readable by this user only; it survives restarts so tokens clients hold do too.
+    if [[ ! -s $key ]]; then
+        (umask 077 && mkdir -p "$RUN_DIR/secrets" && head -c 32 /dev/urandom >"$key")
+    fi
+    READ_REGION_PAGE_TOKEN_KEY_FILE="$key" \
+        READ_REGION_REGION="$region" \
         READ_REGION_LISTEN_ADDR="$addr" \
         READ_REGION_NATS_URL="$nats" \
         READ_REGION_JS_DOMAIN="$region" \

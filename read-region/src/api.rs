@@ -12,7 +12,7 @@ use trading_proto::portfolio::v1::{self as api, portfolio_service_server::Portfo
 
 use crate::{
     announce::Announcer,
-    model::{self, Book, timestamp_from_ms},
+    model::{self, Book, PageTokens, timestamp_from_ms},
     now_ms,
     project::Freshness,
     reads::Read,
@@ -114,6 +114,7 @@ pub struct PortfolioApi {
     region: String,
     freshness: Arc<Freshness>,
     announcer: Arc<Announcer>,
+    page_tokens: PageTokens,
     default_wait: Duration,
     /// Ends open watch streams, so a graceful shutdown is not held up by them.
     shutdown: CancellationToken,
@@ -138,6 +139,7 @@ impl PortfolioApi {
         region: String,
         freshness: Arc<Freshness>,
         announcer: Arc<Announcer>,
+        page_tokens: PageTokens,
         default_wait: Duration,
         shutdown: CancellationToken,
     ) -> Self {
@@ -146,6 +148,7 @@ impl PortfolioApi {
             region,
             freshness,
             announcer,
+            page_tokens,
             default_wait,
             shutdown,
         }
@@ -268,7 +271,11 @@ impl PortfolioApi {
         let before = if request.page_token.is_empty() {
             None
         } else {
-            Some(model::decode_page_token(&request.page_token).map_err(ApiError::PageToken)?)
+            Some(
+                self.page_tokens
+                    .decode(account, &request.page_token)
+                    .map_err(ApiError::PageToken)?,
+            )
         };
         // One more than asked tells whether another page follows.
         let mut trades = found(
@@ -279,7 +286,7 @@ impl PortfolioApi {
             trades.truncate(page_size);
             trades
                 .last()
-                .map(|trade| model::encode_page_token(trade.account_version))
+                .map(|trade| self.page_tokens.encode(account, trade.account_version))
                 .unwrap_or_default()
         } else {
             String::new()

@@ -1,11 +1,14 @@
 //! The read region's settings: defaults for region `eu` on the local stack, overridden by the
 //! TOML file named in `READ_REGION_CONFIG` and by `READ_REGION_*` environment variables.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use platform::config::{ConfigError, check_nats_name, check_positive};
 use platform::names::{self, local};
 use serde::{Deserialize, Serialize};
+
+/// The shortest page token key: HMAC-SHA256's own output size.
+const PAGE_TOKEN_KEY_MIN: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +45,10 @@ pub struct Config {
     /// because a read with `min_version` holds its slot while it waits for the projection.
     pub max_concurrent_requests: usize,
     pub shutdown_grace_ms: u64,
+    /// A file holding the key page tokens are signed with (at least 32 bytes; `infra/up`
+    /// writes one per region, mode 0600). Unset: a random key per process, so tokens a client
+    /// holds stop working when the region restarts.
+    pub page_token_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -63,6 +70,7 @@ impl Default for Config {
             default_wait_ms: 5_000,
             max_concurrent_requests: 4_096,
             shutdown_grace_ms: 5_000,
+            page_token_key_file: None,
         }
     }
 }
@@ -127,6 +135,29 @@ impl Config {
         Duration::from_millis(self.default_wait_ms)
     }
 
+    /// The key page tokens are signed with: the key file's bytes, or random ones.
+    pub fn page_token_key(&self) -> Result<Vec<u8>, ConfigError> {
+        let Some(path) = &self.page_token_key_file else {
+            return Ok(rand::random::<[u8; PAGE_TOKEN_KEY_MIN]>().to_vec());
+        };
+        let key = std::fs::read(path).map_err(|error| {
+            ConfigError::invalid(
+                "page_token_key_file",
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })?;
+        if key.len() < PAGE_TOKEN_KEY_MIN {
+            return Err(ConfigError::invalid(
+                "page_token_key_file",
+                format!(
+                    "{} holds fewer than {PAGE_TOKEN_KEY_MIN} bytes",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(key)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
@@ -156,5 +187,33 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_page_token_key_comes_from_its_file_or_is_random()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let random = Config::default();
+        assert_ne!(random.page_token_key()?, random.page_token_key()?);
+        let dir = std::env::temp_dir().join(format!("page-token-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (long, short) = (dir.join("long"), dir.join("short"));
+        std::fs::write(&long, [7_u8; 48])?;
+        std::fs::write(&short, [7_u8; 16])?;
+        let from = |path: &std::path::Path| Config {
+            page_token_key_file: Some(path.to_owned()),
+            ..Config::default()
+        };
+        assert_eq!(from(&long).page_token_key()?, vec![7_u8; 48]);
+        for refused in [short.clone(), dir.join("missing")] {
+            assert!(matches!(
+                from(&refused).page_token_key(),
+                Err(ConfigError::Invalid {
+                    field: "page_token_key_file",
+                    ..
+                })
+            ));
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 }

@@ -28,6 +28,7 @@ pub use config::Config;
 use crate::{
     announce::Announcer,
     api::PortfolioApi,
+    model::PageTokens,
     project::{Freshness, Projector, RebuildReport},
     views::Views,
 };
@@ -70,6 +71,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let page_tokens = PageTokens::new(&config.page_token_key()?)
+        .map_err(|_| ConfigError::invalid("page_token_key_file", "not a usable key"))?;
     let (views, mirror) = connect(&config).await?;
     let freshness = Arc::new(Freshness::default());
     let announcer = Arc::new(Announcer::default());
@@ -82,6 +85,7 @@ pub async fn run(
             config.region.clone(),
             freshness.clone(),
             announcer.clone(),
+            page_tokens,
             config.default_wait(),
             shutdown.clone(),
         )));

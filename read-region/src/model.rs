@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use ledger::Overflow;
 use rust_decimal::Decimal;
+use sha2::Sha256;
 
 /// Money and prices carry at most 8 fractional digits (`ledger::decimal::MAX_SCALE`), so
 /// amounts summed by Redis (`HINCRBY`, exact 64-bit integers) are kept in units of 1e-8.
@@ -153,22 +155,70 @@ pub fn value(book: &Book) -> Result<Valuation, Overflow> {
 #[error("is not a page token this server issued")]
 pub struct PageTokenError;
 
-const PAGE_TOKEN_PREFIX: &str = "pt1-";
+const PAGE_TOKEN_PREFIX: &str = "pt2-";
+/// Bytes of HMAC-SHA256 a token carries: forging one means guessing 128 bits.
+const PAGE_TOKEN_MAC: usize = 16;
 
-/// A page token names the account version of the last trade returned; the next page starts
-/// strictly below it, so trades appended meanwhile never shift or repeat a page.
-pub fn encode_page_token(last_version: u64) -> String {
-    format!("{PAGE_TOKEN_PREFIX}{last_version:x}")
+/// Issues and checks page tokens. A token names the account version of the last trade returned
+/// (the next page starts strictly below it, so trades appended meanwhile never shift or repeat a
+/// page) and carries an HMAC of that version and the account it was issued for, under this
+/// region's key: a client cannot read meaning into it, change it, or use it for another
+/// account.
+#[derive(Clone)]
+pub struct PageTokens {
+    /// HMAC-SHA256 under the region's key, cloned for each token.
+    keyed: Hmac<Sha256>,
 }
 
-pub fn decode_page_token(token: &str) -> Result<u64, PageTokenError> {
-    let hex = token
-        .strip_prefix(PAGE_TOKEN_PREFIX)
-        .ok_or(PageTokenError)?;
-    if hex.is_empty() || hex.len() > 16 {
-        return Err(PageTokenError);
+impl PageTokens {
+    /// Tokens under `key` (HMAC takes a key of any length; the error is the trait's, never
+    /// returned for HMAC).
+    pub fn new(key: &[u8]) -> Result<Self, hmac::digest::InvalidLength> {
+        Ok(Self {
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(key)?,
+        })
     }
-    u64::from_str_radix(hex, 16).map_err(|_| PageTokenError)
+
+    fn mac(&self, account_id: &str, version: u64) -> Hmac<Sha256> {
+        let mut mac = self.keyed.clone();
+        mac.update(account_id.as_bytes());
+        mac.update(&[0]);
+        mac.update(&version.to_be_bytes());
+        mac
+    }
+
+    pub fn encode(&self, account_id: &str, last_version: u64) -> String {
+        let tag = self.mac(account_id, last_version).finalize().into_bytes();
+        let mut token = format!("{PAGE_TOKEN_PREFIX}{last_version:x}.");
+        for byte in &tag[..PAGE_TOKEN_MAC] {
+            token.push_str(&format!("{byte:02x}"));
+        }
+        token
+    }
+
+    pub fn decode(&self, account_id: &str, token: &str) -> Result<u64, PageTokenError> {
+        let (version, tag) = token
+            .strip_prefix(PAGE_TOKEN_PREFIX)
+            .and_then(|rest| rest.split_once('.'))
+            .ok_or(PageTokenError)?;
+        // Exactly what `encode` writes: lowercase hex only (no sign, no padding, no case).
+        let hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if version.is_empty() || version.len() > 16 || !hex(version) {
+            return Err(PageTokenError);
+        }
+        if tag.len() != PAGE_TOKEN_MAC * 2 || !hex(tag) {
+            return Err(PageTokenError);
+        }
+        let version = u64::from_str_radix(version, 16).map_err(|_| PageTokenError)?;
+        let tag: Vec<u8> = (0..PAGE_TOKEN_MAC)
+            .map(|i| u8::from_str_radix(&tag[i * 2..i * 2 + 2], 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| PageTokenError)?;
+        self.mac(account_id, version)
+            .verify_truncated_left(&tag)
+            .map_err(|_| PageTokenError)?;
+        Ok(version)
+    }
 }
 
 /// Parses a `grpc-timeout` header value (an integer of at most 8 digits and a unit).
@@ -311,18 +361,35 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_foreign_tokens_are_refused() {
+        let tokens = PageTokens::new(b"region key").expect("any key");
         for version in [0, 1, 250, u64::MAX] {
-            assert_eq!(decode_page_token(&encode_page_token(version)), Ok(version));
+            let token = tokens.encode("alice", version);
+            assert_eq!(tokens.decode("alice", &token), Ok(version));
+            // Another account, another region's key: refused.
+            assert_eq!(tokens.decode("bob", &token), Err(PageTokenError));
+            let other = PageTokens::new(b"another key").expect("any key");
+            assert_eq!(other.decode("alice", &token), Err(PageTokenError));
         }
+        let good = tokens.encode("alice", 250);
+        let forged = good.replacen("pt2-fa.", "pt2-fb.", 1);
+        let tampered = format!("{}0", &good[..good.len() - 1]);
         for token in [
             "",
-            "pt1-",
-            "pt1-xyz",
-            "12",
-            "pt1-11111111111111111",
-            "pt2-1",
+            "pt1-fa",
+            "pt1-+6",
+            "pt2-+6.00000000000000000000000000000000",
+            "pt2-FA.00000000000000000000000000000000",
+            "pt2-fa",
+            "pt2-.00000000000000000000000000000000",
+            forged.as_str(),
+            tampered.as_str(),
+            &good[..good.len() - 2],
         ] {
-            assert_eq!(decode_page_token(token), Err(PageTokenError), "{token}");
+            assert_eq!(
+                tokens.decode("alice", token),
+                Err(PageTokenError),
+                "{token}"
+            );
         }
     }
 
