@@ -53,7 +53,14 @@ impl Pipeline {
                 }
                 Ok(None) => self.counters.add(Count::Duplicates, 1),
                 Err(reason) => {
-                    tracing::warn!(sequence, %reason, "raw event sent to the dead-letter stream");
+                    // An alert: money the regions will not show until someone looks (the
+                    // metric relay.raw_events.dead_lettered counts these too).
+                    tracing::error!(
+                        sequence,
+                        subject = %message.subject,
+                        %reason,
+                        "raw event sent to the dead-letter stream"
+                    );
                     journal.dead_letters.push(JournalDeadLetter {
                         payload: message.payload.clone(),
                         sequence,
