@@ -27,6 +27,7 @@ pub mod served;
 mod servers;
 mod streams;
 pub mod trading;
+pub mod wire;
 
 #[cfg(feature = "read-region")]
 pub mod read_region;

@@ -14,3 +14,17 @@ pub fn decimal_text() -> impl Strategy<Value = String> {
         "-?[0-9.e+]{0,12}",
     ]
 }
+
+/// Text as clients send it in ids, names and codes: well-formed ids, empty, too long, any
+/// Unicode, control characters, and a few values a server knows.
+pub fn request_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9_-]{1,12}",
+        Just(String::new()),
+        "[a-z]{60,70}",
+        any::<String>(),
+        "[\\x00-\\x1f ]{0,4}",
+        Just("USD".to_owned()),
+        Just("PROP".to_owned()),
+    ]
+}

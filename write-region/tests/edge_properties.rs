@@ -6,35 +6,18 @@
 
 mod support;
 
-use proptest::{
-    prelude::*,
-    test_runner::{TestCaseError, TestRunner},
-};
+use proptest::{prelude::*, test_runner::TestRunner};
 use prost::Message;
-use testkit::{properties::decimal_text, trading::WriteApi, write_region::WriteRegion};
-use tonic::{
-    Code, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    codegen::http::uri::PathAndQuery,
-    transport::Channel,
+use testkit::{
+    properties::{decimal_text, request_text},
+    trading::WriteApi,
+    wire::probe,
+    write_region::WriteRegion,
 };
 use trading_proto::trading::v1::{self as api, get_account_as_of_request::Point};
 
-/// Text as clients send it: well-formed ids, empty, too long, any Unicode, control characters.
-fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[A-Za-z0-9_-]{1,12}",
-        Just(String::new()),
-        "[a-z]{60,70}",
-        any::<String>(),
-        "[\\x00-\\x1f ]{0,4}",
-        Just("USD".to_owned()),
-        Just("PROP".to_owned()),
-    ]
-}
-
 fn decimal() -> impl Strategy<Value = String> {
-    prop_oneof![decimal_text(), text()]
+    prop_oneof![decimal_text(), request_text()]
 }
 
 /// One request of any `trading.v1` method, as (method path, encoded message).
@@ -46,43 +29,55 @@ fn request() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
         timestamp.prop_map(Point::AsOfTime),
     ];
     prop_oneof![
-        (text(), text(), text()).prop_map(|(account_id, owner_name, base_currency)| (
-            "/trading.v1.AccountService/OpenAccount",
-            api::OpenAccountRequest {
-                account_id,
-                owner_name,
-                base_currency,
-            }
-            .encode_to_vec()
-        )),
-        (text(), decimal(), text()).prop_map(|(account_id, amount, idempotency_key)| (
-            "/trading.v1.AccountService/Deposit",
-            api::DepositRequest {
-                account_id,
-                amount,
-                idempotency_key,
-            }
-            .encode_to_vec()
-        )),
-        (text(), decimal(), text()).prop_map(|(account_id, amount, idempotency_key)| (
-            "/trading.v1.AccountService/Withdraw",
-            api::WithdrawRequest {
-                account_id,
-                amount,
-                idempotency_key,
-            }
-            .encode_to_vec()
-        )),
-        text().prop_map(|account_id| (
+        (request_text(), request_text(), request_text()).prop_map(
+            |(account_id, owner_name, base_currency)| (
+                "/trading.v1.AccountService/OpenAccount",
+                api::OpenAccountRequest {
+                    account_id,
+                    owner_name,
+                    base_currency,
+                }
+                .encode_to_vec()
+            )
+        ),
+        (request_text(), decimal(), request_text()).prop_map(
+            |(account_id, amount, idempotency_key)| (
+                "/trading.v1.AccountService/Deposit",
+                api::DepositRequest {
+                    account_id,
+                    amount,
+                    idempotency_key,
+                }
+                .encode_to_vec()
+            )
+        ),
+        (request_text(), decimal(), request_text()).prop_map(
+            |(account_id, amount, idempotency_key)| (
+                "/trading.v1.AccountService/Withdraw",
+                api::WithdrawRequest {
+                    account_id,
+                    amount,
+                    idempotency_key,
+                }
+                .encode_to_vec()
+            )
+        ),
+        request_text().prop_map(|account_id| (
             "/trading.v1.AccountService/GetAccount",
             api::GetAccountRequest { account_id }.encode_to_vec()
         )),
-        (text(), proptest::option::of(point)).prop_map(|(account_id, point)| (
+        (request_text(), proptest::option::of(point)).prop_map(|(account_id, point)| (
             "/trading.v1.AccountService/GetAccountAsOf",
             api::GetAccountAsOfRequest { account_id, point }.encode_to_vec()
         )),
         (
-            (text(), text(), text(), text(), text()),
+            (
+                request_text(),
+                request_text(),
+                request_text(),
+                request_text(),
+                request_text()
+            ),
             (decimal(), any::<i64>(), any::<bool>())
         )
             .prop_map(
@@ -104,12 +99,12 @@ fn request() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
                     .encode_to_vec()
                 )
             ),
-        (text(), decimal()).prop_map(|(symbol, price)| (
+        (request_text(), decimal()).prop_map(|(symbol, price)| (
             "/trading.v1.MarketDataService/PublishPrice",
             api::PublishPriceRequest { symbol, price }.encode_to_vec()
         )),
         (
-            (text(), text(), text()),
+            (request_text(), request_text(), request_text()),
             (any::<i32>(), any::<i64>(), any::<i32>(), decimal())
         )
             .prop_map(
@@ -130,7 +125,7 @@ fn request() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
                     .encode_to_vec()
                 )
             ),
-        (text(), text()).prop_map(|(account_id, client_order_id)| (
+        (request_text(), request_text()).prop_map(|(account_id, client_order_id)| (
             "/trading.v1.OrderService/GetOrder",
             api::GetOrderRequest {
                 account_id,
@@ -154,70 +149,6 @@ const METHODS: [&str; 10] = [
     "/trading.v1.OrderService/PlaceOrder",
     "/trading.v1.OrderService/GetOrder",
 ];
-
-/// Sends bytes as they are and takes the answer's bytes: the wire without the generated types.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let remaining = bytes::Buf::remaining(src);
-        Ok(Some(bytes::Buf::copy_to_bytes(src, remaining).to_vec()))
-    }
-}
-
-/// Sends `body` to `method` and checks the answer blames nobody wrongly.
-async fn probe(channel: Channel, method: &'static str, body: Vec<u8>) -> Result<(), TestCaseError> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|error| TestCaseError::fail(format!("the server went away: {error}")))?;
-    let answer = grpc
-        .unary(
-            tonic::Request::new(body),
-            PathAndQuery::from_static(method),
-            RawCodec,
-        )
-        .await;
-    if let Err(status) = answer {
-        prop_assert!(
-            !matches!(
-                status.code(),
-                Code::Internal | Code::Unknown | Code::Cancelled | Code::DataLoss
-            ),
-            "{method}: {status:?}"
-        );
-    }
-    Ok(())
-}
 
 #[test]
 fn no_request_makes_the_server_panic_or_blame_itself() -> anyhow::Result<()> {
