@@ -36,6 +36,8 @@ async fn a_request_shows_in_the_region_log_with_the_trace_id_it_was_sent_with() 
         .flatten()
     {
         let value = match value {
+            // An unset optional setting is no variable at all, not the text "null".
+            serde_json::Value::Null => continue,
             serde_json::Value::String(text) => text.clone(),
             other => other.to_string(),
         };
