@@ -2,7 +2,14 @@
 //! hub cut while the write region keeps publishing. Each test runs its own throwaway server
 //! (redis-server, or a leaf nats-server behind a TCP proxy it can sever).
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use testkit::{Region, ScratchDir, eventually, free_port, read_region::*, tag, wait_for_port};
@@ -79,6 +86,8 @@ async fn redis_restarted_empty_is_rebuilt_without_a_person() -> anyhow::Result<(
 struct LinkProxy {
     port: u16,
     up: watch::Sender<bool>,
+    /// Connections currently forwarding.
+    open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -87,6 +96,8 @@ impl LinkProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let (up, up_watch) = watch::channel(true);
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !*up_watch.borrow() {
@@ -95,22 +106,39 @@ impl LinkProxy {
 
                 let mut cut = up_watch.clone();
                 let upstream = upstream.clone();
+                let open = counted.clone();
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.wait_for(|up| !*up) => {}
+                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.wait_for(|up| !*up) => {}
+                        }
                     }
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Ok(Self { port, up, task })
+        Ok(Self {
+            port,
+            up,
+            open,
+            task,
+        })
     }
 
-    fn set(&self, up: bool) {
-        self.up.send_replace(up);
+    /// Cuts the link and returns once no connection forwards anything any more, so what is
+    /// published next cannot slip through a connection still closing.
+    async fn cut(&self) -> anyhow::Result<()> {
+        self.up.send_replace(false);
+        eventually(Duration::from_secs(5), || async {
+            Ok((self.open.load(Ordering::SeqCst) == 0).then_some(()))
+        })
+        .await
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
     }
 }
 
@@ -193,7 +221,7 @@ async fn a_cut_link_serves_stale_views_and_converges_when_it_returns() -> anyhow
         .await?;
 
     // The link goes down while the write region keeps trading.
-    proxy.set(false);
+    proxy.cut().await?;
     for _ in 0..10 {
         hub.publish(&relay.trade("frank", "ORCL", "BUY", 3, false))
             .await?;
@@ -213,7 +241,7 @@ async fn a_cut_link_serves_stale_views_and_converges_when_it_returns() -> anyhow
     );
 
     // The link returns: the mirror catches up and the region converges, nothing doubled.
-    proxy.set(true);
+    proxy.restore();
     let version = relay.accounts["frank"].version;
     let converged = region
         .portfolio_at("frank", version, Duration::from_secs(60))
