@@ -17,9 +17,9 @@ const REWRITE_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Stack {
     /// `infra/.run`: pid files, logs, the Redis data folders.
-    pub run_dir: PathBuf,
+    run_dir: PathBuf,
     /// `infra/up`.
-    pub up: PathBuf,
+    up: PathBuf,
 }
 
 /// Fields of `/proc/<pid>/stat` after the command name, which may itself hold spaces.
