@@ -15,6 +15,8 @@
 INFRA_DIR="${INFRA_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
 REPO_DIR="${REPO_DIR:-$(cd "$INFRA_DIR/.." && pwd)}"
 RUN_DIR="${INFRA_RUN_DIR:-$INFRA_DIR/.run}"
+# Certificates, keys and passwords infra/up generates (mode 0600), never committed or logged.
+SECRETS_DIR="$RUN_DIR/secrets"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
 # Configuration templates (Cassandra, NATS, Redis, the Maven POM) that `render` fills in.
@@ -40,6 +42,8 @@ render() {
     local -a names
     mapfile -t names < <(grep -o '\${[A-Z_]*}' "$template" | tr -d '${}' | sort -u)
     (
+        # Rendered configurations may hold passwords: readable by this user only.
+        umask 077
         for name in "${names[@]}"; do
             [[ -n ${!name+set} ]] || die "render $1: \$$name is not set"
             export "${name?}"
@@ -175,7 +179,7 @@ cql_ready() {
 }
 
 redis_ready() {
-    [[ $(timeout 3 redis-cli -h "$1" -p "$2" ping 2>/dev/null) == PONG ]]
+    [[ $(REDISCLI_AUTH="$(cat "$SECRETS_DIR/redis-admin.password")" timeout 3 redis-cli --user admin -h "$1" -p "$2" ping 2>/dev/null) == PONG ]]
 }
 
 # NATS monitor: JetStream healthy.

@@ -7,7 +7,20 @@
 # The services run from a release build: they are what load tests measure.
 SERVICE_BIN_DIR="$REPO_DIR/target/release"
 
-grpc_serving() { "$SERVICE_BIN_DIR/grpc-health-probe" "$1" >/dev/null 2>&1; }
+grpc_serving() { "$SERVICE_BIN_DIR/grpc-health-probe" --ca-file "$TRADING_SECRETS_DIR/ca.pem" "$1" >/dev/null 2>&1; }
+
+# How every gRPC server meets its callers (the EdgeConfig of platform/src/server.rs): TLS with
+# the certificate infra/up generated, bearer tokens checked with its public key. Each service
+# reads them under its own prefix: edge_env WRITE_REGION_ sets EDGE_ENV to
+# (WRITE_REGION_EDGE__TLS_CERT_FILE=... ...), for `env "${EDGE_ENV[@]}" binary`.
+edge_env() {
+    local prefix=$1
+    EDGE_ENV=(
+        "${prefix}EDGE__TLS_CERT_FILE=$TRADING_SECRETS_DIR/server.pem"
+        "${prefix}EDGE__TLS_KEY_FILE=$TRADING_SECRETS_DIR/server.key"
+        "${prefix}EDGE__TOKEN_PUBLIC_KEY_FILE=$TRADING_SECRETS_DIR/token-public.pem"
+    )
+}
 
 build_services() {
     log "building the services (cargo build --release; the first build takes minutes)"
@@ -17,16 +30,22 @@ build_services() {
 
 start_services() {
     build_services
+    edge_env WRITE_REGION_
     # The write region reads its settings from WRITE_REGION_* variables.
     WRITE_REGION_LISTEN_ADDR="$WRITE_ADDR" \
+        WRITE_REGION_NATS_LOGIN__USER=write-region \
+        WRITE_REGION_NATS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/nats-write-region.password" \
         WRITE_REGION_NATS_URL="$NATS_HUB_URL" \
         WRITE_REGION_CASSANDRA_CONTACT_POINTS="[\"${CASSANDRA_CONTACT_POINTS}\"]" \
         start_component write-region "${WRITE_ADDR%:*}" "${WRITE_ADDR##*:}" 120 \
-        grpc_serving "$WRITE_ADDR" -- "$SERVICE_BIN_DIR/write-region"
+        grpc_serving "$WRITE_ADDR" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/write-region"
+    edge_env RELAY_
     RELAY_LISTEN_ADDR="$HUB_RELAY_ADDR" \
+        RELAY_NATS_LOGIN__USER=relay \
+        RELAY_NATS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/nats-relay.password" \
         RELAY_NATS_URL="$NATS_HUB_URL" \
         start_component relay "${HUB_RELAY_ADDR%:*}" "${HUB_RELAY_ADDR##*:}" 120 \
-        grpc_serving "$HUB_RELAY_ADDR" -- "$SERVICE_BIN_DIR/relay"
+        grpc_serving "$HUB_RELAY_ADDR" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/relay"
     start_read_region eu "$READ_EU_ADDR" "$NATS_EU_URL" "$REDIS_EU_URL"
     start_read_region ap "$READ_AP_ADDR" "$NATS_AP_URL" "$REDIS_AP_URL"
 }
@@ -41,12 +60,17 @@ start_read_region() {
     if [[ ! -s $key ]]; then
         (umask 077 && mkdir -p "$RUN_DIR/secrets" && head -c 32 /dev/urandom >"$key")
     fi
+    edge_env READ_REGION_
     READ_REGION_PAGE_TOKEN_KEY_FILE="$key" \
         READ_REGION_REGION="$region" \
+        READ_REGION_NATS_LOGIN__USER=read-region \
+        READ_REGION_NATS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/nats-read-region.password" \
+        READ_REGION_REDIS_LOGIN__USER="read-region-$region" \
+        READ_REGION_REDIS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/redis-read-region-$region.password" \
         READ_REGION_LISTEN_ADDR="$addr" \
         READ_REGION_NATS_URL="$nats" \
         READ_REGION_JS_DOMAIN="$region" \
         READ_REGION_REDIS_URL="$redis" \
         start_component "read-region-$region" "${addr%:*}" "${addr##*:}" 120 \
-        grpc_serving "$addr" -- "$SERVICE_BIN_DIR/read-region"
+        grpc_serving "$addr" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/read-region"
 }

@@ -259,7 +259,7 @@ async fn mirror_scenario(
 async fn connect_nats(server: impl std::fmt::Display, url: &str) -> Result<async_nats::Client> {
     within(
         format_args!("a connection to {server} at {url}"),
-        async_nats::connect(url),
+        testkit::auth::nats(url),
     )
     .await?
     .with_context(|| format!("connecting to {server} at {url}"))

@@ -30,10 +30,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::grpc::Channel;
 use anyhow::Context;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use trading_proto::{
     portfolio::v1::{GetPortfolioRequest, portfolio_service_client::PortfolioServiceClient},
     trading::v1::order_service_client::OrderServiceClient,

@@ -12,6 +12,7 @@
 //! `chaos` hurts the stack through `chaos::stack` (processes, Redis data) and `link` (the leaf
 //! links' proxies) and checks it with `verify`.
 
+pub mod admin;
 pub mod bench;
 pub mod chaos;
 pub mod grpc;

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use crate::grpc::Channel;
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use rust_decimal::Decimal;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use trading_proto::trading::v1::{
     self as api, account_service_client::AccountServiceClient,
     market_data_service_client::MarketDataServiceClient, order_service_client::OrderServiceClient,

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use crate::grpc::Channel;
 use anyhow::{Context, anyhow, bail};
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use futures::StreamExt;
@@ -25,7 +26,7 @@ use platform::names;
 use prost::Message;
 use rust_decimal::Decimal;
 use tokio::time::Instant;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use trading_proto::{
     events::v1::RawEvent,
     portfolio::v1::{
@@ -532,9 +533,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             .remove(0);
         regions.push((name.clone(), PortfolioServiceClient::new(channel)));
     }
-    let nats = async_nats::connect(&settings.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", settings.nats_url))?;
+    let nats = crate::admin::nats(&settings.nats_url).await?;
     let jetstream = jetstream::new(nats);
 
     // The write models first, so the stream read after them holds every event they reflect.

@@ -8,6 +8,7 @@
 use std::process::Output;
 
 use anyhow::Context;
+use loadtest::grpc::Channel;
 use loadtest::{
     grpc,
     setup::{self, Accounts},
@@ -16,7 +17,6 @@ use testkit::{
     Endpoints,
     trading::{WriteApi, instrument, order, publish_price},
 };
-use tonic::transport::Channel;
 use trading_proto::trading::v1::{self as api, order_service_client::OrderServiceClient};
 
 async fn place(

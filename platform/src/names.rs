@@ -18,6 +18,9 @@ pub const DEAD_LETTER_STREAM: &str = "RELAY_DEAD_LETTER";
 pub const RELAY_STATE_BUCKET: &str = "RELAY_STATE";
 /// JetStream domain of the hub, the only place streams are written.
 pub const HUB_DOMAIN: &str = "hub";
+/// The `iss` and `aud` of the bearer tokens the services accept by default.
+pub const TOKEN_ISSUER: &str = "trading-backend";
+pub const TOKEN_AUDIENCE: &str = "trading-api";
 
 /// The subject of one aggregate's events under `prefix` (`raw`, `enriched`): accounts under
 /// `<prefix>.account.<id>`, instruments under `<prefix>.market.<symbol>`.
@@ -77,6 +80,18 @@ pub mod local {
     pub const READ_EU_ADDR: SocketAddr = loopback(50061);
     pub const READ_AP_ADDR: SocketAddr = loopback(50062);
     pub const RELAY_ADDR: SocketAddr = loopback(50071);
+
+    /// The files `trading-auth init` writes into the stack's secrets directory
+    /// (`infra/.run/secrets`): the local CA, the services' certificate and key (for `localhost`
+    /// and 127.0.0.1), and the key pair bearer tokens are signed and verified with.
+    pub mod secrets {
+        pub const CA_CERT: &str = "ca.pem";
+        pub const CA_KEY: &str = "ca.key";
+        pub const SERVER_CERT: &str = "server.pem";
+        pub const SERVER_KEY: &str = "server.key";
+        pub const TOKEN_SIGNING_KEY: &str = "token-signing.key";
+        pub const TOKEN_PUBLIC_KEY: &str = "token-public.pem";
+    }
 }
 
 #[cfg(test)]

@@ -1,25 +1,129 @@
 //! The one gRPC server skeleton every service runs on, so each request passes the same layers in
-//! one place: trace-context extraction (the request's span continues the caller's trace and
-//! carries its trace id into every log line), a concurrency limit that refuses the excess at once
-//! with `RESOURCE_EXHAUSTED`, a per-request log line, `grpc.health.v1` and reflection (v1 and
-//! v1alpha), TCP_NODELAY, and draining of in-flight requests on shutdown.
+//! one place: TLS (unless a setting asks for plaintext), trace-context extraction (the request's
+//! span continues the caller's trace and carries its trace id into every log line), a
+//! concurrency limit that refuses the excess at once with `RESOURCE_EXHAUSTED`, a per-request log
+//! line, the authentication and authorization gate (`crate::auth`), `grpc.health.v1` and
+//! reflection (v1 and v1alpha), TCP_NODELAY, and draining of in-flight requests on shutdown.
 
 use std::{
     future::Future,
+    path::{Path, PathBuf},
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
+
+use serde::{Deserialize, Serialize};
 
 use tokio::net::TcpListener;
 use tonic::{
     codegen::http,
     service::{Routes, RoutesBuilder},
+    transport::{Identity, ServerTlsConfig},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use crate::{
+    auth::{Gate, GateLayer, RoleRates, Verifier},
+    config::ConfigError,
+};
+
+/// How a server meets its callers, the same settings in every service (`<PREFIX>EDGE__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// The certificate chain (PEM) the server presents; with `tls_key_file`, required unless
+    /// `plaintext`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve without TLS. Only when asked for explicitly: behind a proxy that terminates TLS.
+    pub plaintext: bool,
+    /// The Ed25519 public key (SPKI PEM) bearer tokens are verified with; required by every
+    /// server with authenticated methods.
+    pub token_public_key_file: Option<PathBuf>,
+    /// The `iss` and `aud` a token must carry.
+    pub token_issuer: String,
+    pub token_audience: String,
+    /// Requests per second one principal (token subject) may make, by role; 0 is no limit.
+    pub trader_requests_per_second: u32,
+    pub market_data_requests_per_second: u32,
+    pub operator_requests_per_second: u32,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            tls_cert_file: None,
+            tls_key_file: None,
+            plaintext: false,
+            token_public_key_file: None,
+            token_issuer: crate::names::TOKEN_ISSUER.into(),
+            token_audience: crate::names::TOKEN_AUDIENCE.into(),
+            trader_requests_per_second: 200,
+            market_data_requests_per_second: 2_000,
+            // Operators run the system (and its load tests); they are not rationed.
+            operator_requests_per_second: 0,
+        }
+    }
+}
+
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| {
+        ConfigError::invalid(field, format!("cannot read {}: {error}", path.display()))
+    })
+}
+
+impl EdgeConfig {
+    /// The TLS identity to serve with, or `None` when plaintext was asked for.
+    fn tls(&self) -> Result<Option<ServerTlsConfig>, ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file, self.plaintext) {
+            (Some(cert), Some(key), false) => {
+                Ok(Some(ServerTlsConfig::new().identity(Identity::from_pem(
+                    read("edge.tls_cert_file", cert)?,
+                    read("edge.tls_key_file", key)?,
+                ))))
+            }
+            (None, None, true) => Ok(None),
+            (_, _, true) => Err(ConfigError::invalid(
+                "edge.plaintext",
+                "plaintext and a TLS certificate exclude each other",
+            )),
+            _ => Err(ConfigError::invalid(
+                "edge.tls_cert_file",
+                "set tls_cert_file and tls_key_file (or plaintext = true to serve without TLS)",
+            )),
+        }
+    }
+
+    fn gate(&self, authenticated: bool) -> Result<Gate, ConfigError> {
+        let verifier = match (&self.token_public_key_file, authenticated) {
+            (Some(path), _) => Some(
+                Verifier::from_file(path, &self.token_issuer, &self.token_audience).map_err(
+                    |error| ConfigError::invalid("edge.token_public_key_file", error.to_string()),
+                )?,
+            ),
+            (None, false) => None,
+            (None, true) => {
+                return Err(ConfigError::invalid(
+                    "edge.token_public_key_file",
+                    "required: every method of this service needs a verified token",
+                ));
+            }
+        };
+        let rates = RoleRates {
+            trader: self.trader_requests_per_second,
+            market_data: self.market_data_requests_per_second,
+            operator: self.operator_requests_per_second,
+        };
+        Ok(Gate::new(verifier, rates))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot build reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc server failed")]
@@ -32,17 +136,23 @@ pub struct Server {
     health: HealthReporter,
     services: Vec<&'static str>,
     max_concurrent_requests: usize,
+    tls: Option<ServerTlsConfig>,
+    gate: Arc<Gate>,
 }
 
 impl Server {
     /// Health and reflection, with reflection advertising exactly `services` (fully qualified
     /// names) plus health. Every service reports NOT_SERVING until [`Server::set_serving`].
     /// Beyond `max_concurrent_requests` in flight, requests are refused at once rather than
-    /// queued: queueing would raise every accepted request's latency under overload.
+    /// queued: queueing would raise every accepted request's latency under overload. A server
+    /// with `services` authenticates every call to them, so it needs a token key in `edge`.
     pub fn new(
         services: &[&'static str],
         max_concurrent_requests: usize,
+        edge: &EdgeConfig,
     ) -> Result<Self, ServeError> {
+        let tls = edge.tls()?;
+        let gate = Arc::new(edge.gate(!services.is_empty())?);
         let (health, health_service) = tonic_health::server::health_reporter();
         let configure = || {
             services.iter().fold(
@@ -63,6 +173,8 @@ impl Server {
             health,
             services: services.to_vec(),
             max_concurrent_requests,
+            tls,
+            gate,
         })
     }
 
@@ -95,9 +207,14 @@ impl Server {
                 self.max_concurrent_requests,
             ))
             .layer(tower::layer::layer_fn(RequestLog))
+            .layer(GateLayer(self.gate))
             .into_inner();
         let routes: Routes = self.routes.routes();
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .trace_fn(crate::telemetry::grpc_request_span)
             .layer(layers)
             .add_routes(routes)

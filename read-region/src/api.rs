@@ -5,6 +5,7 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use ledger::format_decimal;
+use platform::auth::authorize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -420,6 +421,7 @@ impl PortfolioService for PortfolioApi {
         &self,
         request: Request<api::GetPortfolioRequest>,
     ) -> Result<Response<api::Portfolio>, Status> {
+        authorize(&request)?;
         respond(self.get_portfolio_inner(request).await)
     }
 
@@ -427,6 +429,7 @@ impl PortfolioService for PortfolioApi {
         &self,
         request: Request<api::ListTradesRequest>,
     ) -> Result<Response<api::ListTradesResponse>, Status> {
+        authorize(&request)?;
         respond(self.list_trades_inner(request.into_inner()).await)
     }
 
@@ -434,6 +437,7 @@ impl PortfolioService for PortfolioApi {
         &self,
         request: Request<api::ListRiskAlertsRequest>,
     ) -> Result<Response<api::ListRiskAlertsResponse>, Status> {
+        authorize(&request)?;
         respond(self.list_risk_alerts_inner(request.into_inner()).await)
     }
 
@@ -443,13 +447,15 @@ impl PortfolioService for PortfolioApi {
         &self,
         request: Request<api::WatchPortfolioRequest>,
     ) -> Result<Response<Self::WatchPortfolioStream>, Status> {
+        authorize(&request)?;
         respond(self.watch_inner(request.into_inner()).await)
     }
 
     async fn get_market_dashboard(
         &self,
-        _request: Request<api::GetMarketDashboardRequest>,
+        request: Request<api::GetMarketDashboardRequest>,
     ) -> Result<Response<api::MarketDashboard>, Status> {
+        authorize(&request)?;
         respond(self.dashboard_inner().await)
     }
 }

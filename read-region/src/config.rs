@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use platform::config::{ConfigError, check_nats_name, check_positive};
 use platform::names::{self, local};
+use platform::{login::Login, server::EdgeConfig};
 use serde::{Deserialize, Serialize};
 
 /// The shortest page token key: HMAC-SHA256's own output size.
@@ -49,6 +50,12 @@ pub struct Config {
     /// writes one per region, mode 0600). Unset: a random key per process, so tokens a client
     /// holds stop working when the region restarts.
     pub page_token_key_file: Option<PathBuf>,
+    /// TLS, token verification and per-caller rates (`READ_REGION_EDGE__*`).
+    pub edge: EdgeConfig,
+    /// The leaf user and its password file (`READ_REGION_NATS_LOGIN__USER`, `..._PASSWORD_FILE`).
+    pub nats_login: Login,
+    /// The region's Redis ACL user and its password file (`READ_REGION_REDIS_LOGIN__*`).
+    pub redis_login: Login,
 }
 
 impl Default for Config {
@@ -71,6 +78,9 @@ impl Default for Config {
             max_concurrent_requests: 4_096,
             shutdown_grace_ms: 5_000,
             page_token_key_file: None,
+            edge: EdgeConfig::default(),
+            nats_login: Login::default(),
+            redis_login: Login::default(),
         }
     }
 }

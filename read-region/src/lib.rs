@@ -58,8 +58,9 @@ async fn connect(
     config: &Config,
 ) -> Result<(Views, async_nats::jetstream::stream::Stream), RunError> {
     config.validate()?;
-    let views = Views::connect(&config.redis_url, config.key_prefix()).await?;
-    let jetstream = project::connect(config).await?;
+    let redis_login = config.redis_login.credentials("redis_login")?;
+    let views = Views::connect(&config.redis_url, redis_login, config.key_prefix()).await?;
+    let jetstream = project::connect(config, config.nats_login.nats_options("nats_login")?).await?;
     let mirror = project::ensure_mirror(&jetstream, config).await?;
     Ok((views, mirror))
 }
@@ -77,7 +78,11 @@ pub async fn run(
     let freshness = Arc::new(Freshness::default());
     let announcer = Arc::new(Announcer::default());
 
-    let mut server = Server::new(&[SERVICE_NAME], config.max_concurrent_requests)?;
+    let mut server = Server::new(
+        &[SERVICE_NAME],
+        config.max_concurrent_requests,
+        &config.edge,
+    )?;
     server
         .routes()
         .add_service(PortfolioServiceServer::new(PortfolioApi::new(

@@ -131,9 +131,13 @@ impl Freshness {
     }
 }
 
-/// Connects to the region's leaf server and its JetStream domain.
-pub async fn connect(config: &Config) -> Result<jetstream::Context, ProjectError> {
-    let client = async_nats::ConnectOptions::new()
+/// Connects to the region's leaf server and its JetStream domain, with `options` carrying the
+/// region's credentials.
+pub async fn connect(
+    config: &Config,
+    options: async_nats::ConnectOptions,
+) -> Result<jetstream::Context, ProjectError> {
+    let client = options
         .name(format!("read-region-{}", config.region))
         .retry_on_initial_connect()
         .connect(&config.nats_url)

@@ -148,8 +148,23 @@ pub async fn scan_keys(
 }
 
 impl Views {
-    pub async fn connect(url: &str, prefix: String) -> Result<Self, ViewError> {
-        let client = redis::Client::open(url)?;
+    /// Connects to the Redis at `url` as `login` (user, password) when given, else as the URL
+    /// says; every key this handle touches starts with `prefix`.
+    pub async fn connect(
+        url: &str,
+        login: Option<(String, String)>,
+        prefix: String,
+    ) -> Result<Self, ViewError> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        if let Some((user, password)) = login {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_username(user)
+                .set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
             .set_response_timeout(Some(std::time::Duration::from_secs(10)));

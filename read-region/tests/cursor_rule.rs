@@ -84,7 +84,7 @@ fn cursor(version: u64, part: u32, parts: u32) -> ApplyOutcome {
 async fn the_apply_script_admits_only_the_successor_of_each_cursor() -> anyhow::Result<()> {
     let url = testkit::Endpoints::from_env().region("eu").redis_url;
     let prefix = format!("{}:rule", testkit::unique_name("t"));
-    let views = Views::connect(&url, prefix.clone()).await?;
+    let views = Views::connect(&url, None, prefix.clone()).await?;
     let generation = views.begin_generation().await?;
     assert!(matches!(
         views.switch_to(generation).await?,

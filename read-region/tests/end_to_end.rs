@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use testkit::Channel;
 use testkit::{
     Endpoints,
     read_region::dec,
     trading::{WriteApi, funded_account, instrument, order, publish_price},
 };
-use tonic::{Request, transport::Channel};
+use tonic::Request;
 use trading_proto::{
     portfolio::v1::{
         GetPortfolioRequest, Portfolio, portfolio_service_client::PortfolioServiceClient,

@@ -21,7 +21,7 @@ async fn redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
 /// Waits until the region's durable consumer has acknowledged everything its mirror holds, so
 /// what the test then takes away from Redis is acknowledged for certain.
 async fn all_acknowledged(config: &Config) -> anyhow::Result<()> {
-    let client = async_nats::connect(&config.nats_url).await?;
+    let client = testkit::auth::nats(&config.nats_url).await?;
     let jetstream = jetstream::with_domain(client, &config.js_domain);
     eventually(Duration::from_secs(20), || {
         let jetstream = jetstream.clone();

@@ -196,7 +196,7 @@ fn any_order_with_duplicates_ends_where_one_pass_in_order_ends() -> anyhow::Resu
     let url = testkit::Endpoints::from_env().region("eu").redis_url;
     let prefix = format!("{}:apply", testkit::unique_name("prop"));
     let generation = runtime.block_on(async {
-        let views = Views::connect(&url, prefix.clone()).await?;
+        let views = Views::connect(&url, None, prefix.clone()).await?;
         let generation = views.begin_generation().await?;
         let switched = views.switch_to(generation).await?;
         anyhow::ensure!(matches!(switched, SwitchOutcome::Switched { .. }));

@@ -137,7 +137,7 @@ async fn rebuild_rate() -> anyhow::Result<()> {
         publishing.elapsed().as_secs_f64()
     );
     // The mirror is created by the first connect; wait until it holds everything.
-    let client = async_nats::connect(&config.nats_url).await?;
+    let client = testkit::auth::nats(&config.nats_url).await?;
     let jetstream = async_nats::jetstream::with_domain(client, &config.js_domain);
     read_region::project::ensure_mirror(&jetstream, &config).await?;
     let mirror = jetstream.get_stream(&config.mirror_stream).await?;

@@ -30,19 +30,11 @@ async fn a_request_shows_in_the_region_log_with_the_trace_id_it_was_sent_with() 
     // The binary reads its settings from READ_REGION_* variables: one per field of the
     // isolated configuration, so the child serves exactly what an in-process region would.
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_read-region"));
-    for (field, value) in serde_json::to_value(&config)?
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        let value = match value {
-            // An unset optional setting is no variable at all, not the text "null".
-            serde_json::Value::Null => continue,
-            serde_json::Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
-        command.env(format!("READ_REGION_{}", field.to_uppercase()), value);
-    }
+    set_env(
+        &mut command,
+        "READ_REGION_",
+        &serde_json::to_value(&config)?,
+    );
     let mut child = command
         .env("RUST_LOG", "info,platform::server=debug")
         .env_remove("LOG_FORMAT")
@@ -107,4 +99,23 @@ async fn a_request_shows_in_the_region_log_with_the_trace_id_it_was_sent_with() 
         "the line times the call: {line}"
     );
     Ok(())
+}
+
+/// One variable per setting of `value` under `prefix`; a nested table's fields join with `__`
+/// (`READ_REGION_EDGE__TLS_CERT_FILE`), as the service's configuration loader reads them.
+fn set_env(command: &mut tokio::process::Command, prefix: &str, value: &serde_json::Value) {
+    for (field, value) in value.as_object().into_iter().flatten() {
+        let name = format!("{prefix}{}", field.to_uppercase());
+        match value {
+            // An unset optional setting is no variable at all, not the text "null".
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(_) => set_env(command, &format!("{name}__"), value),
+            serde_json::Value::String(text) => {
+                command.env(name, text);
+            }
+            other => {
+                command.env(name, other.to_string());
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use ledger::parse_decimal;
 use platform::config::{ConfigError, check_nats_name, check_positive};
 use platform::names::{self, Aggregate, local};
+use platform::{login::Login, server::EdgeConfig};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,8 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     /// The hub, where the raw and enriched streams live.
     pub nats_url: String,
+    /// The hub user and its password file (`RELAY_NATS_LOGIN__USER`, `..._PASSWORD_FILE`).
+    pub nats_login: Login,
     /// Stamped into the enriched events' metadata.
     pub region: String,
     /// Raw streams written by the write region.
@@ -37,6 +40,8 @@ pub struct Config {
     /// Loss against cost beyond which a price move raises a stop-loss alert.
     pub stop_loss: String,
     pub shutdown_grace_ms: u64,
+    /// TLS of the health endpoint (`RELAY_EDGE__*`); the relay accepts no tokens.
+    pub edge: EdgeConfig,
 }
 
 impl Default for Config {
@@ -45,6 +50,7 @@ impl Default for Config {
             listen_addr: local::RELAY_ADDR,
             region: "us".into(),
             nats_url: local::NATS_HUB_URL.into(),
+            nats_login: Login::default(),
             account_stream: names::RAW_ACCOUNTS_STREAM.into(),
             market_stream: names::RAW_MARKET_STREAM.into(),
             enriched_stream: names::ENRICHED_STREAM.into(),
@@ -56,6 +62,7 @@ impl Default for Config {
             max_concentration: "0.5".into(),
             stop_loss: "0.2".into(),
             shutdown_grace_ms: 10_000,
+            edge: EdgeConfig::default(),
         }
     }
 }

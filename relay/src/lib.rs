@@ -110,9 +110,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let edge = config.edge.clone();
     let running = start(config, shutdown.clone()).await?;
     // Health and reflection only: a handful of probes, never load.
-    let server = Server::new(&[], 16)?;
+    let server = Server::new(&[], 16, &edge)?;
     server.set_serving(ServingStatus::Serving).await;
     tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "relay serving health");
     let served = server.serve(listener, shutdown.cancelled_owned()).await;
@@ -172,7 +173,9 @@ impl Running {
 /// Starts the pipeline without a server (tests and tools embed it this way).
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, RunError> {
     let rules = config.validate()?;
-    let client = async_nats::ConnectOptions::new()
+    let client = config
+        .nats_login
+        .nats_options("nats_login")?
         .name("relay")
         .retry_on_initial_connect()
         .connect(&config.nats_url)

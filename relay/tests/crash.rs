@@ -414,7 +414,29 @@ fn spawn_relay(config: &relay::Config, log: &Path) -> anyhow::Result<Child> {
         .env("RELAY_DEAD_LETTER_STREAM", &config.dead_letter_stream)
         .env("RELAY_STATE_BUCKET", &config.state_bucket)
         .env("RELAY_BATCH_SIZE", config.batch_size.to_string())
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info");
+    // The stack's credentials, as the in-process relay has them.
+    let secrets = [
+        (
+            "RELAY_NATS_LOGIN__USER",
+            config.nats_login.user.clone().map(Into::into),
+        ),
+        (
+            "RELAY_NATS_LOGIN__PASSWORD_FILE",
+            config.nats_login.password_file.clone(),
+        ),
+        (
+            "RELAY_EDGE__TLS_CERT_FILE",
+            config.edge.tls_cert_file.clone(),
+        ),
+        ("RELAY_EDGE__TLS_KEY_FILE", config.edge.tls_key_file.clone()),
+    ];
+    for (name, value) in secrets {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
+    }
+    command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -914,7 +936,7 @@ async fn crash_run(recorded: &Recorded, log: &Path) -> anyhow::Result<CrashRun> 
     ));
     let mut rng = Rng(SEED ^ 0x6b69_6c6c);
     let sequences = raw_sequences(&recorded.events);
-    let client = async_nats::connect(&config.nats_url).await?;
+    let client = testkit::auth::nats(&config.nats_url).await?;
     let (mut kills, mut kills_before_checkpoint) = (0, 0);
     while !publisher.is_finished() || kills < MIN_KILLS {
         let mut relay = spawn_relay(&config, log)?;

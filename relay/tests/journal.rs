@@ -34,7 +34,7 @@ fn large_journal(last_sequence: u64) -> Journal {
 #[tokio::test]
 async fn a_journal_larger_than_a_message_is_stored_and_read_back_whole() -> anyhow::Result<()> {
     let (_, config) = testkit::relay::configs();
-    let client = async_nats::connect(&config.nats_url).await?;
+    let client = testkit::auth::nats(&config.nats_url).await?;
     let jetstream = async_nats::jetstream::new(client);
     let store = StateStore::open(&jetstream, &config.state_bucket).await?;
     let stream = "RAW_TEST";

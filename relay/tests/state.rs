@@ -11,7 +11,7 @@ use trading_proto::trading::v1 as api;
 #[tokio::test]
 async fn a_book_with_a_balance_from_before_the_limits_loads_back() -> anyhow::Result<()> {
     let (_, config) = testkit::relay::configs();
-    let jetstream = async_nats::jetstream::new(async_nats::connect(&config.nats_url).await?);
+    let jetstream = async_nats::jetstream::new(testkit::auth::nats(&config.nats_url).await?);
     let store = StateStore::open(&jetstream, &config.state_bucket).await?;
     let book = api::Account {
         account_id: "big".into(),

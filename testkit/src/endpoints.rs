@@ -1,10 +1,14 @@
 //! Where the stack started by `infra/up` listens.
 //!
+//! NATS and Redis URLs log in as the stack's `admin` ([`crate::auth::admin_url`]).
+//!
 //! Endpoints come from the variables `infra/up` writes to `infra/.run/endpoints.env`; each falls
 //! back to the stack's default loopback address so `cargo test` works without sourcing that file,
 //! while CI (or a developer pointing a test at a closed port) can still override every one.
 
 use platform::names::local;
+
+use crate::auth::admin_url;
 
 pub use platform::names::HUB_DOMAIN;
 
@@ -49,21 +53,21 @@ impl Endpoints {
             .collect();
         Self {
             cassandra_contact_points,
-            nats_hub_url: env_or("NATS_HUB_URL", local::NATS_HUB_URL),
+            nats_hub_url: admin_url(&env_or("NATS_HUB_URL", local::NATS_HUB_URL), "nats"),
             write_addr: env_or("WRITE_ADDR", &local::WRITE_REGION_ADDR.to_string()),
             regions: vec![
                 Region {
                     name: "eu",
-                    nats_url: env_or("NATS_EU_URL", local::NATS_EU_URL),
+                    nats_url: admin_url(&env_or("NATS_EU_URL", local::NATS_EU_URL), "nats"),
                     jetstream_domain: "eu".into(),
-                    redis_url: env_or("REDIS_EU_URL", local::REDIS_EU_URL),
+                    redis_url: admin_url(&env_or("REDIS_EU_URL", local::REDIS_EU_URL), "redis"),
                     read_addr: env_or("READ_EU_ADDR", &local::READ_EU_ADDR.to_string()),
                 },
                 Region {
                     name: "ap",
-                    nats_url: env_or("NATS_AP_URL", local::NATS_AP_URL),
+                    nats_url: admin_url(&env_or("NATS_AP_URL", local::NATS_AP_URL), "nats"),
                     jetstream_domain: "ap".into(),
-                    redis_url: env_or("REDIS_AP_URL", local::REDIS_AP_URL),
+                    redis_url: admin_url(&env_or("REDIS_AP_URL", local::REDIS_AP_URL), "redis"),
                     read_addr: env_or("READ_AP_ADDR", &local::READ_AP_ADDR.to_string()),
                 },
             ],

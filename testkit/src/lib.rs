@@ -6,7 +6,10 @@
 //!   the stack's defaults, so `cargo test` works with or without sourcing that file.
 //! - [`unique_name`] and [`tag`]: names no other test run uses, so concurrent tests never share
 //!   a keyspace, stream, subject or key.
-//! - [`connect`], [`free_port`], [`ScratchDir`], [`log_tail`], [`send_signal`], [`eventually`],
+//! - [`auth`]: the stack's CA and token key, so tests call the services over TLS with a token
+//!   ([`connect`] as an operator, [`connect_as`] as anyone) and the services a test starts
+//!   serve with the stack's certificate.
+//! - [`connect`], [`connect_as`], [`free_port`], [`ScratchDir`], [`log_tail`], [`send_signal`], [`eventually`],
 //!   [`wait_for_port`], [`start_redis`]: bounded waits and throwaway resources and servers
 //!   (a Redis a test may kill or restart from an older snapshot) for what a test starts itself.
 //! - [`read_messages`] and [`read_events`]: a whole JetStream stream, read so that a missing
@@ -19,6 +22,7 @@
 //!   by a stand-in relay). A feature keeps a crate's tests from building services they never
 //!   start; every such module is a library API, so no test binary carries dead code.
 
+pub mod auth;
 mod endpoints;
 mod local;
 pub mod properties;
@@ -36,9 +40,10 @@ pub mod relay;
 #[cfg(feature = "write-region")]
 pub mod write_region;
 
+pub use auth::Channel;
 pub use endpoints::{Endpoints, HUB_DOMAIN, Region, env_or};
 pub use local::{
-    ScratchDir, connect, eventually, free_port, log_tail, send_signal, tag, unique_name,
+    ScratchDir, connect, connect_as, eventually, free_port, log_tail, send_signal, tag, unique_name,
 };
 pub use servers::{nats_server, start_redis, wait_for_port};
 pub use streams::{read_events, read_messages};

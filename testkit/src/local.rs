@@ -4,7 +4,9 @@
 use std::{future::Future, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context;
-use tonic::transport::Channel;
+use platform::client::Credentials;
+
+use crate::Channel;
 
 /// A name no other test run uses: `prefix` followed by a random UUID in hex. Only ASCII letters,
 /// digits and `_`, so it is valid as a CQL keyspace, a JetStream stream or consumer name, a NATS
@@ -21,14 +23,20 @@ pub fn tag() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-/// Connects to a gRPC server, waiting (bounded) until it accepts connections: a server started
-/// a moment ago may still be connecting to its own backends.
+/// Connects to a gRPC server as an operator, over TLS trusting the stack's CA, waiting
+/// (bounded) until it accepts connections: a server started a moment ago may still be
+/// connecting to its own backends.
 pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(format!("http://{addr}"))?;
+    connect_as(addr, &crate::auth::operator()).await
+}
+
+/// [`connect`] with `credentials` (another caller, another token, or none).
+pub async fn connect_as(addr: SocketAddr, credentials: &Credentials) -> anyhow::Result<Channel> {
+    let endpoint = credentials.endpoint(&addr.to_string())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
+            Ok(channel) => return Ok(credentials.wrap(channel)),
             Err(error) if tokio::time::Instant::now() > deadline => {
                 return Err(error).with_context(|| format!("{addr} never accepted connections"));
             }

@@ -5,13 +5,13 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
+use crate::Channel;
 use ::read_region::{Config, views::Views};
 use anyhow::Context;
 use async_nats::jetstream;
 use ledger::{Position, Side, format_decimal, parse_decimal};
 use prost::Message;
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use trading_proto::{
     events::v1::{self as events, EnrichedEvent, EventEnvelope, enriched_event::Body},
     portfolio::v1::{self as api, portfolio_service_client::PortfolioServiceClient},
@@ -37,7 +37,7 @@ impl HubStream {
     }
 
     pub async fn create_at(url: &str, tag: &str) -> anyhow::Result<Self> {
-        let client = async_nats::connect(url).await?;
+        let client = crate::auth::nats(url).await?;
         let jetstream = jetstream::new(client);
         let name = format!("T{tag}_ENRICHED");
         let subject_prefix = format!("t{tag}.enriched");
@@ -457,6 +457,8 @@ pub fn isolated_config(site: &Region, hub: &HubStream, tag: &str) -> Config {
         key_prefix: format!("t{tag}:{}", site.name),
         gap_retry_ms: 200,
         shutdown_grace_ms: 3_000,
+        edge: crate::auth::edge(),
+        nats_login: crate::auth::nats_admin(),
         ..Config::default()
     }
 }
@@ -525,7 +527,7 @@ async fn tracing_free_pause(_status: &tonic::Status) {
 
 /// Removes what a test left in the leaf and in Redis (best effort).
 pub async fn clean_up(config: &Config) {
-    if let Ok(client) = async_nats::connect(&config.nats_url).await {
+    if let Ok(client) = crate::auth::nats(&config.nats_url).await {
         let jetstream = jetstream::with_domain(client, &config.js_domain);
         let _ = jetstream.delete_stream(&config.mirror_stream).await;
     }
@@ -557,7 +559,7 @@ pub async fn generation_contents(
     key_prefix: &str,
     generation: u64,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let views = Views::connect(url, key_prefix.to_owned()).await?;
+    let views = Views::connect(url, None, key_prefix.to_owned()).await?;
     let prefix = views.generation_prefix(generation);
     let keys = views.generation_keys(generation).await?;
     let client = redis::Client::open(url)?;

@@ -25,6 +25,8 @@ pub fn configs() -> (::write_region::Config, Config) {
         enriched_prefix: format!("t{tag}.enriched"),
         dead_letter_stream: format!("T{tag}_DEAD_LETTER"),
         state_bucket: format!("T{tag}_RELAY_STATE"),
+        edge: crate::auth::edge(),
+        nats_login: crate::auth::nats_admin(),
         ..Config::default()
     };
     (write, relay)
@@ -58,7 +60,7 @@ impl Relay {
 /// Creates the raw streams a relay consumes, on subjects under `prefix`, for tests that publish
 /// raw events themselves.
 pub async fn raw_streams(config: &Config, prefix: &str) -> anyhow::Result<jetstream::Context> {
-    let jetstream = jetstream::new(async_nats::connect(&config.nats_url).await?);
+    let jetstream = jetstream::new(crate::auth::nats(&config.nats_url).await?);
     for (name, subject) in [
         (&config.account_stream, format!("{prefix}.account.>")),
         (&config.market_stream, format!("{prefix}.market.>")),

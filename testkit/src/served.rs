@@ -3,9 +3,9 @@
 
 use std::{future::Future, net::SocketAddr};
 
+use crate::Channel;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::connect;
 

@@ -15,7 +15,7 @@ pub async fn read_messages(
     expected: usize,
     wait: Duration,
 ) -> anyhow::Result<Vec<jetstream::Message>> {
-    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
+    let jetstream = jetstream::new(crate::auth::nats(nats_url).await?);
     let deadline = tokio::time::Instant::now() + wait;
     let stream = loop {
         match jetstream.get_stream(stream).await {

@@ -2,7 +2,7 @@
 //! (a funded account, a priced instrument) that most scenarios start with, over a channel to
 //! any write region (in-process, a child process or the stack's service).
 
-use tonic::transport::Channel;
+use crate::Channel;
 use trading_proto::trading::v1::{
     self as api, account_service_client::AccountServiceClient,
     market_data_service_client::MarketDataServiceClient, order_service_client::OrderServiceClient,

@@ -2,11 +2,12 @@
 //! would: arbitrary bytes to any method.
 
 use proptest::test_runner::TestCaseError;
+
+use crate::Channel;
 use tonic::{
     Code, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     codegen::http::uri::PathAndQuery,
-    transport::Channel,
 };
 
 /// Sends bytes as they are and takes the answer's bytes as they are.
@@ -48,6 +49,26 @@ impl Decoder for RawCodec {
     }
 }
 
+/// Sends `body` (an encoded request) to `method` as one unary call: the answer's bytes, or its
+/// status (a server that went away is `UNAVAILABLE`).
+pub async fn call(
+    channel: Channel,
+    method: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|error| Status::unavailable(format!("the server went away: {error}")))?;
+    grpc.unary(
+        tonic::Request::new(body),
+        PathAndQuery::from_static(method),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
 /// Sends `body` to `method` and fails the property if the answer blames the server for it: a
 /// caller's input, whatever it is, must never get `INTERNAL`, `UNKNOWN` or `DATA_LOSS`, nor be
 /// cut off as `CANCELLED` (what a handler that panicked looks like to the caller).
@@ -56,18 +77,7 @@ pub async fn probe(
     method: &'static str,
     body: Vec<u8>,
 ) -> Result<(), TestCaseError> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|error| TestCaseError::fail(format!("the server went away: {error}")))?;
-    let answer = grpc
-        .unary(
-            tonic::Request::new(body),
-            PathAndQuery::from_static(method),
-            RawCodec,
-        )
-        .await;
-    match answer {
+    match call(channel, method, body).await {
         Err(status)
             if matches!(
                 status.code(),

@@ -6,10 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use ::write_region::Config;
 use anyhow::Context;
-use tonic::transport::Channel;
 
 use crate::{
-    Endpoints, ScratchDir, connect, env_or, free_port, log_tail, served::Served, trading::WriteApi,
+    Channel, Endpoints, ScratchDir, connect, env_or, free_port, log_tail, served::Served,
+    trading::WriteApi,
 };
 
 /// A configuration no other test shares: keyspace `<keyspace_prefix>_<tag>`, subjects and
@@ -29,6 +29,8 @@ pub fn isolated_config(keyspace_prefix: &str, tag: &str) -> Config {
         outbox_sweep_interval_ms: 500,
         // Half the default: a stopping process must be gone within a test's bounded wait.
         shutdown_grace_ms: 5_000,
+        edge: crate::auth::edge(),
+        nats_login: crate::auth::nats_admin(),
         ..Config::default()
     }
 }
@@ -185,6 +187,7 @@ fn config_toml(config: &Config) -> String {
         replication_factor,
         store_timeout_ms,
         nats_url,
+        nats_login,
         subject_prefix,
         account_stream,
         market_stream,
@@ -195,6 +198,7 @@ fn config_toml(config: &Config) -> String {
         max_concurrent_requests,
         shutdown_grace_ms,
         failpoint,
+        edge,
     } = config;
     let contact_points: Vec<String> = cassandra_contact_points
         .iter()
@@ -222,6 +226,51 @@ fn config_toml(config: &Config) -> String {
     if let Some(failpoint) = failpoint {
         toml.push_str(&format!("failpoint = {failpoint:?}\n"));
     }
+    toml.push_str(&edge_toml(edge));
+    let platform::login::Login {
+        user,
+        password_file,
+    } = nats_login;
+    if let (Some(user), Some(file)) = (user, password_file) {
+        toml.push_str(&format!(
+            "[nats_login]\nuser = {user:?}\npassword_file = {:?}\n",
+            file.display().to_string()
+        ));
+    }
+    toml
+}
+
+/// The `[edge]` table of a TOML configuration (last: a table ends the top-level keys).
+fn edge_toml(edge: &platform::server::EdgeConfig) -> String {
+    let platform::server::EdgeConfig {
+        tls_cert_file,
+        tls_key_file,
+        plaintext,
+        token_public_key_file,
+        token_issuer,
+        token_audience,
+        trader_requests_per_second,
+        market_data_requests_per_second,
+        operator_requests_per_second,
+    } = edge;
+    let mut toml = format!(
+        "[edge]\n\
+         plaintext = {plaintext}\n\
+         token_issuer = {token_issuer:?}\n\
+         token_audience = {token_audience:?}\n\
+         trader_requests_per_second = {trader_requests_per_second}\n\
+         market_data_requests_per_second = {market_data_requests_per_second}\n\
+         operator_requests_per_second = {operator_requests_per_second}\n"
+    );
+    for (name, path) in [
+        ("tls_cert_file", tls_cert_file),
+        ("tls_key_file", tls_key_file),
+        ("token_public_key_file", token_public_key_file),
+    ] {
+        if let Some(path) = path {
+            toml.push_str(&format!("{name} = {:?}\n", path.display().to_string()));
+        }
+    }
     toml
 }
 
@@ -232,9 +281,8 @@ async fn serving(addr: SocketAddr) -> bool {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let check = async {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect()
+        let channel = crate::auth::operator()
+            .connect(&addr.to_string())
             .await
             .ok()?;
         let response = HealthClient::new(channel)

@@ -5,6 +5,7 @@
 use std::{error::Error, sync::Arc};
 
 use ledger::Instrument;
+use platform::auth::{Scoped, authorize};
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -94,12 +95,14 @@ impl TradingApi {
         }
     }
 
-    /// Every handler: the request's context, `run` on the request, then the status mapping.
-    async fn handle<T, R>(
+    /// Every handler: the caller's right to the request's account (`platform::auth`), the
+    /// request's context, `run` on the request, then the status mapping.
+    async fn handle<T: Scoped, R>(
         &self,
         request: Request<T>,
         run: impl AsyncFnOnce(T, RequestContext) -> Result<R, CommandError>,
     ) -> Result<Response<R>, Status> {
+        authorize(&request)?;
         let context = self.context(&request);
         run(request.into_inner(), context)
             .await

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use ledger::{limits, parse_decimal};
 use platform::config::{ConfigError, check_nats_name, check_positive};
 use platform::names::{self, local};
+use platform::{login::Login, server::EdgeConfig};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub replication_factor: u32,
     pub store_timeout_ms: u64,
     pub nats_url: String,
+    /// The hub user and its password file (`WRITE_REGION_NATS_LOGIN__USER`, `..._PASSWORD_FILE`).
+    pub nats_login: Login,
     /// Raw events go to `<prefix>.account.<id>` and `<prefix>.market.<symbol>`.
     pub subject_prefix: String,
     pub account_stream: String,
@@ -39,6 +42,8 @@ pub struct Config {
     /// Test-only: `abort-after-commit` kills the process right after a commit, before the
     /// outbox hears of it, to prove recovery.
     pub failpoint: Option<String>,
+    /// TLS, token verification and per-caller rates (`WRITE_REGION_EDGE__*`).
+    pub edge: EdgeConfig,
 }
 
 impl Default for Config {
@@ -51,6 +56,7 @@ impl Default for Config {
             replication_factor: 1,
             store_timeout_ms: 5_000,
             nats_url: local::NATS_HUB_URL.into(),
+            nats_login: Login::default(),
             subject_prefix: names::RAW_SUBJECT_PREFIX.into(),
             account_stream: names::RAW_ACCOUNTS_STREAM.into(),
             market_stream: names::RAW_MARKET_STREAM.into(),
@@ -61,6 +67,7 @@ impl Default for Config {
             max_concurrent_requests: 64,
             shutdown_grace_ms: 10_000,
             failpoint: None,
+            edge: EdgeConfig::default(),
         }
     }
 }

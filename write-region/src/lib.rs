@@ -60,7 +60,9 @@ pub async fn run(
     let max_order_notional = config.max_order_notional()?;
     let store = Arc::new(Store::connect(&config.store()).await?);
     // The outbox retries while NATS is away; orders must keep committing meanwhile.
-    let nats = async_nats::ConnectOptions::new()
+    let nats = config
+        .nats_login
+        .nats_options("nats_login")?
         .retry_on_initial_connect()
         .name("write-region")
         .connect(&config.nats_url)
@@ -90,6 +92,7 @@ pub async fn run(
             "trading.v1.OrderService",
         ],
         config.max_concurrent_requests,
+        &config.edge,
     )?;
     server
         .routes()

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
+use testkit::Channel;
 use testkit::{
     ScratchDir, free_port, log_tail, send_signal,
     trading::{WriteApi, funded_account, order, priced_instrument},
     write_region::{WriteRegion, WriteRegionProcess, versions_by_aggregate},
 };
-use tonic::transport::Channel;
 use trading_proto::{
     events::v1::{RawEvent, raw_event::Body},
     trading::v1 as api,
@@ -101,7 +101,7 @@ impl NatsServer {
     /// this client version parses the answer of this server version.
     async fn jetstream_answers(&self) -> bool {
         let probe = async {
-            let client = async_nats::connect(self.url()).await.ok()?;
+            let client = testkit::auth::nats(&self.url()).await.ok()?;
             let reply = client.request("$JS.API.INFO", "".into()).await.ok()?;
             let text = String::from_utf8_lossy(&reply.payload).into_owned();
             Some(text.contains("account_info_response") && !text.contains("\"error\""))
@@ -342,7 +342,7 @@ async fn outage_scenario(outage: Outage) -> anyhow::Result<()> {
 }
 
 async fn event_count_on(nats_url: &str, stream: &str) -> anyhow::Result<Option<u64>> {
-    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
+    let jetstream = jetstream::new(testkit::auth::nats(nats_url).await?);
     match jetstream.get_stream(stream).await {
         Ok(mut stream) => Ok(Some(stream.info().await?.state.messages)),
         Err(_) => Ok(None),

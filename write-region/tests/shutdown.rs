@@ -7,12 +7,13 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context;
+use testkit::Channel;
 use testkit::{
     trading::{WriteApi, funded_account, order, priced_instrument},
     write_region::{WriteRegionProcess, versions_by_aggregate},
 };
 use tokio::time::Instant;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use trading_proto::{
     events::v1::{RawEvent, raw_event::Body},
     trading::v1::{

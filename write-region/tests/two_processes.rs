@@ -17,12 +17,12 @@ use std::{
 };
 
 use futures::StreamExt;
+use testkit::Channel;
 use testkit::{
     trading::{WriteApi, funded_account, order, priced_instrument},
     write_region::{WriteRegionProcess, versions_by_aggregate},
 };
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 use trading_proto::{
     events::v1::{RawEvent, raw_event::Body},
     trading::v1::{self as api, order_service_client::OrderServiceClient},

@@ -162,10 +162,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
 }
 
 /// The sum of the accounts' versions: every filled order adds exactly one.
-async fn total_version(
-    channel: &tonic::transport::Channel,
-    accounts: &[String],
-) -> anyhow::Result<u64> {
+async fn total_version(channel: &crate::grpc::Channel, accounts: &[String]) -> anyhow::Result<u64> {
     let client = AccountServiceClient::new(channel.clone());
     futures::stream::iter(accounts.iter().cloned())
         .map(|account_id| {
@@ -209,7 +206,7 @@ pub fn order(accounts: &[String], id_prefix: &str, seq: u64) -> api::PlaceOrderR
 }
 
 fn place_order(
-    channels: Vec<tonic::transport::Channel>,
+    channels: Vec<crate::grpc::Channel>,
     accounts: Arc<Vec<String>>,
     tag: String,
 ) -> impl Fn(Call) -> futures::future::BoxFuture<'static, Result<Outcome, String>> + Send + Sync {

@@ -7,10 +7,15 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crate::grpc::Channel;
 use anyhow::Context;
+use platform::{client::Credentials, names::local::secrets};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, transport::Channel};
+use tonic::{
+    Code,
+    transport::{Identity, ServerTlsConfig},
+};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use trading_proto::portfolio::v1::{
     self as portfolio, portfolio_service_client::PortfolioServiceClient,
@@ -71,8 +76,18 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let view_bytes = read.as_ref().map_or(FALLBACK_VIEW_BYTES, |(_, size)| *size);
 
     let shutdown = CancellationToken::new();
-    let echo_addr = start_echo(shutdown.clone()).await?;
+    // The bare server twice: over TLS as the services serve (the fair raw limit for a read
+    // region, whose TLS and token checks are part of its cost), and in plaintext, so the price
+    // of TLS itself shows.
+    let echo_addr = start_echo(shutdown.clone(), true).await?;
     let echo = grpc::connect(&echo_addr.to_string(), settings.connections).await?;
+    let plain_addr = start_echo(shutdown.clone(), false).await?;
+    let plain = grpc::connect_as(
+        &Credentials::default(),
+        &plain_addr.to_string(),
+        settings.connections,
+    )
+    .await?;
     let redis = Redis::prepare(
         &settings.redis_url,
         &settings.tag,
@@ -101,7 +116,13 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
                 format!("bare tonic health Check{suffix}"),
                 Side::Raw,
                 Box::new(echo_caller(echo.clone())),
-                "grpc.health.v1 Check served in this process".into(),
+                "grpc.health.v1 Check served in this process, TLS".into(),
+            ),
+            (
+                format!("bare tonic health Check, plaintext{suffix}"),
+                Side::Raw,
+                Box::new(echo_caller(plain.clone())),
+                "the same without TLS: what TLS costs".into(),
             ),
             (
                 format!("raw Redis GET{suffix}"),
@@ -192,16 +213,32 @@ fn portfolio_caller(
 }
 
 /// A bare tonic server on an ephemeral loopback port: the health service and nothing else.
-async fn start_echo(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// A bare tonic server with only health, over TLS with the stack's certificate or plaintext.
+async fn start_echo(shutdown: CancellationToken, tls: bool) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
+    let dir = grpc::secrets_dir();
+    let identity = ServerTlsConfig::new().identity(Identity::from_pem(
+        std::fs::read(dir.join(secrets::SERVER_CERT))?,
+        std::fs::read(dir.join(secrets::SERVER_KEY))?,
+    ));
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     tokio::spawn(async move {
         let _reporter = reporter;
-        let served = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if tls {
+            builder = match builder.tls_config(identity) {
+                Ok(builder) => builder,
+                Err(error) => {
+                    eprintln!("bare tonic server: bad TLS identity: {error}");
+                    return;
+                }
+            };
+        }
+        let served = builder
             .add_service(service)
             .serve_with_incoming_shutdown(
                 platform::server::incoming(listener),
@@ -246,7 +283,7 @@ impl Redis {
         bytes: usize,
         connections: usize,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("bad redis url")?;
+        let client = crate::admin::redis(url)?;
         let mut pool = Vec::new();
         for _ in 0..connections.max(1) {
             pool.push(

@@ -59,6 +59,8 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         enriched_prefix: format!("lt{tag}.enriched"),
         dead_letter_stream: format!("LT{upper}_DEAD_LETTER"),
         state_bucket: format!("LT{upper}_RELAY_STATE"),
+        // Streams of its own names, which the relay's own NATS user may not touch.
+        nats_login: crate::admin::login("nats"),
         ..relay::Config::default()
     };
     let bench_stream = format!("LT{upper}_RAW_BENCH");
@@ -68,11 +70,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         "relay: {total} raw events through the relay pipeline (in-process) vs raw JetStream on {}",
         settings.nats_url
     );
-    let jetstream = jetstream::new(
-        async_nats::connect(&settings.nats_url)
-            .await
-            .context("cannot connect to nats")?,
-    );
+    let jetstream = jetstream::new(crate::admin::nats(&settings.nats_url).await?);
     let outcome = measure(bench, &jetstream, &config, &prefix, &bench_stream, &events).await;
     // Clean up whatever was created, whether or not the measurement worked.
     for name in [

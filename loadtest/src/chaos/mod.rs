@@ -26,11 +26,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::grpc::Channel;
 use anyhow::Context;
 use futures::{StreamExt, future::BoxFuture};
 use platform::names;
 use serde::{Deserialize, Serialize};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use trading_proto::{
     portfolio::v1::{GetPortfolioRequest, portfolio_service_client::PortfolioServiceClient},
     trading::v1::{
@@ -398,7 +399,7 @@ impl Run {
             }
             Fault::Flushall(region) => {
                 let url = &self.region(region)?.redis_url;
-                let client = redis::Client::open(url.as_str())?;
+                let client = crate::admin::redis(url)?;
                 let mut redis = client
                     .get_multiplexed_async_connection()
                     .await

@@ -120,7 +120,7 @@ impl Stack {
     /// Copies region's Redis data as it is now (its append-only file, freshly rewritten so the
     /// copy is one base file and a short tail), for `restore_redis` to bring back later.
     pub async fn snapshot_redis(&self, region: &str, url: &str) -> anyhow::Result<()> {
-        let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
+        let client = crate::admin::redis(url)?;
         let mut redis = client
             .get_multiplexed_async_connection()
             .await
