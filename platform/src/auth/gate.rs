@@ -173,3 +173,126 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::auth::{Issuer, authorize, generate_key_pair};
+    use trading_proto::trading::v1 as api;
+
+    const DEPOSIT: &str = "/trading.v1.AccountService/Deposit";
+
+    /// A gate trusting a fresh key, and an issuer signing with it.
+    fn gate(trader_rate: u32) -> (Gate, Issuer) {
+        let (private, public) = generate_key_pair().expect("key pair");
+        let dir = std::env::temp_dir().join(format!("gate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(format!("public-{trader_rate}.pem"));
+        std::fs::write(&path, public).expect("write");
+        let verifier = Verifier::from_file(&path, "iss", "aud").expect("verifier");
+        let rates = RoleRates {
+            trader: trader_rate,
+            market_data: 0,
+            operator: 0,
+        };
+        let issuer = Issuer::from_pem(private.as_bytes(), "iss", "aud").expect("issuer");
+        (Gate::new(Some(verifier), rates), issuer)
+    }
+
+    fn bearer(issuer: &Issuer, role: Role, accounts: &[&str]) -> http::HeaderMap {
+        let accounts: Vec<String> = accounts.iter().map(|&a| a.to_owned()).collect();
+        let token = issuer
+            .issue("someone", role, &accounts, Duration::from_secs(60))
+            .expect("token");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        headers
+    }
+
+    fn code(answer: Result<Option<Grant>, Status>) -> tonic::Code {
+        answer.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+    }
+
+    #[test]
+    fn the_gate_decides_by_token_role_and_rate() {
+        let (gate, issuer) = gate(0);
+        let none = http::HeaderMap::new();
+        assert!(matches!(
+            gate.admit("/grpc.health.v1.Health/Check", &none),
+            Ok(None)
+        ));
+        assert_eq!(
+            code(gate.admit(DEPOSIT, &none)),
+            tonic::Code::Unauthenticated
+        );
+        let mut basic = http::HeaderMap::new();
+        basic.insert(
+            http::header::AUTHORIZATION,
+            "Basic YTpi".parse().expect("header"),
+        );
+        assert_eq!(
+            code(gate.admit(DEPOSIT, &basic)),
+            tonic::Code::Unauthenticated
+        );
+
+        let trader = bearer(&issuer, Role::Trader, &["alice"]);
+        let feed = bearer(&issuer, Role::MarketData, &[]);
+        let operator = bearer(&issuer, Role::Operator, &[]);
+        let publish = "/trading.v1.MarketDataService/PublishPrice";
+        assert_eq!(
+            code(gate.admit(publish, &trader)),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(code(gate.admit(publish, &feed)), tonic::Code::Ok);
+        assert_eq!(
+            code(gate.admit(DEPOSIT, &feed)),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(gate.admit("/x.Secret/Backdoor", &trader)),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(gate.admit("/x.Secret/Backdoor", &operator)),
+            tonic::Code::Ok
+        );
+
+        let (limited, issuer) = self::gate(2);
+        let trader = bearer(&issuer, Role::Trader, &["alice"]);
+        let codes: Vec<_> = (0..3)
+            .map(|_| code(limited.admit(DEPOSIT, &trader)))
+            .collect();
+        assert_eq!(codes[2], tonic::Code::ResourceExhausted, "{codes:?}");
+    }
+
+    #[test]
+    fn a_grant_covers_only_the_accounts_of_a_trader_and_any_of_an_operator() {
+        let (gate, issuer) = gate(0);
+        let deposit = |account: &str, grant: Option<Grant>| {
+            let mut request = tonic::Request::new(api::DepositRequest {
+                account_id: account.into(),
+                ..Default::default()
+            });
+            if let Some(grant) = grant {
+                request.extensions_mut().insert(grant);
+            }
+            authorize(&request).map_err(|status| status.code())
+        };
+        let trader = gate
+            .admit(DEPOSIT, &bearer(&issuer, Role::Trader, &["alice"]))
+            .expect("admitted");
+        assert_eq!(deposit("alice", trader.clone()), Ok(()));
+        assert_eq!(deposit("bob", trader), Err(tonic::Code::PermissionDenied));
+        let operator = gate
+            .admit(DEPOSIT, &bearer(&issuer, Role::Operator, &[]))
+            .expect("admitted");
+        assert_eq!(deposit("bob", operator), Ok(()));
+        // A request that never passed the gate is refused.
+        assert_eq!(deposit("alice", None), Err(tonic::Code::PermissionDenied));
+    }
+}
