@@ -187,9 +187,12 @@ mod tests {
     /// A gate trusting a fresh key, and an issuer signing with it.
     fn gate(trader_rate: u32) -> (Gate, Issuer) {
         let (private, public) = generate_key_pair().expect("key pair");
+        // A file of its own per gate: tests run in parallel, each with its own key.
+        static GATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = GATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("gate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join(format!("public-{trader_rate}.pem"));
+        let path = dir.join(format!("public-{n}.pem"));
         std::fs::write(&path, public).expect("write");
         let verifier = Verifier::from_file(&path, "iss", "aud").expect("verifier");
         let rates = RoleRates {
