@@ -39,15 +39,25 @@ start_services() {
         WRITE_REGION_CASSANDRA_CONTACT_POINTS="[\"${CASSANDRA_CONTACT_POINTS}\"]" \
         start_component write-region "${WRITE_ADDR%:*}" "${WRITE_ADDR##*:}" 120 \
         grpc_serving "$WRITE_ADDR" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/write-region"
+    start_relay relay "$HUB_RELAY_ADDR"
+    start_relay relay-2 "$HUB_RELAY_2_ADDR"
+    start_read_region eu "$READ_EU_ADDR" "$NATS_EU_URL" "$REDIS_EU_URL"
+    start_read_region ap "$READ_AP_ADDR" "$NATS_AP_URL" "$REDIS_AP_URL"
+}
+
+# start_relay NAME ADDR: one of the relay processes sharing the hub's streams; the one holding
+# the lease in the RELAY_LEASE bucket runs the pipeline, the others stand by and take over
+# within the lease's time to live when it dies.
+start_relay() {
+    local name=$1 addr=$2
     edge_env RELAY_
-    RELAY_LISTEN_ADDR="$HUB_RELAY_ADDR" \
+    RELAY_LISTEN_ADDR="$addr" \
+        RELAY_INSTANCE="$name" \
         RELAY_NATS_LOGIN__USER=relay \
         RELAY_NATS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/nats-relay.password" \
         RELAY_NATS_URL="$NATS_HUB_URL" \
-        start_component relay "${HUB_RELAY_ADDR%:*}" "${HUB_RELAY_ADDR##*:}" 120 \
-        grpc_serving "$HUB_RELAY_ADDR" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/relay"
-    start_read_region eu "$READ_EU_ADDR" "$NATS_EU_URL" "$REDIS_EU_URL"
-    start_read_region ap "$READ_AP_ADDR" "$NATS_AP_URL" "$REDIS_AP_URL"
+        start_component "$name" "${addr%:*}" "${addr##*:}" 120 \
+        grpc_serving "$addr" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/relay"
 }
 
 # start_read_region REGION ADDR LEAF_NATS_URL REDIS_URL: the region's view of the hub's

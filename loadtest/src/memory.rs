@@ -13,7 +13,13 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// Services whose memory the targets bound.
-const SERVICES: [&str; 4] = ["write-region", "relay", "read-region-eu", "read-region-ap"];
+const SERVICES: [&str; 5] = [
+    "write-region",
+    "relay",
+    "relay-2",
+    "read-region-eu",
+    "read-region-ap",
+];
 /// This process: the in-process relay and echo server run here.
 pub const SELF: &str = "loadtest (this process)";
 

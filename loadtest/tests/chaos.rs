@@ -43,6 +43,7 @@ async fn every_region_converges_after_each_fault_with_orders_flowing() -> anyhow
             Fault::OlderSnapshot("eu".into()),
             Fault::Flushall("ap".into()),
             Fault::Kill("nats-hub".into()),
+            Fault::Failover,
             Fault::CutLink("ap".into()),
         ],
         rounds: 1,
@@ -55,7 +56,7 @@ async fn every_region_converges_after_each_fault_with_orders_flowing() -> anyhow
     };
     let run = chaos::run(settings, "cargo test -p loadtest --test chaos".into()).await?;
     println!("{}", chaos::table(&run));
-    assert_eq!(run.faults.len(), 5);
+    assert_eq!(run.faults.len(), 6);
     for fault in &run.faults {
         let line = chaos::line(fault);
         assert!(fault.accepted > 0, "no order went through: {line}");
@@ -66,6 +67,9 @@ async fn every_region_converges_after_each_fault_with_orders_flowing() -> anyhow
             fault.differences
         );
         assert!(fault.recovery_s.is_some(), "{line}");
+        if fault.fault == Fault::Failover {
+            assert!(fault.takeover_s.is_some(), "no takeover measured: {line}");
+        }
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ pub const ENRICHED_MIRROR_STREAM: &str = "PORTFOLIO_EVENTS_MIRROR";
 pub const DEAD_LETTER_STREAM: &str = "RELAY_DEAD_LETTER";
 /// The relay's own key-value bucket (books, instruments, checkpoints, journal).
 pub const RELAY_STATE_BUCKET: &str = "RELAY_STATE";
+/// The relay processes' lease: which one runs the pipeline.
+pub const RELAY_LEASE_BUCKET: &str = "RELAY_LEASE";
 /// JetStream domain of the hub, the only place streams are written.
 pub const HUB_DOMAIN: &str = "hub";
 /// The `iss` and `aud` of the bearer tokens the services accept by default.

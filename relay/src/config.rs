@@ -33,6 +33,14 @@ pub struct Config {
     pub dead_letter_stream: String,
     /// Key-value bucket holding the relay's own state (books, instruments, checkpoints).
     pub state_bucket: String,
+    /// Key-value bucket holding the lease: of the relay processes sharing the streams, the one
+    /// holding it runs the pipeline, the others stand by (see `lease`).
+    pub lease_bucket: String,
+    /// How long the lease outlives its holder's last renewal: a standby takes over about this
+    /// long after the holder dies (at once when it stops gracefully).
+    pub lease_ttl_ms: u64,
+    /// This process's name in the lease, for operators (e.g. the host or pod name).
+    pub instance: String,
     pub duplicate_window_secs: u64,
     pub batch_size: usize,
     /// Share of the portfolio one position may reach before a concentration alert.
@@ -57,6 +65,9 @@ impl Default for Config {
             enriched_prefix: names::ENRICHED_SUBJECT_PREFIX.into(),
             dead_letter_stream: names::DEAD_LETTER_STREAM.into(),
             state_bucket: names::RELAY_STATE_BUCKET.into(),
+            lease_bucket: names::RELAY_LEASE_BUCKET.into(),
+            lease_ttl_ms: 3_000,
+            instance: "relay".into(),
             duplicate_window_secs: 600,
             batch_size: 500,
             max_concentration: "0.5".into(),
@@ -78,12 +89,21 @@ impl Config {
             )),
         };
         check_positive("batch_size", self.batch_size)?;
+        // The lease is renewed every quarter of its life; a second is the least NATS expiry
+        // keeps to with margin.
+        if self.lease_ttl_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "lease_ttl_ms",
+                "must be at least 1000 (one second)",
+            ));
+        }
         for (field, name) in [
             ("account_stream", &self.account_stream),
             ("market_stream", &self.market_stream),
             ("enriched_stream", &self.enriched_stream),
             ("dead_letter_stream", &self.dead_letter_stream),
             ("state_bucket", &self.state_bucket),
+            ("lease_bucket", &self.lease_bucket),
         ] {
             check_nats_name(field, name)?;
         }
@@ -91,6 +111,10 @@ impl Config {
             max_concentration: share("max_concentration", &self.max_concentration)?,
             stop_loss: share("stop_loss", &self.stop_loss)?,
         })
+    }
+
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
     }
 
     pub(crate) fn duplicate_window(&self) -> Duration {

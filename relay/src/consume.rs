@@ -108,6 +108,7 @@ impl Pipeline {
         let journal = self.enrich_batch(aggregate, &batch)?;
         // Nothing to publish is nothing a replay could publish differently.
         if !journal.outputs.is_empty() || !journal.dead_letters.is_empty() {
+            self.may_write()?;
             self.store
                 .write_journal(self.config.raw_stream(aggregate), &journal)
                 .await?;

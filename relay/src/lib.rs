@@ -9,14 +9,16 @@
 //! the pure rules in `enrich`) -> `journal` (the batch's outputs stored as one entry before
 //! anything is published; a restart finishes an interrupted entry) -> `publish` (envelopes and
 //! deterministic ids, the enriched events, the dead letters, then state and checkpoint).
-//! Beside the flow: `state` (the relay's own key-value bucket), `metrics` (counts, exported and
-//! logged), `config`.
+//! Beside the flow: `state` (the relay's own key-value bucket), `lease` (which of several relay
+//! processes runs the flow; the others stand by), `metrics` (counts, exported and logged),
+//! `config`.
 
 mod config;
 mod consume;
 mod enrich;
 mod enrich_batch;
 pub mod journal;
+pub mod lease;
 mod metrics;
 mod publish;
 pub mod state;
@@ -36,6 +38,7 @@ use tonic_health::ServingStatus;
 
 pub use config::Config;
 use enrich::RiskRules;
+use lease::{Lease, LeaseError};
 use metrics::Counters;
 use state::{RelayState, StateError, StateStore};
 
@@ -47,6 +50,8 @@ pub enum RunError {
     Nats(#[from] async_nats::ConnectError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
@@ -101,32 +106,71 @@ pub enum PipelineError {
     /// every loop stops using them (and keeps retrying, visibly) rather than guess.
     #[error("relay state lock poisoned: a loop panicked while holding it")]
     StatePoisoned,
+    /// The pipeline was told to stop (shutdown, or the lease lost): nothing more is journaled
+    /// or published, so a process that no longer leads cannot race the one that does.
+    #[error("the relay pipeline is stopping")]
+    Stopping,
 }
 
-/// Connects, loads the relay's state and starts both consume loops; serves health on
-/// `listener` until `shutdown`, then lets the loops finish their batch.
+/// Serves health on `listener` and, whenever this process holds the lease, runs the pipeline;
+/// stands by otherwise. Until `shutdown`, then lets the loops finish and frees the lease.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let edge = config.edge.clone();
-    let running = start(config, shutdown.clone()).await?;
+    config.validate()?;
     // Health and reflection only: a handful of probes, never load.
-    let server = Server::new(&[], 16, &edge)?;
+    let server = Server::new(&[], 16, &config.edge)?;
     server.set_serving(ServingStatus::Serving).await;
     tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "relay serving health");
-    let served = server.serve(listener, shutdown.cancelled_owned()).await;
-    let grace = Duration::from_millis(running.config.shutdown_grace_ms);
-    if tokio::time::timeout(grace, running.stopped())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "relay loops did not stop within the grace period; the checkpoint covers them"
-        );
-    }
+    // Health stops with the pipeline: a relay whose pipeline failed must not look alive.
+    let serving = shutdown.child_token();
+    let served = tokio::spawn(server.serve(listener, serving.clone().cancelled_owned()));
+    let led = lead(config, shutdown).await;
+    serving.cancel();
+    let served = served.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "the relay's health server failed");
+        Ok(())
+    });
+    led?;
     served?;
+    Ok(())
+}
+
+/// Takes the lease in turns with the other relay processes and runs the pipeline while held.
+async fn lead(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let jetstream = connect(&config).await?;
+    let holder = lease::Holder::this_process(&config.instance);
+    let lease = Lease::open(&jetstream, &config.lease_bucket, config.lease_ttl(), holder).await?;
+    let counters = Arc::new(Counters::default());
+    metrics::export(&counters);
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    while let Some(held) = lease.acquire(&shutdown).await {
+        // Stops when the lease is lost as well as on shutdown.
+        let stop = shutdown.child_token();
+        let running = match launch(&jetstream, config.clone(), stop.clone(), counters.clone()).await
+        {
+            Ok(running) => running,
+            Err(error) => {
+                held.release().await;
+                return Err(error);
+            }
+        };
+        tokio::select! {
+            () = held.lost.cancelled() => stop.cancel(),
+            () = shutdown.cancelled() => {}
+        }
+        if tokio::time::timeout(grace, running.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "relay loops did not stop within the grace period; the checkpoint covers them"
+            );
+        }
+        held.release().await;
+    }
     Ok(())
 }
 
@@ -137,7 +181,9 @@ pub struct Pipeline {
     pub(crate) jetstream: jetstream::Context,
     pub(crate) store: StateStore,
     pub(crate) state: Mutex<RelayState>,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
+    /// Cancelled when this pipeline must stop: shutdown, or (in `run`) the lease lost.
+    stop: CancellationToken,
 }
 
 impl Pipeline {
@@ -145,6 +191,15 @@ impl Pipeline {
     /// `PipelineError::StatePoisoned`).
     pub(crate) fn lock_state(&self) -> Result<MutexGuard<'_, RelayState>, PipelineError> {
         self.state.lock().map_err(|_| PipelineError::StatePoisoned)
+    }
+
+    /// Whether this pipeline may still journal and publish: checked before each, so a process
+    /// that has stopped leading does not write after its successor started.
+    pub(crate) fn may_write(&self) -> Result<(), PipelineError> {
+        if self.stop.is_cancelled() {
+            return Err(PipelineError::Stopping);
+        }
+        Ok(())
     }
 }
 
@@ -170,9 +225,16 @@ impl Running {
     }
 }
 
-/// Starts the pipeline without a server (tests and tools embed it this way).
+/// Starts the pipeline without a server or a lease (tests and tools embed it this way).
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, RunError> {
-    let rules = config.validate()?;
+    config.validate()?;
+    let jetstream = connect(&config).await?;
+    let counters = Arc::new(Counters::default());
+    metrics::export(&counters);
+    launch(&jetstream, config, shutdown, counters).await
+}
+
+async fn connect(config: &Config) -> Result<jetstream::Context, RunError> {
     let client = config
         .nats_login
         .nats_options("nats_login")?
@@ -180,8 +242,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .retry_on_initial_connect()
         .connect(&config.nats_url)
         .await?;
-    let jetstream = jetstream::new(client);
-    let store = StateStore::open(&jetstream, &config.state_bucket).await?;
+    Ok(jetstream::new(client))
+}
+
+/// Loads the relay's state and starts both consume loops, until `stop`.
+async fn launch(
+    jetstream: &jetstream::Context,
+    config: Config,
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+) -> Result<Running, RunError> {
+    let rules = config.validate()?;
+    let store = StateStore::open(jetstream, &config.state_bucket).await?;
     let state = store.load().await?;
     tracing::info!(
         accounts = state.books.len(),
@@ -191,21 +263,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let pipeline = Arc::new(Pipeline {
         config,
         rules,
-        jetstream,
+        jetstream: jetstream.clone(),
         store,
         state: Mutex::new(state),
-        counters: Counters::default(),
+        counters,
+        stop: stop.clone(),
     });
     pipeline.ensure_streams().await?;
-    metrics::export(&pipeline);
     let mut tasks = JoinSet::new();
     for aggregate in [Aggregate::Instrument, Aggregate::Account] {
-        tasks.spawn(pipeline.clone().run(aggregate, shutdown.clone()));
+        tasks.spawn(pipeline.clone().run(aggregate, stop.clone()));
     }
     tasks.spawn(metrics::report(
         pipeline.clone(),
         Duration::from_secs(10),
-        shutdown,
+        stop,
     ));
     Ok(Running {
         pipeline,

@@ -85,16 +85,17 @@ impl Counters {
     }
 }
 
-/// Registers one observable counter per `Count`, read whenever the meter provider collects.
-pub(crate) fn export(pipeline: &Arc<Pipeline>) {
+/// Registers one observable counter per `Count`, read whenever the meter provider collects;
+/// once per process, however many times it takes the lease.
+pub(crate) fn export(counters: &Arc<Counters>) {
     let meter = opentelemetry::global::meter("relay");
     for count in Count::ALL {
         let (name, description) = count.metric();
-        let pipeline = pipeline.clone();
+        let counters = counters.clone();
         meter
             .u64_observable_counter(name)
             .with_description(description)
-            .with_callback(move |observer| observer.observe(pipeline.counters.get(count), &[]))
+            .with_callback(move |observer| observer.observe(counters.get(count), &[]))
             .build();
     }
 }

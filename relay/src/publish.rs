@@ -81,6 +81,7 @@ impl Pipeline {
         journal: &Journal,
     ) -> Result<(), PipelineError> {
         let stream = self.config.raw_stream(aggregate);
+        self.may_write()?;
         self.dead_letter(stream, &journal.dead_letters).await?;
         self.publish(&journal.outputs).await?;
         self.store

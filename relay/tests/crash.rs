@@ -55,6 +55,11 @@ const PUBLISH_TICK: Duration = Duration::from_millis(50);
 const CRASH_BATCH_SIZE: usize = 25;
 /// How long one relay instance lives before it is killed, in milliseconds.
 const LIFETIME_MS: (u64, u64) = (300, 1_500);
+/// Times the active relay is killed while a standby waits, in the failover test.
+const FAILOVERS: usize = 2;
+/// The lease's time to live in the failover test: a standby takes over about this long after
+/// the active relay dies.
+const FAILOVER_LEASE_TTL_MS: u64 = 2_000;
 /// How long a relay may take to catch up with the whole raw stream.
 const CATCH_UP: Duration = Duration::from_secs(90);
 
@@ -413,6 +418,8 @@ fn spawn_relay(config: &relay::Config, log: &Path) -> anyhow::Result<Child> {
         .env("RELAY_ENRICHED_PREFIX", &config.enriched_prefix)
         .env("RELAY_DEAD_LETTER_STREAM", &config.dead_letter_stream)
         .env("RELAY_STATE_BUCKET", &config.state_bucket)
+        .env("RELAY_LEASE_BUCKET", &config.lease_bucket)
+        .env("RELAY_LEASE_TTL_MS", config.lease_ttl_ms.to_string())
         .env("RELAY_BATCH_SIZE", config.batch_size.to_string())
         .env("RUST_LOG", "info");
     // The stack's credentials, as the in-process relay has them.
@@ -1095,6 +1102,141 @@ async fn a_relay_killed_while_prices_swing_publishes_every_set_whole() -> anyhow
         run.kills, run.kills_before_checkpoint, consumer.duplicates
     );
     remove_streams(&run.jetstream, &run.config).await;
+    let _ = std::fs::remove_file(&log);
+    Ok(())
+}
+
+/// Which of `relays` holds the lease now, if any.
+async fn leader(
+    jetstream: &jetstream::Context,
+    config: &relay::Config,
+    relays: &[Child],
+) -> anyhow::Result<Option<usize>> {
+    let Ok(bucket) = jetstream.get_key_value(&config.lease_bucket).await else {
+        return Ok(None);
+    };
+    let Some(value) = bucket.get(relay::lease::KEY).await? else {
+        return Ok(None);
+    };
+    let holder = relay::lease::Holder::decode(&value).context("a lease no relay wrote")?;
+    Ok(relays
+        .iter()
+        .position(|relay| relay.id() == Some(holder.pid)))
+}
+
+/// Waits until `relays[index]` holds the lease and has stored progress beyond `covered`.
+async fn await_leading(
+    jetstream: &jetstream::Context,
+    config: &relay::Config,
+    relays: &[Child],
+    index: usize,
+    covered: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(FAILOVER_LEASE_TTL_MS * 5);
+    let mut leads = None;
+    loop {
+        if leads.is_none() && leader(jetstream, config, relays).await? == Some(index) {
+            leads = Some(started.elapsed());
+        }
+        if let Some(leads) = leads
+            && progress(jetstream, config).await?[0].0 > covered
+        {
+            return Ok((leads, started.elapsed()));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "relay {index} did not take over and progress within {:?} (lease after {leads:?})",
+            deadline - started
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two relay processes share the streams: the one holding the lease runs the pipeline, the
+/// other stands by. The active one is killed with SIGKILL under load, again and again; each
+/// time the standby takes over within about the lease's time to live and the killed one comes
+/// back as the new standby, and every figure a version-checking consumer sees equals the fold
+/// of the raw stream, with nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_over_when_the_active_one_is_killed() -> anyhow::Result<()> {
+    let recorded = generate(SEED ^ 0xfa11, CALM)?;
+    let log = crash_log();
+    let (_, config) = configs();
+    let config = relay::Config {
+        batch_size: CRASH_BATCH_SIZE,
+        lease_ttl_ms: FAILOVER_LEASE_TTL_MS,
+        ..config
+    };
+    let prefix = raw_prefix(&config);
+    let jetstream = raw_streams(&config, &prefix).await?;
+    let mut relays = vec![spawn_relay(&config, &log)?, spawn_relay(&config, &log)?];
+    let publisher = tokio::spawn(publish_paced(
+        jetstream.clone(),
+        prefix,
+        recorded.events.clone(),
+    ));
+    let mut active = None;
+    let first = Instant::now();
+    while active.is_none() {
+        ensure!(
+            first.elapsed() < Duration::from_secs(30),
+            "no relay took the lease; log: {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        active = leader(&jetstream, &config, &relays).await?;
+    }
+    let mut active = active.context("a leader")?;
+    let mut takeovers = Vec::new();
+    while takeovers.len() < FAILOVERS {
+        // Let the active relay work a while under the flow, then kill it.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        for relay in &mut relays {
+            if let Some(status) = relay.try_wait()? {
+                bail!(
+                    "a relay exited by itself ({status}); log: {}",
+                    log.display()
+                );
+            }
+        }
+        relays[active].start_kill()?; // SIGKILL
+        relays[active].wait().await?;
+        let covered = progress(&jetstream, &config).await?[0].0;
+        let standby = 1 - active;
+        let (leads, progresses) =
+            await_leading(&jetstream, &config, &relays, standby, covered).await?;
+        takeovers.push((leads, progresses));
+        relays[active] = spawn_relay(&config, &log)?;
+        active = standby;
+    }
+    ensure!(
+        !publisher.is_finished(),
+        "the raw events were all published before the last failover: the load ended too soon"
+    );
+    publisher.await??;
+    wait_until_covered(&jetstream, &config, &mut relays[active], &log).await?;
+    let (events, dead) = outputs(&jetstream, &config).await?;
+    ensure!(dead == 0, "{dead} dead letters; log: {}", log.display());
+    let consumer = VersionCheckingConsumer::consume(events);
+    let compared = verify(&consumer, &recorded)?;
+    for relay in &mut relays {
+        relay.start_kill()?;
+        relay.wait().await?;
+    }
+    for (index, (leads, progresses)) in takeovers.iter().enumerate() {
+        println!(
+            "failover {}: the standby held the lease {leads:.2?} after the SIGKILL and stored \
+             progress {progresses:.2?} after it (lease time to live {FAILOVER_LEASE_TTL_MS} ms)",
+            index + 1
+        );
+    }
+    println!(
+        "failover run: {FAILOVERS} kills of the active relay, {} duplicates skipped, {compared} \
+         figures match the fold",
+        consumer.duplicates
+    );
+    remove_streams(&jetstream, &config).await;
     let _ = std::fs::remove_file(&log);
     Ok(())
 }

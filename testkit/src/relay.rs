@@ -25,6 +25,7 @@ pub fn configs() -> (::write_region::Config, Config) {
         enriched_prefix: format!("t{tag}.enriched"),
         dead_letter_stream: format!("T{tag}_DEAD_LETTER"),
         state_bucket: format!("T{tag}_RELAY_STATE"),
+        lease_bucket: format!("T{tag}_RELAY_LEASE"),
         edge: crate::auth::edge(),
         nats_login: crate::auth::nats_admin(),
         ..Config::default()
@@ -119,7 +120,7 @@ pub async fn enriched(
     read_events(&config.nats_url, &config.enriched_stream, expected, wait).await
 }
 
-/// Removes every stream (and the state bucket) a test's relay used on the hub. Best effort:
+/// Removes every stream (and the state and lease buckets) a test's relay used on the hub. Best effort:
 /// leftovers only cost disk space, and a failure here says nothing about the relay.
 pub async fn remove_streams(jetstream: &jetstream::Context, config: &Config) {
     for stream in [
@@ -128,6 +129,7 @@ pub async fn remove_streams(jetstream: &jetstream::Context, config: &Config) {
         &config.enriched_stream,
         &config.dead_letter_stream,
         &format!("KV_{}", config.state_bucket),
+        &format!("KV_{}", config.lease_bucket),
     ] {
         let _ = jetstream.delete_stream(stream).await;
     }

@@ -5,7 +5,8 @@
 //! 1. a load of orders starts (open loop, the `bench` mix over the load-test accounts), each
 //!    accepted order remembered;
 //! 2. a few seconds in, the fault: a component killed with SIGKILL and brought back by
-//!    `infra/up`, a region's leaf link cut and restored, a region's Redis restarted from a copy
+//!    `infra/up`, the active relay killed while the standby takes over, a region's leaf link cut
+//!    and restored, a region's Redis restarted from a copy
 //!    older than what its consumer acknowledged, or a region's Redis flushed;
 //! 3. as soon as the fault is over, a probe deposit is followed into every region: the time
 //!    until every region shows it is the recovery time;
@@ -54,7 +55,7 @@ use crate::{
 /// The components a `kill:` fault may name: `infra/up`'s names for them. The first
 /// `DEFAULT_KILLS` are killed in every round by default: each kind of process once (one leaf,
 /// one Redis); the store and the link proxy only when asked.
-pub const COMPONENTS: [&str; 11] = [
+pub const COMPONENTS: [&str; 12] = [
     "write-region",
     "relay",
     "read-region-eu",
@@ -64,20 +65,26 @@ pub const COMPONENTS: [&str; 11] = [
     "redis-eu",
     "nats-ap",
     "redis-ap",
+    "relay-2",
     "toxiproxy",
     "cassandra",
 ];
 const DEFAULT_KILLS: usize = 7;
+/// The relay processes of `infra/up`'s stack: one holds the lease and runs the pipeline.
+pub const RELAYS: [&str; 2] = ["relay", "relay-2"];
 /// The read regions of `infra/up`'s stack.
 pub const REGIONS: [&str; 2] = ["eu", "ap"];
 
-/// One fault, written `kill:<component>`, `cut-link:<region>`, `older-snapshot:<region>` or
-/// `flushall:<region>`.
+/// One fault, written `kill:<component>`, `failover:relay`, `cut-link:<region>`,
+/// `older-snapshot:<region>` or `flushall:<region>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Fault {
     /// SIGKILL, then `infra/up` brings the component back.
     Kill(String),
+    /// SIGKILL of whichever relay holds the lease; once the other has taken it over, `infra/up`
+    /// brings the killed one back as the new standby.
+    Failover,
     /// The region's leaf link refused for the cut's length, then restored.
     CutLink(String),
     /// The region's Redis killed and restarted from a copy of its data taken when this fault's
@@ -95,6 +102,7 @@ impl Fault {
             .map(|c| Self::Kill((*c).into()))
             .collect();
         faults.extend([
+            Self::Failover,
             Self::CutLink("ap".into()),
             Self::OlderSnapshot("ap".into()),
             Self::Flushall("eu".into()),
@@ -107,6 +115,7 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Kill(component) => write!(f, "kill:{component}"),
+            Self::Failover => write!(f, "failover:relay"),
             Self::CutLink(region) => write!(f, "cut-link:{region}"),
             Self::OlderSnapshot(region) => write!(f, "older-snapshot:{region}"),
             Self::Flushall(region) => write!(f, "flushall:{region}"),
@@ -133,11 +142,15 @@ impl FromStr for Fault {
             "kill" => Err(format!(
                 "{text:?}: the component must be one of {COMPONENTS:?}"
             )),
+            "failover" if target == "relay" => Ok(Self::Failover),
+            "failover" => Err(format!(
+                "{text:?}: only the relay fails over (failover:relay)"
+            )),
             "cut-link" => region().map(Self::CutLink),
             "older-snapshot" => region().map(Self::OlderSnapshot),
             "flushall" => region().map(Self::Flushall),
             _ => Err(format!(
-                "{text:?}: the kind must be kill, cut-link, older-snapshot or flushall"
+                "{text:?}: the kind must be kill, failover, cut-link, older-snapshot or flushall"
             )),
         }
     }
@@ -203,6 +216,9 @@ pub struct FaultRun {
     /// that did not happen within the recovery bound (see `recovery_error`).
     pub recovery_s: Option<f64>,
     pub recovery_error: Option<String>,
+    /// For a failover: from the SIGKILL until the standby held the lease.
+    #[serde(default)]
+    pub takeover_s: Option<f64>,
     pub orders: LoadResult,
     /// Orders `PlaceOrder` accepted during the load.
     pub accepted: u64,
@@ -338,8 +354,9 @@ impl Run {
         let struck = Instant::now();
         let injected = self.inject(fault).await;
         let fault_s = struck.elapsed().as_secs_f64();
+        let takeover = injected.as_ref().ok().copied().flatten();
         let recovery = match &injected {
-            Ok(()) => self.probe(round, fault).await,
+            Ok(_) => self.probe(round, fault).await,
             Err(error) => Err(format!("the fault could not be brought about: {error:#}")),
         };
         let orders = load.await.context("the order load failed")?;
@@ -349,6 +366,12 @@ impl Run {
             self.stack.up().await.ok();
         }
         injected?;
+        if let Some(takeover) = takeover {
+            println!(
+                "  failover: the standby relay held the lease {:.2} s after the SIGKILL",
+                takeover.as_secs_f64()
+            );
+        }
 
         let accepted = std::mem::take(&mut *accepted.lock().unwrap_or_else(|e| e.into_inner()));
         let lost = self.lost(&accepted).await?;
@@ -367,6 +390,7 @@ impl Run {
             fault_s,
             recovery_s: recovery.as_ref().ok().map(Duration::as_secs_f64),
             recovery_error: recovery.err(),
+            takeover_s: takeover.map(|t| t.as_secs_f64()),
             orders,
             accepted: accepted.len() as u64,
             lost,
@@ -380,22 +404,28 @@ impl Run {
         })
     }
 
-    /// Brings the fault about and returns once it is over.
-    async fn inject(&self, fault: &Fault) -> anyhow::Result<()> {
+    /// Brings the fault about and returns once it is over, with the takeover time of a
+    /// failover.
+    async fn inject(&self, fault: &Fault) -> anyhow::Result<Option<Duration>> {
         match fault {
             Fault::Kill(component) => {
                 self.stack.kill(component).await?;
-                self.stack.up().await
+                self.stack.up().await?;
+            }
+            Fault::Failover => {
+                let takeover = self.failover().await?;
+                self.stack.up().await?;
+                return Ok(Some(takeover));
             }
             Fault::CutLink(region) => {
                 self.links.set_enabled(region, false).await?;
                 tokio::time::sleep(self.settings.cut).await;
-                self.links.set_enabled(region, true).await
+                self.links.set_enabled(region, true).await?;
             }
             Fault::OlderSnapshot(region) => {
                 self.stack.kill(&format!("redis-{region}")).await?;
                 self.stack.restore_redis(region)?;
-                self.stack.up().await
+                self.stack.up().await?;
             }
             Fault::Flushall(region) => {
                 let url = &self.region(region)?.redis_url;
@@ -405,8 +435,44 @@ impl Run {
                     .await
                     .with_context(|| format!("cannot connect to Redis {region}"))?;
                 let _: String = redis::cmd("FLUSHALL").query_async(&mut redis).await?;
-                Ok(())
             }
+        }
+        Ok(None)
+    }
+
+    /// SIGKILL to the relay holding the lease; returns once another relay of the stack holds
+    /// it, with how long that took.
+    async fn failover(&self) -> anyhow::Result<Duration> {
+        let client = crate::admin::nats(&self.settings.nats_url).await?;
+        let bucket = async_nats::jetstream::new(client)
+            .get_key_value(names::RELAY_LEASE_BUCKET)
+            .await
+            .context("no relay lease bucket on the hub: is a relay running?")?;
+        // The stack's relay named by the lease, if one holds it.
+        let leader = || async {
+            let value = bucket.get(relay::lease::KEY).await?;
+            let holder = value.and_then(|value| relay::lease::Holder::decode(&value));
+            Ok::<_, anyhow::Error>(holder.and_then(|holder| {
+                RELAYS
+                    .into_iter()
+                    .find(|name| self.stack.pid(name).ok() == Some(holder.pid))
+            }))
+        };
+        let active = leader()
+            .await?
+            .context("no relay of the stack holds the lease")?;
+        let killed = Instant::now();
+        self.stack.kill(active).await?;
+        loop {
+            if leader().await?.is_some_and(|name| name != active) {
+                return Ok(killed.elapsed());
+            }
+            anyhow::ensure!(
+                killed.elapsed() < self.settings.recover_within,
+                "no standby took the relay lease within {:?} of killing {active}",
+                self.settings.recover_within
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -570,10 +636,12 @@ fn seconds(value: Option<f64>) -> String {
 /// One fault's outcome on one line.
 pub fn line(run: &FaultRun) -> String {
     format!(
-        "round {} {}: fault {:.1} s, recovered in {} s, {} accepted ({} refused or failed), {} lost, {} accounts differing{}",
+        "round {} {}: fault {:.1} s{}, recovered in {} s, {} accepted ({} refused or failed), {} lost, {} accounts differing{}",
         run.round,
         run.fault,
         run.fault_s,
+        run.takeover_s
+            .map_or_else(String::new, |t| format!(" (standby took over in {t:.2} s)")),
         seconds(run.recovery_s),
         run.accepted,
         run.orders.calls - run.orders.ok,
@@ -647,11 +715,19 @@ mod tests {
             "cut-link:eu".parse::<Fault>(),
             Ok(Fault::CutLink("eu".into()))
         );
+        assert_eq!("failover:relay".parse::<Fault>(), Ok(Fault::Failover));
     }
 
     #[test]
     fn unknown_kinds_components_and_regions_are_refused() {
-        for text in ["kill:postgres", "cut-link:us", "flush:eu", "relay", "kill:"] {
+        for text in [
+            "kill:postgres",
+            "cut-link:us",
+            "flush:eu",
+            "relay",
+            "kill:",
+            "failover:eu",
+        ] {
             assert!(text.parse::<Fault>().is_err(), "{text} was accepted");
         }
     }
