@@ -14,6 +14,8 @@
 //!   (a Redis a test may kill or restart from an older snapshot) for what a test starts itself.
 //! - [`read_messages`] and [`read_events`]: a whole JetStream stream, read so that a missing
 //!   or a duplicated message fails the test.
+//! - [`helm`]: the deployment chart rendered by `helm template`, checked against a service's
+//!   settings.
 //! - [`properties`]: generators for property tests (extreme and malformed figures).
 //! - [`trading`]: the write region's API as tests drive it (a funded account, a priced
 //!   instrument, an order), over any channel to a write region.
@@ -24,6 +26,7 @@
 
 pub mod auth;
 mod endpoints;
+pub mod helm;
 mod local;
 pub mod properties;
 #[cfg(any(feature = "write-region", feature = "read-region"))]
