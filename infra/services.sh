@@ -11,14 +11,16 @@ grpc_serving() { "$SERVICE_BIN_DIR/grpc-health-probe" --ca-file "$TRADING_SECRET
 
 # How every gRPC server meets its callers (the EdgeConfig of platform/src/server.rs): TLS with
 # the certificate infra/up generated, bearer tokens checked with its public key. Each service
-# reads them under its own prefix: edge_env WRITE_REGION_ sets EDGE_ENV to
-# (WRITE_REGION_EDGE__TLS_CERT_FILE=... ...), for `env "${EDGE_ENV[@]}" binary`.
+# reads them under its own prefix, and serves its metrics on its own address: edge_env
+# WRITE_REGION_ 127.0.0.1:9461 sets EDGE_ENV to (WRITE_REGION_EDGE__TLS_CERT_FILE=... ...), for
+# `env "${EDGE_ENV[@]}" binary`.
 edge_env() {
-    local prefix=$1
+    local prefix=$1 metrics=$2
     EDGE_ENV=(
         "${prefix}EDGE__TLS_CERT_FILE=$TRADING_SECRETS_DIR/server.pem"
         "${prefix}EDGE__TLS_KEY_FILE=$TRADING_SECRETS_DIR/server.key"
         "${prefix}EDGE__TOKEN_PUBLIC_KEY_FILE=$TRADING_SECRETS_DIR/token-public.pem"
+        "${prefix}EDGE__METRICS_ADDR=$metrics"
     )
 }
 
@@ -30,7 +32,7 @@ build_services() {
 
 start_services() {
     build_services
-    edge_env WRITE_REGION_
+    edge_env WRITE_REGION_ "$WRITE_METRICS_ADDR"
     # The write region reads its settings from WRITE_REGION_* variables.
     WRITE_REGION_LISTEN_ADDR="$WRITE_ADDR" \
         WRITE_REGION_NATS_LOGIN__USER=write-region \
@@ -39,18 +41,18 @@ start_services() {
         WRITE_REGION_CASSANDRA_CONTACT_POINTS="[\"${CASSANDRA_CONTACT_POINTS}\"]" \
         start_component write-region "${WRITE_ADDR%:*}" "${WRITE_ADDR##*:}" 120 \
         grpc_serving "$WRITE_ADDR" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/write-region"
-    start_relay relay "$HUB_RELAY_ADDR"
-    start_relay relay-2 "$HUB_RELAY_2_ADDR"
-    start_read_region eu "$READ_EU_ADDR" "$NATS_EU_URL" "$REDIS_EU_URL"
-    start_read_region ap "$READ_AP_ADDR" "$NATS_AP_URL" "$REDIS_AP_URL"
+    start_relay relay "$HUB_RELAY_ADDR" "$HUB_RELAY_METRICS_ADDR"
+    start_relay relay-2 "$HUB_RELAY_2_ADDR" "$HUB_RELAY_2_METRICS_ADDR"
+    start_read_region eu "$READ_EU_ADDR" "$NATS_EU_URL" "$REDIS_EU_URL" "$READ_EU_METRICS_ADDR"
+    start_read_region ap "$READ_AP_ADDR" "$NATS_AP_URL" "$REDIS_AP_URL" "$READ_AP_METRICS_ADDR"
 }
 
-# start_relay NAME ADDR: one of the relay processes sharing the hub's streams; the one holding
+# start_relay NAME ADDR METRICS_ADDR: one of the relay processes sharing the hub's streams; the one holding
 # the lease in the RELAY_LEASE bucket runs the pipeline, the others stand by and take over
 # within the lease's time to live when it dies.
 start_relay() {
-    local name=$1 addr=$2
-    edge_env RELAY_
+    local name=$1 addr=$2 metrics=$3
+    edge_env RELAY_ "$metrics"
     RELAY_LISTEN_ADDR="$addr" \
         RELAY_INSTANCE="$name" \
         RELAY_NATS_LOGIN__USER=relay \
@@ -60,17 +62,17 @@ start_relay() {
         grpc_serving "$addr" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/relay"
 }
 
-# start_read_region REGION ADDR LEAF_NATS_URL REDIS_URL: the region's view of the hub's
+# start_read_region REGION ADDR LEAF_NATS_URL REDIS_URL METRICS_ADDR: the region's view of the hub's
 # enriched stream, mirrored into its own leaf's JetStream domain (named after the region).
 start_read_region() {
-    local region=$1 addr=$2 nats=$3 redis=$4
+    local region=$1 addr=$2 nats=$3 redis=$4 metrics=$5
     local key="$RUN_DIR/secrets/page-token-$region.key"
     # The key the region signs its page tokens with: generated here once, never committed or
     # logged, readable by this user only; it survives restarts so tokens clients hold do too.
     if [[ ! -s $key ]]; then
         (umask 077 && mkdir -p "$RUN_DIR/secrets" && head -c 32 /dev/urandom >"$key")
     fi
-    edge_env READ_REGION_
+    edge_env READ_REGION_ "$metrics"
     READ_REGION_PAGE_TOKEN_KEY_FILE="$key" \
         READ_REGION_REGION="$region" \
         READ_REGION_NATS_LOGIN__USER=read-region \

@@ -24,6 +24,7 @@ pub mod report;
 pub mod results;
 pub mod setup;
 pub mod stats;
+pub mod status;
 pub mod timefmt;
 pub mod verify;
 

@@ -9,7 +9,7 @@ use loadtest::{
     bench::{self, Group},
     chaos, grpc, lag, link, memory, report, results,
     setup::{self, Accounts},
-    verify,
+    status, verify,
 };
 use platform::names::{self, local};
 
@@ -45,6 +45,9 @@ enum Command {
     /// Fails unless every fault ends with 0 lost and 0 differing. Only for a stack that is there
     /// to be hurt.
     Chaos(Box<ChaosArgs>),
+    /// The stack on one screen, refreshed live: each component's health, which relay holds the
+    /// lease, each stream's backlog and each read region's lag behind the write model.
+    Status(Box<StatusArgs>),
     /// Write a self-contained HTML report from the JSON results.
     Report {
         /// Folder of result files.
@@ -206,11 +209,12 @@ struct ChaosArgs {
     /// Rounds; each runs every fault once, in order.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// A fault of each round, repeatable: kill:<component> (write-region, relay,
+    /// A fault of each round, repeatable: kill:<component> (write-region, relay, relay-2,
     /// read-region-eu|ap, nats-hub, nats-eu|ap, redis-eu|ap, toxiproxy, cassandra),
-    /// cut-link:<eu|ap>, older-snapshot:<eu|ap>, flushall:<eu|ap>. Default: kill:write-region,
-    /// kill:relay, kill:read-region-eu, kill:read-region-ap, kill:nats-hub, kill:nats-eu,
-    /// kill:redis-eu, cut-link:ap, older-snapshot:ap, flushall:eu.
+    /// failover:relay (SIGKILL of whichever relay holds the lease), cut-link:<eu|ap>,
+    /// older-snapshot:<eu|ap>, flushall:<eu|ap>. Default: kill:write-region, kill:relay,
+    /// kill:read-region-eu, kill:read-region-ap, kill:nats-hub, kill:nats-eu, kill:redis-eu,
+    /// failover:relay, cut-link:ap, older-snapshot:ap, flushall:eu.
     #[arg(long = "fault", value_name = "KIND:TARGET")]
     faults: Vec<chaos::Fault>,
     /// Orders offered per second while each fault runs.
@@ -234,6 +238,103 @@ struct ChaosArgs {
     /// Result file (default: loadtest/results/chaos-<timestamp>.json).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(long, env = "WRITE_ADDR", default_value_t = local::WRITE_REGION_ADDR.to_string())]
+    write_addr: String,
+    /// The relay processes' health endpoints.
+    #[arg(long, env = "HUB_RELAY_ADDR", default_value_t = local::RELAY_ADDR.to_string())]
+    relay_addr: String,
+    #[arg(long, env = "HUB_RELAY_2_ADDR", default_value_t = local::RELAY_2_ADDR.to_string())]
+    relay_2_addr: String,
+    #[command(flatten)]
+    regions: ReadRegions,
+    #[arg(long, env = "NATS_HUB_URL", default_value = local::NATS_HUB_URL)]
+    nats_url: String,
+    #[arg(long, env = "NATS_EU_URL", default_value = local::NATS_EU_URL)]
+    nats_eu_url: String,
+    #[arg(long, env = "NATS_AP_URL", default_value = local::NATS_AP_URL)]
+    nats_ap_url: String,
+    #[arg(long, env = "REDIS_EU_URL", default_value = local::REDIS_EU_URL)]
+    redis_eu_url: String,
+    #[arg(long, env = "REDIS_AP_URL", default_value = local::REDIS_AP_URL)]
+    redis_ap_url: String,
+    #[arg(long, env = "CASSANDRA_CONTACT_POINTS", default_value = local::CASSANDRA)]
+    cassandra: String,
+    /// Each service's metrics endpoint (its EDGE__METRICS_ADDR).
+    #[arg(long, env = "WRITE_METRICS_ADDR", default_value = "127.0.0.1:9461")]
+    write_metrics_addr: String,
+    #[arg(long, env = "HUB_RELAY_METRICS_ADDR", default_value = "127.0.0.1:9462")]
+    relay_metrics_addr: String,
+    #[arg(
+        long,
+        env = "HUB_RELAY_2_METRICS_ADDR",
+        default_value = "127.0.0.1:9463"
+    )]
+    relay_2_metrics_addr: String,
+    #[arg(long, env = "READ_EU_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    read_eu_metrics_addr: String,
+    #[arg(long, env = "READ_AP_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    read_ap_metrics_addr: String,
+    /// Print once and exit, instead of refreshing.
+    #[arg(long)]
+    once: bool,
+    /// Milliseconds between refreshes.
+    #[arg(long, default_value_t = 1_000)]
+    interval_ms: u64,
+    /// Print the status once as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl StatusArgs {
+    fn settings(&self) -> status::Settings {
+        let [(eu, eu_addr), (ap, ap_addr)] = self.regions.named();
+        status::Settings {
+            services: vec![
+                ("write-region".into(), self.write_addr.clone()),
+                ("relay".into(), self.relay_addr.clone()),
+                ("relay-2".into(), self.relay_2_addr.clone()),
+                (format!("read-region-{eu}"), eu_addr.clone()),
+                (format!("read-region-{ap}"), ap_addr.clone()),
+            ],
+            nats_hub_url: self.nats_url.clone(),
+            regions: vec![
+                status::RegionEndpoints {
+                    name: eu.into(),
+                    nats_url: self.nats_eu_url.clone(),
+                    redis_url: self.redis_eu_url.clone(),
+                },
+                status::RegionEndpoints {
+                    name: ap.into(),
+                    nats_url: self.nats_ap_url.clone(),
+                    redis_url: self.redis_ap_url.clone(),
+                },
+            ],
+            // The first contact point: the view reports whether the store accepts connections.
+            cassandra: self
+                .cassandra
+                .split(',')
+                .next()
+                .unwrap_or(local::CASSANDRA)
+                .to_owned(),
+            metrics: vec![
+                ("write-region".into(), self.write_metrics_addr.clone()),
+                ("relay".into(), self.relay_metrics_addr.clone()),
+                ("relay-2".into(), self.relay_2_metrics_addr.clone()),
+                (
+                    format!("read-region-{eu}"),
+                    self.read_eu_metrics_addr.clone(),
+                ),
+                (
+                    format!("read-region-{ap}"),
+                    self.read_ap_metrics_addr.clone(),
+                ),
+            ],
+        }
+    }
 }
 
 /// Short unique tag naming a run's partitions, streams, keys and client order ids.
@@ -499,6 +600,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 run.passed(),
                 "orders were lost, accounts differ or the stack did not recover (see above)"
             );
+        }
+        Command::Status(args) => {
+            let settings = args.settings();
+            if args.json {
+                let taken = status::Probe::new(settings)?.take_with_rates().await;
+                println!("{}", serde_json::to_string_pretty(&taken)?);
+            } else {
+                let interval =
+                    (!args.once).then(|| Duration::from_millis(args.interval_ms.max(100)));
+                status::watch(settings, interval).await?;
+            }
         }
         Command::Report { results: dir, out } => {
             let dir = dir.unwrap_or_else(results::default_dir);

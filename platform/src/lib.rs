@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod login;
+pub mod metrics;
 pub mod names;
 pub mod server;
 pub mod shutdown;

@@ -82,6 +82,8 @@ pub mod local {
     pub const READ_EU_ADDR: SocketAddr = loopback(50061);
     pub const READ_AP_ADDR: SocketAddr = loopback(50062);
     pub const RELAY_ADDR: SocketAddr = loopback(50071);
+    /// The second relay process (a standby while the first holds the lease).
+    pub const RELAY_2_ADDR: SocketAddr = loopback(50072);
 
     /// The files `trading-auth init` writes into the stack's secrets directory
     /// (`infra/.run/secrets`): the local CA, the services' certificate and key (for `localhost`

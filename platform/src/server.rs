@@ -2,11 +2,13 @@
 //! one place: TLS (unless a setting asks for plaintext), trace-context extraction (the request's
 //! span continues the caller's trace and carries its trace id into every log line), a
 //! concurrency limit that refuses the excess at once with `RESOURCE_EXHAUSTED`, a per-request log
-//! line, the authentication and authorization gate (`crate::auth`), `grpc.health.v1` and
+//! line and metrics (requests by method and code, latency, shed; see `crate::metrics`), the
+//! authentication and authorization gate (`crate::auth`), `grpc.health.v1` and
 //! reflection (v1 and v1alpha), TCP_NODELAY, and draining of in-flight requests on shutdown.
 
 use std::{
     future::Future,
+    net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
@@ -14,9 +16,11 @@ use std::{
     time::Instant,
 };
 
+use opentelemetry::KeyValue;
 use serde::{Deserialize, Serialize};
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{
     codegen::http,
     service::{Routes, RoutesBuilder},
@@ -49,6 +53,9 @@ pub struct EdgeConfig {
     pub trader_requests_per_second: u32,
     pub market_data_requests_per_second: u32,
     pub operator_requests_per_second: u32,
+    /// Where operators read the service's metrics (`GET /metrics`, Prometheus text; see
+    /// `crate::metrics`); unset: no endpoint (OTLP export is configured apart).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for EdgeConfig {
@@ -64,6 +71,7 @@ impl Default for EdgeConfig {
             market_data_requests_per_second: 2_000,
             // Operators run the system (and its load tests); they are not rationed.
             operator_requests_per_second: 0,
+            metrics_addr: None,
         }
     }
 }
@@ -128,6 +136,12 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc server failed")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A server being assembled: the service adds its own routes, reports health, then serves.
@@ -136,6 +150,7 @@ pub struct Server {
     health: HealthReporter,
     services: Vec<&'static str>,
     max_concurrent_requests: usize,
+    metrics_addr: Option<SocketAddr>,
     tls: Option<ServerTlsConfig>,
     gate: Arc<Gate>,
 }
@@ -173,6 +188,7 @@ impl Server {
             health,
             services: services.to_vec(),
             max_concurrent_requests,
+            metrics_addr: edge.metrics_addr,
             tls,
             gate,
         })
@@ -201,14 +217,23 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        // The log and metrics outermost: they see the requests shed at the limit too.
         let layers = tower::ServiceBuilder::new()
+            .layer(tower::layer::layer_fn(RequestLog))
             .load_shed()
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 self.max_concurrent_requests,
             ))
-            .layer(tower::layer::layer_fn(RequestLog))
             .layer(GateLayer(self.gate))
             .into_inner();
+        let metrics = CancellationToken::new();
+        if let Some(addr) = self.metrics_addr {
+            crate::metrics::spawn(addr, metrics.clone())
+                .await
+                .map_err(|source| ServeError::Metrics { addr, source })?;
+        }
+        // The endpoint stops with the server, however serving ends.
+        let _stop_metrics = metrics.drop_guard();
         let routes: Routes = self.routes.routes();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
@@ -232,7 +257,9 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 
 /// Logs each answered request inside its span (method path and trace id): server-side failures
 /// at `warn`, everything else at `debug` (`RUST_LOG=platform::server=debug` shows every call),
-/// so a busy server does not spend its time writing one line per successful call.
+/// so a busy server does not spend its time writing one line per successful call. Counts each
+/// one by method (a method of the policy table, else `unknown`, so the labels stay bounded) and
+/// status code, records its latency, and counts the requests shed at the concurrency limit.
 #[derive(Clone)]
 struct RequestLog<S>(S);
 
@@ -241,42 +268,91 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for RequestLog<S>
 where
     S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Error: Into<tower::BoxError>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<Result<S::Response, tower::BoxError>>;
 
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(context)
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), tower::BoxError>> {
+        self.0.poll_ready(context).map_err(Into::into)
     }
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let started = Instant::now();
+        let (method, _) = crate::auth::policy::access(request.uri().path());
         let answered = self.0.call(request);
         Box::pin(async move {
-            let mut result = answered.await;
+            let mut result = answered.await.map_err(Into::into);
             if let Ok(response) = &mut result {
                 caller_mistake(response.headers_mut());
             }
-            let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            match &result {
+            let elapsed = started.elapsed();
+            let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            let instruments = crate::metrics::rpc();
+            let method_label = KeyValue::new("rpc.method", method);
+            let code = match &result {
                 // A unary call that fails answers with its status in the headers; a success's
                 // status travels in the trailers, after this point, and is the absence of one here.
                 Ok(response) => match grpc_code(response.headers()) {
                     Some(code) if is_server_fault(code) => {
                         tracing::warn!(code = ?code, elapsed_us, "request failed");
+                        code
                     }
-                    code => tracing::debug!(
-                        code = ?code.unwrap_or(tonic::Code::Ok),
-                        elapsed_us,
-                        "request answered"
-                    ),
+                    code => {
+                        let code = code.unwrap_or(tonic::Code::Ok);
+                        tracing::debug!(code = ?code, elapsed_us, "request answered");
+                        code
+                    }
                 },
-                Err(_) => tracing::warn!(elapsed_us, "request failed in transport"),
-            }
+                // Refused at the concurrency limit: counted, not logged one line each, since
+                // overload is when a log line per request costs most.
+                Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {
+                    instruments.shed.add(1, std::slice::from_ref(&method_label));
+                    tonic::Code::ResourceExhausted
+                }
+                Err(_) => {
+                    tracing::warn!(elapsed_us, "request failed in transport");
+                    tonic::Code::Unknown
+                }
+            };
+            instruments
+                .duration
+                .record(elapsed.as_secs_f64(), std::slice::from_ref(&method_label));
+            instruments.requests.add(
+                1,
+                &[
+                    method_label,
+                    KeyValue::new("rpc.grpc.status_code", code_name(code)),
+                ],
+            );
             result
         })
+    }
+}
+
+/// A status code's name as the gRPC spec spells it (`OK`, `RESOURCE_EXHAUSTED`): a label value.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -81,7 +81,10 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
 /// exported every minute (`OTEL_METRIC_EXPORT_INTERVAL`) when an OTLP endpoint is set.
 fn meter_provider(service_name: &'static str) -> Result<SdkMeterProvider, TelemetryError> {
     let resource = Resource::builder().with_service_name(service_name).build();
-    let mut builder = SdkMeterProvider::builder().with_resource(resource);
+    // Always readable on the service's metrics endpoint (`crate::metrics`).
+    let mut builder = SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(crate::metrics::scrape());
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()

@@ -19,7 +19,7 @@ use crate::{
     reads::Read,
     views::{ViewError, Views},
 };
-use platform::telemetry::Causes;
+use platform::{metrics::Dependency, telemetry::Causes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -70,6 +70,7 @@ impl From<ApiError> for Status {
                 Status::internal(error.to_string())
             }
             ApiError::Views(cause) => {
+                platform::metrics::dependency_error(Dependency::Redis);
                 tracing::error!(cause = %Causes(cause), "view read failed");
                 Status::unavailable("the region's views cannot be read right now")
             }

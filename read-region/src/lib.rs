@@ -76,6 +76,7 @@ pub async fn run(
         .map_err(|_| ConfigError::invalid("page_token_key_file", "not a usable key"))?;
     let (views, mirror) = connect(&config).await?;
     let freshness = Arc::new(Freshness::default());
+    freshness.export();
     let announcer = Arc::new(Announcer::default());
 
     let mut server = Server::new(

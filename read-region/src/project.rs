@@ -50,7 +50,7 @@ use crate::{
     prepare::{self, PreparedEvent},
     views::{ApplyOutcome, SwitchOutcome, Target, ViewError, Views},
 };
-use platform::telemetry::Causes;
+use platform::{metrics::Dependency, telemetry::Causes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -90,6 +90,8 @@ pub struct Freshness {
     last_applied_ms: AtomicI64,
     /// Messages the consumer still had to deliver after the last batch.
     pending: AtomicU64,
+    /// Aggregates re-read from the mirror after a gap outlived `gap_repair_ms`.
+    gaps_repaired: AtomicU64,
 }
 
 impl Default for Freshness {
@@ -99,6 +101,7 @@ impl Default for Freshness {
             last_contact_ms: AtomicI64::new(0),
             last_applied_ms: AtomicI64::new(0),
             pending: AtomicU64::new(0),
+            gaps_repaired: AtomicU64::new(0),
         }
     }
 }
@@ -122,6 +125,48 @@ impl Freshness {
             }
         }
         u64::try_from(staleness).unwrap_or(0)
+    }
+
+    /// Registers the projection's instruments; they read this whenever metrics are collected.
+    pub fn export(self: &Arc<Self>) {
+        let meter = opentelemetry::global::meter("read-region");
+        let freshness = self.clone();
+        meter
+            .u64_observable_gauge("projection.pending")
+            .with_description("Mirror messages the region's consumer has yet to deliver")
+            .with_callback(move |observer| {
+                observer.observe(freshness.pending.load(Ordering::Relaxed), &[]);
+            })
+            .build();
+        let freshness = self.clone();
+        meter
+            .f64_observable_gauge("projection.newest_applied.age.seconds")
+            .with_description("Age of the newest event applied to the region's views")
+            .with_unit("s")
+            .with_callback(move |observer| {
+                let applied = freshness.last_applied_ms.load(Ordering::Relaxed);
+                if applied > 0 {
+                    observer.observe(now_ms().saturating_sub(applied) as f64 / 1_000.0, &[]);
+                }
+            })
+            .build();
+        let freshness = self.clone();
+        meter
+            .f64_observable_gauge("projection.staleness.seconds")
+            .with_description("How long since the region last heard from the write region")
+            .with_unit("s")
+            .with_callback(move |observer| {
+                observer.observe(freshness.staleness_ms() as f64 / 1_000.0, &[]);
+            })
+            .build();
+        let freshness = self.clone();
+        meter
+            .u64_observable_counter("projection.gaps.repaired")
+            .with_description("Aggregates re-read from the mirror after a gap outlived its bound")
+            .with_callback(move |observer| {
+                observer.observe(freshness.gaps_repaired.load(Ordering::Relaxed), &[]);
+            })
+            .build();
     }
 
     fn record_contact(&self, ago: Duration) {
@@ -546,6 +591,7 @@ impl Projector {
             // Every event of the aggregate up to the gapped one, from the start of the mirror:
             // where the lost predecessor sits is not known, the filter keeps the read small.
             let events = self.replay(&subject, 1, gap.sequence, shutdown).await?;
+            self.freshness.gaps_repaired.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 region = %self.config.region,
                 subject,
@@ -723,6 +769,7 @@ impl Projector {
         {
             Ok(outcomes) => outcomes,
             Err(error) => {
+                platform::metrics::dependency_error(Dependency::Redis);
                 tracing::warn!(error = %Causes(&error), events = prepared.len(), "cannot apply to redis; redelivering later");
                 for message in &messages {
                     let _ = message

@@ -26,7 +26,7 @@ mod streams;
 mod upcast;
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
     time::Duration,
 };
 
@@ -157,10 +157,12 @@ async fn lead(config: Config, shutdown: CancellationToken) -> Result<(), RunErro
                 return Err(error);
             }
         };
+        counters.leading.store(1, Ordering::Relaxed);
         tokio::select! {
             () = held.lost.cancelled() => stop.cancel(),
             () = shutdown.cancelled() => {}
         }
+        counters.leading.store(0, Ordering::Relaxed);
         if tokio::time::timeout(grace, running.stopped())
             .await
             .is_err()
@@ -274,6 +276,11 @@ async fn launch(
     for aggregate in [Aggregate::Instrument, Aggregate::Account] {
         tasks.spawn(pipeline.clone().run(aggregate, stop.clone()));
     }
+    tasks.spawn(metrics::watch_backlog(
+        pipeline.clone(),
+        Duration::from_secs(2),
+        stop.clone(),
+    ));
     tasks.spawn(metrics::report(
         pipeline.clone(),
         Duration::from_secs(10),

@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry::KeyValue;
+use platform::names::Aggregate;
 use tokio_util::sync::CancellationToken;
 
 use crate::Pipeline;
@@ -66,17 +68,26 @@ impl Count {
     }
 }
 
-/// The counts since start, one per `Count`.
+/// The counts since start, one per `Count`, and the gauges beside them.
 #[derive(Debug, Default)]
-pub struct Counters([AtomicU64; Count::ALL.len()]);
+pub struct Counters {
+    counts: [AtomicU64; Count::ALL.len()],
+    /// Raw events stored but not yet enriched, per raw stream (accounts, market), as last seen.
+    backlog: [AtomicU64; 2],
+    /// 1 while this process holds the lease and runs the pipeline.
+    pub(crate) leading: AtomicU64,
+}
+
+/// The raw streams in `Counters::backlog` order.
+const BACKLOG_STREAMS: [Aggregate; 2] = [Aggregate::Account, Aggregate::Instrument];
 
 impl Counters {
     pub(crate) fn add(&self, count: Count, amount: u64) {
-        self.0[count as usize].fetch_add(amount, Ordering::Relaxed);
+        self.counts[count as usize].fetch_add(amount, Ordering::Relaxed);
     }
 
     fn get(&self, count: Count) -> u64 {
-        self.0[count as usize].load(Ordering::Relaxed)
+        self.counts[count as usize].load(Ordering::Relaxed)
     }
 
     /// Processed, published, duplicates, dead-lettered, retries, recovered.
@@ -85,8 +96,8 @@ impl Counters {
     }
 }
 
-/// Registers one observable counter per `Count`, read whenever the meter provider collects;
-/// once per process, however many times it takes the lease.
+/// Registers one observable counter per `Count` and the gauges, read whenever the meter
+/// provider collects; once per process, however many times it takes the lease.
 pub(crate) fn export(counters: &Arc<Counters>) {
     let meter = opentelemetry::global::meter("relay");
     for count in Count::ALL {
@@ -97,6 +108,58 @@ pub(crate) fn export(counters: &Arc<Counters>) {
             .with_description(description)
             .with_callback(move |observer| observer.observe(counters.get(count), &[]))
             .build();
+    }
+    let gauges = counters.clone();
+    meter
+        .u64_observable_gauge("relay.backlog.events")
+        .with_description("Raw events stored on a raw stream and not yet enriched (consumer lag)")
+        .with_callback(move |observer| {
+            for (aggregate, backlog) in BACKLOG_STREAMS.iter().zip(&gauges.backlog) {
+                observer.observe(
+                    backlog.load(Ordering::Relaxed),
+                    &[KeyValue::new("aggregate", aggregate.as_str())],
+                );
+            }
+        })
+        .build();
+    let gauges = counters.clone();
+    meter
+        .u64_observable_gauge("relay.lease.held")
+        .with_description("1 while this process holds the lease and runs the pipeline")
+        .with_callback(move |observer| {
+            observer.observe(gauges.leading.load(Ordering::Relaxed), &[])
+        })
+        .build();
+}
+
+/// Every `interval`, how far each raw stream runs ahead of the pipeline's checkpoint.
+pub(crate) async fn watch_backlog(
+    pipeline: Arc<Pipeline>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        for (aggregate, backlog) in BACKLOG_STREAMS.iter().zip(&pipeline.counters.backlog) {
+            let stream = pipeline.config.raw_stream(*aggregate);
+            let Ok(mut handle) = pipeline.jetstream.get_stream(stream).await else {
+                continue;
+            };
+            let Ok(info) = handle.info().await else {
+                continue;
+            };
+            let Ok(checkpoint) = pipeline.lock_state().map(|state| state.checkpoint(stream)) else {
+                return;
+            };
+            backlog.store(
+                info.state.last_sequence.saturating_sub(checkpoint),
+                Ordering::Relaxed,
+            );
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// The settings the chart derives from the cluster (addresses, logins, mounted files, the pod's
 /// name) rather than copying the code's defaults, which are the local stack's.
-const FROM_THE_CLUSTER: [&str; 15] = [
+const FROM_THE_CLUSTER: [&str; 16] = [
     "LISTEN_ADDR",
     "REGION",
     "INSTANCE",
@@ -29,6 +29,7 @@ const FROM_THE_CLUSTER: [&str; 15] = [
     "EDGE__TLS_CERT_FILE",
     "EDGE__TLS_KEY_FILE",
     "EDGE__TOKEN_PUBLIC_KEY_FILE",
+    "EDGE__METRICS_ADDR",
 ];
 
 /// The chart's directory.

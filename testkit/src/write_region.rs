@@ -252,6 +252,7 @@ fn edge_toml(edge: &platform::server::EdgeConfig) -> String {
         trader_requests_per_second,
         market_data_requests_per_second,
         operator_requests_per_second,
+        metrics_addr,
     } = edge;
     let mut toml = format!(
         "[edge]\n\
@@ -270,6 +271,9 @@ fn edge_toml(edge: &platform::server::EdgeConfig) -> String {
         if let Some(path) = path {
             toml.push_str(&format!("{name} = {:?}\n", path.display().to_string()));
         }
+    }
+    if let Some(addr) = metrics_addr {
+        toml.push_str(&format!("metrics_addr = \"{addr}\"\n"));
     }
     toml
 }

@@ -5,7 +5,10 @@
 use std::{error::Error, sync::Arc};
 
 use ledger::Instrument;
-use platform::auth::{Scoped, authorize};
+use platform::{
+    auth::{Scoped, authorize},
+    metrics::Dependency,
+};
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -53,6 +56,7 @@ impl From<CommandError> for Status {
                 )
             }
             CommandError::Store(error) => {
+                platform::metrics::dependency_error(Dependency::Cassandra);
                 tracing::error!(error = &error as &dyn Error, "store request failed");
                 Status::unavailable("the store is unavailable; retry with the same idempotency key")
             }

@@ -15,12 +15,18 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::{Duration, SystemTime},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use async_nats::{HeaderMap, jetstream};
-use platform::names::{Aggregate, aggregate_subject};
+use platform::{
+    metrics::Dependency,
+    names::{Aggregate, aggregate_subject},
+};
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +79,68 @@ impl Job {
 #[derive(Clone)]
 pub struct Outbox {
     workers: Vec<mpsc::UnboundedSender<Job>>,
+    backlog: Arc<Backlog>,
+}
+
+/// What the outbox holds unpublished, for its metrics.
+#[derive(Default)]
+struct Backlog {
+    /// Committed events reported in-process and not yet published.
+    events: AtomicI64,
+    published: AtomicU64,
+    /// Per worker, when the oldest event of the batch it is publishing committed (Unix
+    /// milliseconds; 0: idle). A busy worker's batch holds its oldest work: what waits in its
+    /// queue arrived later.
+    oldest_ms: Vec<AtomicI64>,
+}
+
+impl Backlog {
+    /// Age of the oldest unpublished event the workers hold, in seconds (0: none).
+    fn oldest_age_seconds(&self) -> f64 {
+        let oldest = self
+            .oldest_ms
+            .iter()
+            .map(|at| at.load(Ordering::Relaxed))
+            .filter(|&at| at > 0)
+            .min();
+        oldest.map_or(0.0, |at| {
+            (unix_ms(SystemTime::now()).saturating_sub(at)).max(0) as f64 / 1_000.0
+        })
+    }
+
+    /// Registers the outbox's instruments; they read this backlog whenever metrics are collected.
+    fn export(self: &Arc<Self>) {
+        let meter = opentelemetry::global::meter("write-region");
+        let backlog = self.clone();
+        meter
+            .i64_observable_gauge("outbox.backlog.events")
+            .with_description("Committed events not yet published to the raw streams")
+            .with_callback(move |observer| {
+                observer.observe(backlog.events.load(Ordering::Relaxed).max(0), &[]);
+            })
+            .build();
+        let backlog = self.clone();
+        meter
+            .f64_observable_gauge("outbox.oldest_unpublished.age.seconds")
+            .with_description("Age of the oldest committed event not yet published (0: none)")
+            .with_unit("s")
+            .with_callback(move |observer| observer.observe(backlog.oldest_age_seconds(), &[]))
+            .build();
+        let backlog = self.clone();
+        meter
+            .u64_observable_counter("outbox.events.published")
+            .with_description("Events published to the raw streams and acknowledged")
+            .with_callback(move |observer| {
+                observer.observe(backlog.published.load(Ordering::Relaxed), &[]);
+            })
+            .build();
+    }
+}
+
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    })
 }
 
 impl Outbox {
@@ -87,8 +155,14 @@ impl Outbox {
     ) -> Self {
         let config = Arc::new(config);
         let jetstream = jetstream::new(client);
-        let mut workers = Vec::with_capacity(config.workers);
-        for _ in 0..config.workers.max(1) {
+        let count = config.workers.max(1);
+        let backlog = Arc::new(Backlog {
+            oldest_ms: (0..count).map(|_| AtomicI64::new(0)).collect(),
+            ..Backlog::default()
+        });
+        backlog.export();
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
             let (sender, receiver) = mpsc::unbounded_channel();
             workers.push(sender);
             let worker = Worker {
@@ -99,10 +173,12 @@ impl Outbox {
                 queue: VecDeque::new(),
                 queued: HashMap::new(),
                 streams_ready: false,
+                backlog: backlog.clone(),
+                index,
             };
             tasks.spawn(worker.run(receiver, shutdown.clone()));
         }
-        let outbox = Self { workers };
+        let outbox = Self { workers, backlog };
         tasks.spawn(outbox.clone().sweep(store, config.sweep_interval, shutdown));
         outbox
     }
@@ -119,6 +195,9 @@ impl Outbox {
 
     /// Hands freshly committed events to their aggregate's worker.
     pub fn committed(&self, key: AggregateKey, events: Vec<NewEvent>) {
+        self.backlog
+            .events
+            .fetch_add(events.len() as i64, Ordering::Relaxed);
         self.dispatch(Job::Committed(key, events));
     }
 
@@ -187,6 +266,9 @@ struct Worker {
     queue: VecDeque<AggregateKey>,
     queued: HashMap<AggregateKey, Queued>,
     streams_ready: bool,
+    backlog: Arc<Backlog>,
+    /// This worker's slot in `backlog.oldest_ms`.
+    index: usize,
 }
 
 /// What a worker knows about an aggregate waiting in its queue.
@@ -223,9 +305,21 @@ impl Worker {
                 let queued = self.queued.remove(&key).unwrap_or_default();
                 batch.push((key, queued));
             }
+            self.backlog.oldest_ms[self.index].store(oldest_ms(&batch), Ordering::Relaxed);
             match self.publish(&batch).await {
-                Ok(()) => backoff = Duration::from_millis(50),
+                Ok(()) => {
+                    backoff = Duration::from_millis(50);
+                    self.backlog.oldest_ms[self.index].store(0, Ordering::Relaxed);
+                    let reported: usize = batch.iter().map(|(_, queued)| queued.events.len()).sum();
+                    self.backlog
+                        .events
+                        .fetch_sub(reported as i64, Ordering::Relaxed);
+                }
                 Err(error) => {
+                    platform::metrics::dependency_error(match error {
+                        PublishError::Store(_) => Dependency::Cassandra,
+                        PublishError::JetStream(_) | PublishError::Corrupt(_) => Dependency::Nats,
+                    });
                     tracing::warn!(
                         aggregates = batch.len(),
                         error = &error as &dyn std::error::Error,
@@ -347,6 +441,10 @@ impl Worker {
                 }),
         )
         .await?;
+        let published: usize = plans.iter().map(|plan| plan.payloads.len()).sum();
+        self.backlog
+            .published
+            .fetch_add(published as u64, Ordering::Relaxed);
         for ((key, _), last) in batch.iter().zip(lasts) {
             self.published.insert(key.clone(), last);
         }
@@ -403,6 +501,18 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// When the oldest work of `batch` was committed (or its marker written), in Unix milliseconds.
+fn oldest_ms(batch: &[(AggregateKey, Queued)]) -> i64 {
+    batch
+        .iter()
+        .flat_map(|(_, queued)| {
+            let committed = queued.events.iter().map(|event| event.occurred_at);
+            committed.chain(queued.marker.map(|(_, marked_at)| marked_at))
+        })
+        .min()
+        .map_or(0, unix_ms)
 }
 
 /// One aggregate's share of a batch.

@@ -38,6 +38,8 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
   value: /etc/trading/nats/password
 - name: {{ .prefix }}LISTEN_ADDR
   value: {{ printf "0.0.0.0:%v" .port | quote }}
+- name: {{ .prefix }}EDGE__METRICS_ADDR
+  value: {{ printf "0.0.0.0:%v" .root.Values.metrics.port | quote }}
 {{- end }}
 
 {{- define "trading.mounts" -}}
@@ -91,6 +93,19 @@ livenessProbe:
   periodSeconds: {{ $p.periodSeconds }}
   timeoutSeconds: {{ $p.timeoutSeconds }}
   failureThreshold: {{ $p.failureThreshold }}
+{{- end }}
+
+{{/* Pod annotations: where Prometheus scrapes the pod's metrics. */}}
+{{- define "trading.podAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .root.Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+
+{{/* The metrics port of every container. */}}
+{{- define "trading.metricsPort" -}}
+- name: metrics
+  containerPort: {{ .root.Values.metrics.port }}
 {{- end }}
 
 {{/* The pod spec parts every service shares. */}}
