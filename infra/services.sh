@@ -22,6 +22,14 @@ edge_env() {
         "${prefix}EDGE__TOKEN_PUBLIC_KEY_FILE=$TRADING_SECRETS_DIR/token-public.pem"
         "${prefix}EDGE__METRICS_ADDR=$metrics"
     )
+    # Spans to Jaeger (traces only: it takes no metrics), flushed every half second so an
+    # order's trace is whole moments after it.
+    if [[ ${TRACING:-off} == on ]]; then
+        EDGE_ENV+=(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=$JAEGER_OTLP_ENDPOINT"
+            "OTEL_BSP_SCHEDULE_DELAY=500"
+        )
+    fi
 }
 
 build_services() {

@@ -1,6 +1,10 @@
 //! Tracing for every service: structured logs on stderr, spans and metrics exported over OTLP
-//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the W3C trace context carried in gRPC metadata and
-//! NATS headers so one trace follows an order from the write region to every read region.
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (spans alone with `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+//! as `infra/up` points them at Jaeger), metrics also served on `GET /metrics` (`crate::metrics`),
+//! and the W3C trace context carried in gRPC metadata and NATS headers so one trace follows an
+//! order from the write region through the outbox and the relay to every read region. Spans go
+//! through a batch exporter with a bounded queue: a collector that is slow or down costs the
+//! request path nothing but dropped spans.
 //!
 //! A tracer provider is installed even without an exporter: spans still get real trace ids,
 //! which the write region stamps into each event's headers for the relay to continue.
@@ -46,10 +50,10 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber for a service binary. `RUST_LOG` filters (default `info`);
 /// `LOG_FORMAT=json` switches to JSON lines.
-pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider(service_name)?;
     let meters = meter_provider(service_name)?;
-    let tracer = provider.tracer(service_name);
+    let tracer = provider.tracer(service_name.to_owned());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json");
     // Colour only for a person at a terminal; log files stay plain text.
@@ -79,13 +83,15 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
 
 /// The global meter provider; instruments created from `opentelemetry::global::meter` are
 /// exported every minute (`OTEL_METRIC_EXPORT_INTERVAL`) when an OTLP endpoint is set.
-fn meter_provider(service_name: &'static str) -> Result<SdkMeterProvider, TelemetryError> {
-    let resource = Resource::builder().with_service_name(service_name).build();
+fn meter_provider(service_name: &str) -> Result<SdkMeterProvider, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
     // Always readable on the service's metrics endpoint (`crate::metrics`).
     let mut builder = SdkMeterProvider::builder()
         .with_resource(resource)
         .with_reader(crate::metrics::scrape());
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+    if otlp_configured("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .build()?;
@@ -96,11 +102,20 @@ fn meter_provider(service_name: &'static str) -> Result<SdkMeterProvider, Teleme
     Ok(provider)
 }
 
-fn tracer_provider(service_name: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
+/// Whether spans (or metrics) go anywhere: an endpoint for all signals, or for this one (a
+/// trace viewer such as Jaeger takes spans only).
+fn otlp_configured(signal_endpoint: &str) -> bool {
+    std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os(signal_endpoint).is_some()
+}
+
+fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource = Resource::builder().with_service_name(service_name).build();
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+    if otlp_configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;

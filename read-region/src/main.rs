@@ -28,9 +28,10 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let _telemetry = platform::telemetry::init("read-region")?;
     let config: read_region::Config = platform::config::load("READ_REGION_")?;
     config.validate()?;
+    // One service per region in the trace viewer: an order's trace shows each region's hop.
+    let _telemetry = platform::telemetry::init(&format!("read-region-{}", config.region))?;
     let shutdown = platform::shutdown::on_signals()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {

@@ -739,6 +739,10 @@ impl Projector {
     ) -> bool {
         let mut messages = Vec::with_capacity(batch.len());
         let mut prepared = Vec::with_capacity(batch.len());
+        // One span per event, continuing the relay's (its context travels in the message's
+        // headers), ended once the event is applied and acknowledged: this region's hop in the
+        // trace of the order that caused it.
+        let mut spans = Vec::with_capacity(batch.len());
         let mut pending = 0;
         for message in batch {
             let (sequence, left) = match message.info() {
@@ -751,6 +755,20 @@ impl Projector {
             pending = left;
             match decode(&message.payload, sequence) {
                 Some(event) => {
+                    let span = tracing::info_span!(
+                        "read_region.project",
+                        region = %self.config.region,
+                        aggregate = %event.aggregate_id,
+                        version = event.version,
+                        outcome = tracing::field::Empty
+                    );
+                    if let Some(headers) = &message.headers {
+                        platform::telemetry::continue_trace(
+                            &span,
+                            &platform::telemetry::NatsHeaderExtractor(headers),
+                        );
+                    }
+                    spans.push(span);
                     prepared.push(event);
                     messages.push(message);
                 }
@@ -781,7 +799,10 @@ impl Projector {
             }
         };
         let mut missing = false;
-        for ((message, event), outcome) in messages.iter().zip(&prepared).zip(outcomes) {
+        for (((message, event), outcome), span) in
+            messages.iter().zip(&prepared).zip(outcomes).zip(&spans)
+        {
+            span.record("outcome", outcome.name());
             let ack = match outcome {
                 ApplyOutcome::Applied { book, .. } => {
                     // The aggregate moved: whatever it waited for has arrived.

@@ -103,6 +103,18 @@ pub enum ApplyOutcome {
     NoGeneration,
 }
 
+impl ApplyOutcome {
+    /// How a trace names the outcome.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Applied { .. } => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Gap(_) => "gap",
+            Self::NoGeneration => "no_generation",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwitchOutcome {
     Switched {

@@ -399,12 +399,24 @@ impl Worker {
             futures::future::try_join_all(batch.iter().map(|(key, queued)| self.plan(key, queued)))
                 .await?;
         let mut acks = Vec::new();
+        // One span per event, continuing the trace of the command that committed it (its
+        // context travels in the event's metadata), ended once the event is published and
+        // recorded: the outbox's hop in the order's trace.
+        let mut spans = Vec::new();
         let mut lasts = Vec::with_capacity(plans.len());
         for (key, plan) in batch.iter().map(|(key, _)| key).zip(&plans) {
             let mut last = plan.published;
             for payload in &plan.payloads {
                 let event = RawEvent::decode(payload.as_slice())?;
                 let envelope = event.envelope.unwrap_or_default();
+                let span = tracing::info_span!(
+                    "outbox.publish",
+                    aggregate = %key.id,
+                    version = envelope.version,
+                    event_type = %envelope.event_type
+                );
+                platform::telemetry::continue_trace(&span, &envelope.metadata);
+                spans.push(span);
                 let mut headers = HeaderMap::new();
                 headers.insert(
                     async_nats::header::NATS_MESSAGE_ID,
@@ -448,6 +460,7 @@ impl Worker {
         for ((key, _), last) in batch.iter().zip(lasts) {
             self.published.insert(key.clone(), last);
         }
+        drop(spans);
         Ok(())
     }
 
