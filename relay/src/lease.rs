@@ -17,24 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::state::{StateError, key_value_bucket};
+
 /// The one key of the lease bucket: its value names the [`Holder`].
 pub const KEY: &str = "active";
-
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    #[error("cannot create the stream of lease bucket {bucket}")]
-    CreateBucket {
-        bucket: String,
-        #[source]
-        source: jetstream::context::CreateStreamError,
-    },
-    #[error("cannot open lease bucket {bucket}")]
-    OpenBucket {
-        bucket: String,
-        #[source]
-        source: jetstream::context::KeyValueError,
-    },
-}
 
 /// What the lease key holds: who leads, so operators and tools can name the active process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,36 +72,8 @@ impl Lease {
         bucket: &str,
         ttl: Duration,
         holder: Holder,
-    ) -> Result<Self, LeaseError> {
-        // Created directly for the same reason as the state bucket (see `StateStore::open`).
-        jetstream
-            .get_or_create_stream(jetstream::stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age: ttl,
-                // The server refuses a duplicate window longer than the entries live.
-                duplicate_window: ttl,
-                storage: jetstream::stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(|source| LeaseError::CreateBucket {
-                bucket: bucket.to_owned(),
-                source,
-            })?;
-        let bucket =
-            jetstream
-                .get_key_value(bucket)
-                .await
-                .map_err(|source| LeaseError::OpenBucket {
-                    bucket: bucket.to_owned(),
-                    source,
-                })?;
+    ) -> Result<Self, StateError> {
+        let bucket = key_value_bucket(jetstream, bucket, ttl).await?;
         Ok(Self {
             bucket,
             holder,

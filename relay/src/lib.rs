@@ -38,7 +38,7 @@ use tonic_health::ServingStatus;
 
 pub use config::Config;
 use enrich::RiskRules;
-use lease::{Lease, LeaseError};
+use lease::Lease;
 use metrics::Counters;
 use state::{RelayState, StateError, StateStore};
 
@@ -50,8 +50,6 @@ pub enum RunError {
     Nats(#[from] async_nats::ConnectError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error(transparent)]
-    Lease(#[from] LeaseError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]

@@ -260,35 +260,48 @@ pub struct StateStore {
     bucket: kv::Store,
 }
 
+/// Opens the key-value bucket `bucket`, creating it if needed, its entries kept for `max_age`
+/// (zero: for ever).
+pub(crate) async fn key_value_bucket(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    max_age: std::time::Duration,
+) -> Result<kv::Store, StateError> {
+    // The bucket's backing stream is created directly: `create_key_value` first asks for
+    // account limits in a shape the NATS 2.9 servers we run do not answer.
+    jetstream
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            // The server refuses a duplicate window longer than the entries live (zero: its
+            // default).
+            duplicate_window: max_age,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| StateError::CreateBucket {
+            bucket: bucket.to_owned(),
+            source,
+        })?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|source| StateError::OpenBucket {
+            bucket: bucket.to_owned(),
+            source,
+        })
+}
+
 impl StateStore {
     pub async fn open(jetstream: &jetstream::Context, bucket: &str) -> Result<Self, StateError> {
-        // The bucket's backing stream is created directly: `create_key_value` first asks for
-        // account limits in a shape the NATS 2.9 servers we run do not answer.
-        jetstream
-            .get_or_create_stream(jetstream::stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                storage: jetstream::stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(|source| StateError::CreateBucket {
-                bucket: bucket.to_owned(),
-                source,
-            })?;
-        let bucket =
-            jetstream
-                .get_key_value(bucket)
-                .await
-                .map_err(|source| StateError::OpenBucket {
-                    bucket: bucket.to_owned(),
-                    source,
-                })?;
+        let bucket = key_value_bucket(jetstream, bucket, std::time::Duration::ZERO).await?;
         Ok(Self { bucket })
     }
 
