@@ -481,6 +481,9 @@ struct Gap {
     sequence: u64,
 }
 
+/// Gapped aggregates re-read from the mirror at once.
+const REPAIRS_IN_FLIGHT: usize = 16;
+
 /// What the live projector tracks between batches to keep Redis whole.
 #[derive(Default)]
 struct Upkeep {
@@ -584,13 +587,22 @@ impl Projector {
             .filter(|(_, gap)| gap.since.elapsed() >= bound)
             .map(|(subject, _)| subject.clone())
             .collect();
-        for subject in due {
-            let Some(gap) = upkeep.gaps.remove(&subject) else {
-                continue;
-            };
-            // Every event of the aggregate up to the gapped one, from the start of the mirror:
-            // where the lost predecessor sits is not known, the filter keeps the read small.
-            let events = self.replay(&subject, 1, gap.sequence, shutdown).await?;
+        let repairs: Vec<(String, Gap)> = due
+            .into_iter()
+            .filter_map(|subject| upkeep.gaps.remove(&subject).map(|gap| (subject, gap)))
+            .collect();
+        // Every event of each aggregate up to the gapped one, from the start of the mirror: where
+        // the lost predecessor sits is not known, the filter keeps each read small. Several at
+        // once: each read is mostly waiting for its consumer, and a Redis that lost the last
+        // events of many accounts (a crash, an older snapshot) gaps them all at the same time.
+        let mut repaired =
+            futures::stream::iter(repairs.into_iter().map(|(subject, gap)| async move {
+                let events = self.replay(&subject, 1, gap.sequence, shutdown).await;
+                (subject, gap, events)
+            }))
+            .buffer_unordered(REPAIRS_IN_FLIGHT);
+        while let Some((subject, gap, events)) = repaired.next().await {
+            let events = events?;
             self.freshness.gaps_repaired.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 region = %self.config.region,
