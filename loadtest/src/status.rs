@@ -529,7 +529,7 @@ async fn hub_backlogs(hub: &jetstream::Context) -> Vec<Backlog> {
             continue;
         };
         let last_sequence = handle.info().await.map_or(0, |i| i.state.last_sequence);
-        let consumer = format!("relay-{stream}");
+        let consumer = relay::consumer_name(stream);
         let pending = match handle.consumer_info(&consumer).await {
             Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
             Err(_) => None,

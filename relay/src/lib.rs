@@ -225,6 +225,11 @@ impl Running {
     }
 }
 
+/// The relay's durable consumer of raw stream `stream` (tools read its backlog by this name).
+pub fn consumer_name(stream: &str) -> String {
+    format!("relay-{stream}")
+}
+
 /// Starts the pipeline without a server or a lease (tests and tools embed it this way).
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, RunError> {
     config.validate()?;

@@ -70,7 +70,7 @@ impl Pipeline {
             }
         };
         let checkpoint = self.lock_state()?.checkpoint(stream_name);
-        let durable = format!("relay-{stream_name}");
+        let durable = crate::consumer_name(stream_name);
         // Absent on the first start; any other failure shows up when creating it below.
         let _ = stream.delete_consumer(&durable).await;
         let consumer = stream
