@@ -17,6 +17,8 @@ REPO_DIR="${REPO_DIR:-$(cd "$INFRA_DIR/.." && pwd)}"
 RUN_DIR="${INFRA_RUN_DIR:-$INFRA_DIR/.run}"
 # Certificates, keys and passwords infra/up generates (mode 0600), never committed or logged.
 SECRETS_DIR="$RUN_DIR/secrets"
+# Downloads and tools built once (Cassandra's jars, nats-server, helm...), outside the repository.
+TRADING_CACHE="${TRADING_CACHE:-$HOME/.cache/trading-backend}"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
 # Configuration templates (Cassandra, NATS, Redis, the Maven POM) that `render` fills in.
@@ -29,6 +31,7 @@ LOOPBACK="127.0.0.1"
 # head`) would otherwise stop infra/down half way and leave servers running.
 log() { printf '[infra %s] %s\n' "$(date +%H:%M:%S)" "$*" 2>/dev/null || true; }
 warn() { printf '[infra %s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2 2>/dev/null || true; }
+step() { log "==> $*"; }
 die() {
     printf '[infra %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2
     exit 1

@@ -184,7 +184,8 @@ fn config_toml(config: &Config) -> String {
         region,
         cassandra_contact_points,
         keyspace,
-        replication_factor,
+        replication,
+        consistency,
         store_timeout_ms,
         nats_url,
         nats_login,
@@ -209,7 +210,8 @@ fn config_toml(config: &Config) -> String {
          region = {region:?}\n\
          cassandra_contact_points = [{}]\n\
          keyspace = {keyspace:?}\n\
-         replication_factor = {replication_factor}\n\
+         replication = \"{replication}\"\n\
+         consistency = {:?}\n\
          store_timeout_ms = {store_timeout_ms}\n\
          nats_url = {nats_url:?}\n\
          subject_prefix = {subject_prefix:?}\n\
@@ -221,7 +223,8 @@ fn config_toml(config: &Config) -> String {
          max_order_notional = {max_order_notional:?}\n\
          max_concurrent_requests = {max_concurrent_requests}\n\
          shutdown_grace_ms = {shutdown_grace_ms}\n",
-        contact_points.join(", ")
+        contact_points.join(", "),
+        consistency.as_str()
     );
     if let Some(failpoint) = failpoint {
         toml.push_str(&format!("failpoint = {failpoint:?}\n"));

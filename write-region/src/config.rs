@@ -10,7 +10,10 @@ use platform::{login::Login, server::EdgeConfig};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::{outbox::OutboxConfig, store::StoreConfig};
+use crate::{
+    outbox::OutboxConfig,
+    store::{Replication, StoreConfig, StoreConsistency},
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -20,7 +23,13 @@ pub struct Config {
     pub region: String,
     pub cassandra_contact_points: Vec<String>,
     pub keyspace: String,
-    pub replication_factor: u32,
+    /// The keyspace's replicas when it is created: `"3"` (SimpleStrategy) or `"dc1:2,dc2:1"`
+    /// (NetworkTopologyStrategy). An existing keyspace is left as it is.
+    pub replication: Replication,
+    /// `local_quorum` (LOCAL_QUORUM / LOCAL_SERIAL) or `quorum` (QUORUM / SERIAL, which keeps
+    /// committing with any one of three replicas down in whichever data center); see
+    /// `store::replication`.
+    pub consistency: StoreConsistency,
     pub store_timeout_ms: u64,
     pub nats_url: String,
     /// The hub user and its password file (`WRITE_REGION_NATS_LOGIN__USER`, `..._PASSWORD_FILE`).
@@ -53,7 +62,8 @@ impl Default for Config {
             region: "us".into(),
             cassandra_contact_points: vec![local::CASSANDRA.into()],
             keyspace: "trading".into(),
-            replication_factor: 1,
+            replication: Replication::Simple(1),
+            consistency: StoreConsistency::LocalQuorum,
             store_timeout_ms: 5_000,
             nats_url: local::NATS_HUB_URL.into(),
             nats_login: Login::default(),
@@ -88,9 +98,6 @@ impl Config {
         if !keyspace_ok {
             return invalid("keyspace", "must be 1-48 characters of a-z, 0-9 or '_'");
         }
-        if self.replication_factor == 0 {
-            return invalid("replication_factor", "must be at least 1");
-        }
         check_positive("outbox_workers", self.outbox_workers)?;
         check_positive("max_concurrent_requests", self.max_concurrent_requests)?;
         check_nats_name("account_stream", &self.account_stream)?;
@@ -120,7 +127,8 @@ impl Config {
         StoreConfig {
             contact_points: self.cassandra_contact_points.clone(),
             keyspace: self.keyspace.clone(),
-            replication_factor: self.replication_factor,
+            replication: self.replication.clone(),
+            consistency: self.consistency,
             request_timeout: Duration::from_millis(self.store_timeout_ms),
         }
     }

@@ -4,11 +4,13 @@
 //!   one conditional batch per command, and the instrument index.
 //! - [`outbox`]: the outbox's pending markers and published progress.
 //! - [`schema`]: the keyspace and tables, created on connect when missing.
+//! - [`replication`]: where the replicas live and how many each statement waits for.
 //!
 //! Only the `[applied]` column of a conditional result is read: Scylla and Cassandra return
 //! different extra columns.
 
 mod outbox;
+mod replication;
 mod schema;
 mod streams;
 
@@ -20,11 +22,12 @@ use std::{
 use platform::names::Aggregate;
 use scylla::{
     client::{session::Session, session_builder::SessionBuilder},
-    statement::{Consistency, SerialConsistency, prepared::PreparedStatement},
+    statement::{Consistency, prepared::PreparedStatement},
     value::CqlTimestamp,
 };
 
 pub use outbox::PendingMarker;
+pub use replication::{BadReplication, Replication, StoreConsistency};
 pub use streams::{Append, NewEvent, RecordKind, Stored};
 
 /// A cause of any of the driver's many error types.
@@ -79,7 +82,8 @@ store_error_from!(
 pub struct StoreConfig {
     pub contact_points: Vec<String>,
     pub keyspace: String,
-    pub replication_factor: u32,
+    pub replication: Replication,
+    pub consistency: StoreConsistency,
     pub request_timeout: Duration,
 }
 
@@ -119,6 +123,7 @@ impl fmt::Display for AggregateKey {
 
 pub struct Store {
     session: Session,
+    consistency: StoreConsistency,
     streams: streams::Statements,
     outbox: outbox::Statements,
 }
@@ -131,16 +136,18 @@ impl Store {
             .connection_timeout(Duration::from_secs(10))
             .build()
             .await?;
-        schema::create(&session, &config.keyspace, config.replication_factor).await?;
+        schema::create(&session, &config.keyspace, &config.replication).await?;
         let prepare = Prepare {
             session: &session,
             keyspace: &config.keyspace,
+            consistency: config.consistency,
             request_timeout: config.request_timeout,
         };
         let streams = streams::Statements::prepare(&prepare).await?;
         let outbox = outbox::Statements::prepare(&prepare).await?;
         Ok(Self {
             session,
+            consistency: config.consistency,
             streams,
             outbox,
         })
@@ -151,6 +158,7 @@ impl Store {
 struct Prepare<'a> {
     session: &'a Session,
     keyspace: &'a str,
+    consistency: StoreConsistency,
     request_timeout: Duration,
 }
 
@@ -166,7 +174,7 @@ impl Prepare<'_> {
             .prepare(cql.replace("{keyspace}", self.keyspace))
             .await?;
         statement.set_consistency(consistency);
-        statement.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        statement.set_serial_consistency(Some(self.consistency.serial()));
         statement.set_request_timeout(Some(self.request_timeout));
         Ok(statement)
     }

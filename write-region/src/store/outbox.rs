@@ -7,10 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
 use platform::names::Aggregate;
-use scylla::{
-    statement::{Consistency, prepared::PreparedStatement},
-    value::CqlTimestamp,
-};
+use scylla::{statement::prepared::PreparedStatement, value::CqlTimestamp};
 
 use super::{AggregateKey, Prepare, Store, StoreError, bigint, timestamp, version_of};
 
@@ -35,7 +32,7 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(prepare: &Prepare<'_>) -> Result<Self, StoreError> {
-        let quorum = Consistency::LocalQuorum;
+        let quorum = prepare.consistency.quorum();
         Ok(Self {
             mark_pending: prepare
                 .statement(

@@ -8,17 +8,17 @@
 
 use scylla::client::session::Session;
 
-use super::StoreError;
+use super::{Replication, StoreError};
 
 pub(super) async fn create(
     session: &Session,
     keyspace: &str,
-    replication_factor: u32,
+    replication: &Replication,
 ) -> Result<(), StoreError> {
     let ddl = [
         format!(
-            "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
-             {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}"
+            "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
+            replication.cql_map()
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.streams (\

@@ -12,7 +12,6 @@ use futures::TryStreamExt;
 use scylla::{
     response::query_result::QueryResult,
     statement::{
-        Consistency, SerialConsistency,
         batch::{Batch, BatchType},
         prepared::PreparedStatement,
     },
@@ -81,7 +80,7 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(prepare: &Prepare<'_>) -> Result<Self, StoreError> {
-        let quorum = Consistency::LocalQuorum;
+        let quorum = prepare.consistency.quorum();
         let load_state = "SELECT state, version FROM {keyspace}.streams \
                           WHERE aggregate_type = ? AND aggregate_id = ? LIMIT 1";
         let insert_row = "INSERT INTO {keyspace}.streams \
@@ -92,14 +91,14 @@ impl Statements {
             // A SERIAL read completes any Paxos round in flight, so after a lost race the
             // retry sees the winner's state.
             load_state_serial: prepare
-                .statement(load_state, Consistency::LocalSerial)
+                .statement(load_state, prepare.consistency.serial_read())
                 .await?,
             load_record: prepare
                 .statement(
                     "SELECT payload FROM {keyspace}.streams \
                      WHERE aggregate_type = ? AND aggregate_id = ? \
                      AND entry_kind = ? AND entry_key = ?",
-                    Consistency::LocalSerial,
+                    prepare.consistency.serial_read(),
                 )
                 .await?,
             load_events: prepare
@@ -272,8 +271,8 @@ impl Store {
                 last.occurred_at,
             ));
         }
-        batch.set_consistency(Consistency::LocalQuorum);
-        batch.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+        batch.set_consistency(self.consistency.quorum());
+        batch.set_serial_consistency(Some(self.consistency.serial()));
         let result = self.session.batch(&batch, values).await?;
         applied(result)
     }
