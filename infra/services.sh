@@ -46,7 +46,10 @@ start_services() {
         WRITE_REGION_NATS_LOGIN__USER=write-region \
         WRITE_REGION_NATS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/nats-write-region.password" \
         WRITE_REGION_NATS_URL="$NATS_HUB_URL" \
-        WRITE_REGION_CASSANDRA_CONTACT_POINTS="[\"${CASSANDRA_CONTACT_POINTS}\"]" \
+        WRITE_REGION_CASSANDRA_CONTACT_POINTS="[\"${CASSANDRA_CONTACT_POINTS//,/\",\"}\"]" \
+        WRITE_REGION_REPLICATION="$STORE_REPLICATION" \
+        WRITE_REGION_CONSISTENCY="$STORE_CONSISTENCY" \
+        WRITE_REGION_LOCAL_DATACENTER="$STORE_LOCAL_DATACENTER" \
         start_component write-region "${WRITE_ADDR%:*}" "${WRITE_ADDR##*:}" 120 \
         grpc_serving "$WRITE_ADDR" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/write-region"
     start_relay relay "$HUB_RELAY_ADDR" "$HUB_RELAY_METRICS_ADDR"

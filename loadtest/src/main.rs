@@ -97,13 +97,8 @@ struct BenchArgs {
     /// Read region (portfolio.v1); GetPortfolio is skipped when it does not answer.
     #[arg(long, env = "READ_EU_ADDR", default_value_t = local::READ_EU_ADDR.to_string())]
     read_addr: String,
-    #[arg(
-        long,
-        env = "CASSANDRA_CONTACT_POINTS",
-        default_value = local::CASSANDRA,
-        value_delimiter = ','
-    )]
-    cassandra: Vec<String>,
+    #[command(flatten)]
+    store: Store,
     #[arg(long, env = "NATS_HUB_URL", default_value = local::NATS_HUB_URL)]
     nats_url: String,
     /// Redis for the raw read limit (the eu region's server, under this run's own keys).
@@ -210,7 +205,8 @@ struct ChaosArgs {
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// A fault of each round, repeatable: kill:<component> (write-region, relay, relay-2,
-    /// read-region-eu|ap, nats-hub, nats-eu|ap, redis-eu|ap, toxiproxy, cassandra),
+    /// read-region-eu|ap, nats-hub, nats-eu|ap, redis-eu|ap, toxiproxy, cassandra; store-1|2|3
+    /// on a stack of `infra/up --store-nodes 3`),
     /// failover:relay (SIGKILL of whichever relay holds the lease), cut-link:<eu|ap>,
     /// older-snapshot:<eu|ap>, flushall:<eu|ap>. Default: kill:write-region, kill:relay,
     /// kill:read-region-eu, kill:read-region-ap, kill:nats-hub, kill:nats-eu, kill:redis-eu,
@@ -240,6 +236,18 @@ struct ChaosArgs {
     out: Option<PathBuf>,
 }
 
+/// The store's contact points, comma-separated.
+#[derive(Args)]
+struct Store {
+    #[arg(
+        long,
+        env = "CASSANDRA_CONTACT_POINTS",
+        default_value = local::CASSANDRA,
+        value_delimiter = ','
+    )]
+    cassandra: Vec<String>,
+}
+
 #[derive(Args)]
 struct StatusArgs {
     #[arg(long, env = "WRITE_ADDR", default_value_t = local::WRITE_REGION_ADDR.to_string())]
@@ -261,8 +269,9 @@ struct StatusArgs {
     redis_eu_url: String,
     #[arg(long, env = "REDIS_AP_URL", default_value = local::REDIS_AP_URL)]
     redis_ap_url: String,
-    #[arg(long, env = "CASSANDRA_CONTACT_POINTS", default_value = local::CASSANDRA)]
-    cassandra: String,
+    /// The store's nodes (infra/up --store-nodes 3: three), each shown on its own line.
+    #[command(flatten)]
+    store: Store,
     /// Each service's metrics endpoint (its EDGE__METRICS_ADDR).
     #[arg(long, env = "WRITE_METRICS_ADDR", default_value = "127.0.0.1:9461")]
     write_metrics_addr: String,
@@ -313,13 +322,7 @@ impl StatusArgs {
                     redis_url: self.redis_ap_url.clone(),
                 },
             ],
-            // The first contact point: the view reports whether the store accepts connections.
-            cassandra: self
-                .cassandra
-                .split(',')
-                .next()
-                .unwrap_or(local::CASSANDRA)
-                .to_owned(),
+            cassandra: self.store.cassandra.clone(),
             metrics: vec![
                 ("write-region".into(), self.write_metrics_addr.clone()),
                 ("relay".into(), self.relay_metrics_addr.clone()),
@@ -445,7 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.redis_url,
             ]
             .into_iter()
-            .chain(&args.cassandra)
+            .chain(&args.store.cassandra)
             {
                 loopback_only(addr)?;
             }
@@ -461,7 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = bench::Settings {
                 write_addr: args.target.write_addr.clone(),
                 read_addr: args.read_addr,
-                cassandra: args.cassandra,
+                cassandra: args.store.cassandra,
                 nats_url: args.nats_url,
                 redis_url: args.redis_url,
                 concurrency: args.concurrency.max(1),

@@ -37,8 +37,8 @@ pub struct Settings {
     pub nats_hub_url: String,
     /// Per read region: its name, leaf NATS URL and Redis URL.
     pub regions: Vec<RegionEndpoints>,
-    /// Cassandra's CQL address.
-    pub cassandra: String,
+    /// The CQL address of each store node.
+    pub cassandra: Vec<String>,
     /// Each service's metrics endpoint (`host:port`), by component name.
     pub metrics: Vec<(String, String)>,
 }
@@ -375,7 +375,10 @@ impl Probe {
             components.push(nats_component(&format!("nats-{}", region.name), &leaf));
             components.push(redis_component(&region.name, &region.redis_url).await);
         }
-        components.push(tcp_component("cassandra", &self.settings.cassandra).await);
+        // One line per store node: a cluster with a node down still serves, and shows which.
+        for addr in &self.settings.cassandra {
+            components.push(tcp_component("cassandra", addr).await);
+        }
 
         let (relay_leader, streams, hub_stream) = match &self.hub {
             Some(hub) => (

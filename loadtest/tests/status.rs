@@ -62,7 +62,7 @@ fn settings() -> status::Settings {
                 local::REDIS_AP_URL,
             ),
         ],
-        cassandra: local::CASSANDRA.into(),
+        cassandra: vec![local::CASSANDRA.into()],
         metrics: vec![
             (
                 "write-region".into(),

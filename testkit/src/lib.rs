@@ -48,7 +48,7 @@ pub use endpoints::{Endpoints, HUB_DOMAIN, Region, env_or};
 pub use local::{
     ScratchDir, connect, connect_as, eventually, free_port, log_tail, send_signal, tag, unique_name,
 };
-pub use servers::{nats_server, start_redis, wait_for_port};
+pub use servers::{nats_server, start_redis, start_redis_with_config, wait_for_port};
 pub use streams::{read_events, read_messages};
 
 /// The subject an event of `envelope`'s aggregate travels on under `prefix` (`raw`,

@@ -39,12 +39,25 @@ pub fn nats_server() -> Command {
 /// when the test says SAVE and loaded at start: restarting it is restarting from an older
 /// snapshot, and a new `dir` is a Redis back empty. Killed when the handle drops.
 pub async fn start_redis(port: u16, dir: &Path) -> anyhow::Result<Child> {
-    let mut child = Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    command
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
         .args(["--dbfilename", "dump.rdb"])
         .arg("--dir")
-        .arg(dir)
+        .arg(dir);
+    spawn_redis(command, port).await
+}
+
+/// A throwaway redis-server reading the configuration file `config`, which listens on `port`.
+pub async fn start_redis_with_config(config: &Path, port: u16) -> anyhow::Result<Child> {
+    let mut command = Command::new("redis-server");
+    command.arg(config);
+    spawn_redis(command, port).await
+}
+
+async fn spawn_redis(mut command: Command, port: u16) -> anyhow::Result<Child> {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -186,6 +186,7 @@ fn config_toml(config: &Config) -> String {
         keyspace,
         replication,
         consistency,
+        local_datacenter,
         store_timeout_ms,
         nats_url,
         nats_login,
@@ -212,6 +213,7 @@ fn config_toml(config: &Config) -> String {
          keyspace = {keyspace:?}\n\
          replication = \"{replication}\"\n\
          consistency = {:?}\n\
+         local_datacenter = {local_datacenter:?}\n\
          store_timeout_ms = {store_timeout_ms}\n\
          nats_url = {nats_url:?}\n\
          subject_prefix = {subject_prefix:?}\n\

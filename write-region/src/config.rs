@@ -30,6 +30,10 @@ pub struct Config {
     /// committing with any one of three replicas down in whichever data center); see
     /// `store::replication`.
     pub consistency: StoreConsistency,
+    /// The data center whose nodes coordinate this process's requests (`dc1`), normally the one
+    /// the process runs in; empty: any node. With `local_quorum` it is also the only data center
+    /// used.
+    pub local_datacenter: String,
     pub store_timeout_ms: u64,
     pub nats_url: String,
     /// The hub user and its password file (`WRITE_REGION_NATS_LOGIN__USER`, `..._PASSWORD_FILE`).
@@ -64,6 +68,7 @@ impl Default for Config {
             keyspace: "trading".into(),
             replication: Replication::Simple(1),
             consistency: StoreConsistency::LocalQuorum,
+            local_datacenter: String::new(),
             store_timeout_ms: 5_000,
             nats_url: local::NATS_HUB_URL.into(),
             nats_login: Login::default(),
@@ -98,6 +103,17 @@ impl Config {
         if !keyspace_ok {
             return invalid("keyspace", "must be 1-48 characters of a-z, 0-9 or '_'");
         }
+        if let Replication::PerDatacenter(datacenters) = &self.replication
+            && !self.local_datacenter.is_empty()
+            && !datacenters
+                .iter()
+                .any(|(name, _)| *name == self.local_datacenter)
+        {
+            return invalid(
+                "local_datacenter",
+                "must be one of the data centers named in replication",
+            );
+        }
         check_positive("outbox_workers", self.outbox_workers)?;
         check_positive("max_concurrent_requests", self.max_concurrent_requests)?;
         check_nats_name("account_stream", &self.account_stream)?;
@@ -129,6 +145,7 @@ impl Config {
             keyspace: self.keyspace.clone(),
             replication: self.replication.clone(),
             consistency: self.consistency,
+            local_datacenter: Some(self.local_datacenter.clone()).filter(|dc| !dc.is_empty()),
             request_timeout: Duration::from_millis(self.store_timeout_ms),
         }
     }

@@ -169,6 +169,7 @@ async fn scenario() -> anyhow::Result<()> {
     config.cassandra_contact_points = (1..=3).map(|n| format!("127.0.0.{n}:9142")).collect();
     config.replication = Replication::PerDatacenter(vec![("dc1".into(), 2), ("dc2".into(), 1)]);
     config.consistency = StoreConsistency::Quorum;
+    config.local_datacenter = "dc1".into();
     let region = WriteRegion::start(config).await?;
     for n in 0..ACCOUNTS {
         funded_account(&region, &account(n), &CASH.to_string()).await?;

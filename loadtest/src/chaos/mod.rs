@@ -54,8 +54,9 @@ use crate::{
 
 /// The components a `kill:` fault may name: `infra/up`'s names for them. The first
 /// `DEFAULT_KILLS` are killed in every round by default: each kind of process once (one leaf,
-/// one Redis); the store and the link proxy only when asked.
-pub const COMPONENTS: [&str; 12] = [
+/// one Redis); the store and the link proxy only when asked, and a node of the three-node store
+/// (`store-1`..`store-3`) only on a stack started with `infra/up --store-nodes 3`.
+pub const COMPONENTS: [&str; 15] = [
     "write-region",
     "relay",
     "read-region-eu",
@@ -68,6 +69,9 @@ pub const COMPONENTS: [&str; 12] = [
     "relay-2",
     "toxiproxy",
     "cassandra",
+    "store-1",
+    "store-2",
+    "store-3",
 ];
 const DEFAULT_KILLS: usize = 7;
 /// The relay processes of `infra/up`'s stack: one holds the lease and runs the pipeline.

@@ -21,7 +21,10 @@ use std::{
 
 use platform::names::Aggregate;
 use scylla::{
-    client::{session::Session, session_builder::SessionBuilder},
+    client::{
+        execution_profile::ExecutionProfile, session::Session, session_builder::SessionBuilder,
+    },
+    policies::load_balancing::DefaultPolicy,
     statement::{Consistency, prepared::PreparedStatement},
     value::CqlTimestamp,
 };
@@ -84,6 +87,8 @@ pub struct StoreConfig {
     pub keyspace: String,
     pub replication: Replication,
     pub consistency: StoreConsistency,
+    /// The data center whose nodes coordinate this process's requests, if named.
+    pub local_datacenter: Option<String>,
     pub request_timeout: Duration,
 }
 
@@ -131,11 +136,28 @@ pub struct Store {
 impl Store {
     /// Connects, creates the keyspace and tables if missing, and prepares every statement.
     pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new()
             .known_nodes(&config.contact_points)
-            .connection_timeout(Duration::from_secs(10))
-            .build()
-            .await?;
+            .connection_timeout(Duration::from_secs(10));
+        if let Some(datacenter) = &config.local_datacenter {
+            // A coordinator sends a write to another data center through one node there, which
+            // forwards it to that data center's other replicas. Until gossip convicts a dead node
+            // (about 18 s), a coordinator that picked it as the forwarder loses the whole data
+            // center's copies, and QUORUM writes time out with two replicas alive. Coordinating
+            // from the data center holding most replicas reaches each of them directly.
+            let policy = DefaultPolicy::builder()
+                .prefer_datacenter(datacenter.clone())
+                .token_aware(true)
+                // LOCAL_* levels count the coordinator's data center: a coordinator elsewhere
+                // would run a different quorum, so only QUORUM / SERIAL may fail over.
+                .permit_dc_failover(config.consistency == StoreConsistency::Quorum)
+                .build();
+            let profile = ExecutionProfile::builder()
+                .load_balancing_policy(policy)
+                .build();
+            builder = builder.default_execution_profile_handle(profile.into_handle());
+        }
+        let session = builder.build().await?;
         schema::create(&session, &config.keyspace, &config.replication).await?;
         let prepare = Prepare {
             session: &session,
