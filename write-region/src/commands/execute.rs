@@ -11,6 +11,14 @@
 //! committed). A batch that does not apply reloads with a SERIAL read, which completes any Paxos
 //! round in flight, checks the record, and decides again; so two processes on one store are
 //! exactly as correct as one, only slower when they write the same aggregates.
+//!
+//! Reads the driver retries on another node by itself (the store marks them idempotent). A
+//! commit whose outcome the store could not tell (its coordinator died mid-request, or heard from
+//! too few replicas in time) is settled like a lost race when the command has an idempotency
+//! key: the next attempt's SERIAL read completes the round if it was accepted, and the record
+//! then answers the request as committed; otherwise the command commits now. A store node lost
+//! under load then costs the client latency, not an error. Without a key a second commit could
+//! not be told from the first, so that error goes back to the caller.
 
 use std::{
     collections::HashMap,
@@ -31,6 +39,10 @@ use crate::{
 
 /// How often a command retries after losing a race to another writer.
 pub(super) const MAX_ATTEMPTS: u32 = 16;
+/// Commits of unknown outcome a command settles and tries again (see the module documentation),
+/// pausing so the driver can notice a dead node and send the next try elsewhere.
+const UNKNOWN_OUTCOMES: u32 = 3;
+const UNKNOWN_OUTCOME_PAUSE: Duration = Duration::from_millis(50);
 pub(super) const LOCK_STRIPES: usize = 1024;
 /// Aggregates whose last committed state a stripe keeps (about 64k in all).
 const CACHED_PER_STRIPE: usize = 64;
@@ -135,6 +147,7 @@ impl Commands {
         // The stripe count fits usize, so the remainder does too.
         let stripe = (key.stable_hash() % LOCK_STRIPES as u64) as usize;
         let mut stripe = self.locks[stripe].lock().await;
+        let mut unknown_outcomes = 0;
         for attempt in 0..MAX_ATTEMPTS {
             let stored = match stripe.cached.remove(&key) {
                 Some(stored) if attempt == 0 => stored,
@@ -195,19 +208,41 @@ impl Commands {
                 })
                 .collect();
             let last_version = stored.version + rows.len() as u64;
-            // The marker goes first: if this process dies after the commit, a sweep finds it.
-            self.store.mark_pending(&key, last_version).await?;
             let encoded = aggregate::encode(&state);
-            let committed = self
-                .store
-                .append(Append {
-                    key: &key,
-                    expected_version: stored.version,
-                    state: encoded.clone(),
-                    events: &rows,
-                    record,
-                })
-                .await?;
+            let outcome = async {
+                // The marker goes first: if this process dies after the commit, a sweep finds it.
+                self.store.mark_pending(&key, last_version).await?;
+                self.store
+                    .append(Append {
+                        key: &key,
+                        expected_version: stored.version,
+                        state: encoded.clone(),
+                        events: &rows,
+                        record,
+                    })
+                    .await
+            }
+            .await;
+            let committed = match outcome {
+                Ok(committed) => committed,
+                // Settled by the next attempt (see the module documentation). If it did commit,
+                // its marker is there and the outbox's sweep publishes it.
+                Err(error)
+                    if idempotency.is_some()
+                        && error.is_transient()
+                        && unknown_outcomes < UNKNOWN_OUTCOMES =>
+                {
+                    unknown_outcomes += 1;
+                    tracing::warn!(
+                        aggregate = %key.id,
+                        error = &error as &dyn std::error::Error,
+                        "commit of unknown outcome; settling it under the idempotency key"
+                    );
+                    tokio::time::sleep(UNKNOWN_OUTCOME_PAUSE).await;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
             if committed {
                 stripe.remember(
                     key.clone(),

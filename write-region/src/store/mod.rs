@@ -24,6 +24,7 @@ use scylla::{
     client::{
         execution_profile::ExecutionProfile, session::Session, session_builder::SessionBuilder,
     },
+    errors::{DbError, ExecutionError, RequestAttemptError},
     policies::load_balancing::DefaultPolicy,
     statement::{Consistency, prepared::PreparedStatement},
     value::CqlTimestamp,
@@ -53,6 +54,37 @@ pub enum StoreError {
     VersionOutOfRange(u64),
     #[error("stored data of {key} is corrupt: negative version {version}")]
     NegativeVersion { key: AggregateKey, version: i64 },
+}
+
+impl StoreError {
+    /// A failure whose request may have done its work, or may succeed a moment later: the
+    /// connection to the coordinator broke (its node died mid-request), the coordinator heard
+    /// from too few replicas in time, or it was overloaded or still starting. Not `Unavailable`
+    /// (too few replicas alive for the level: nothing was tried, and trying again at once fails
+    /// the same way) nor anything about the request itself.
+    pub fn is_transient(&self) -> bool {
+        let Self::Driver(cause) = self else {
+            return false;
+        };
+        match cause.downcast_ref::<ExecutionError>() {
+            Some(ExecutionError::ConnectionPoolError(_) | ExecutionError::RequestTimeout(_)) => {
+                true
+            }
+            Some(ExecutionError::LastAttemptError(attempt)) => matches!(
+                attempt,
+                RequestAttemptError::BrokenConnectionError(_)
+                    | RequestAttemptError::UnableToAllocStreamId
+                    | RequestAttemptError::DbError(
+                        DbError::WriteTimeout { .. }
+                            | DbError::ReadTimeout { .. }
+                            | DbError::Overloaded
+                            | DbError::IsBootstrapping,
+                        _,
+                    )
+            ),
+            _ => false,
+        }
+    }
 }
 
 macro_rules! store_error_from {
@@ -198,6 +230,10 @@ impl Prepare<'_> {
         statement.set_consistency(consistency);
         statement.set_serial_consistency(Some(self.consistency.serial()));
         statement.set_request_timeout(Some(self.request_timeout));
+        // Each statement run on its own here is a read or a write of fixed values, so the driver
+        // may send it again to the next node when its node dies mid-request or times out. The
+        // one that is not, the conditional batch, is a `Batch` of its own that is never marked.
+        statement.set_is_idempotent(true);
         Ok(statement)
     }
 }
@@ -246,5 +282,34 @@ mod tests {
             AggregateKey::account("AAPL").stable_hash(),
             instrument.stable_hash()
         );
+    }
+
+    fn db_error(error: DbError) -> StoreError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(error, String::new())).into()
+    }
+
+    #[test]
+    fn timeouts_are_transient_and_missing_replicas_are_not() {
+        use scylla::errors::WriteType;
+        use scylla::statement::Consistency::Quorum;
+        let write_timeout = db_error(DbError::WriteTimeout {
+            consistency: Quorum,
+            received: 1,
+            required: 2,
+            write_type: WriteType::Cas,
+        });
+        assert!(write_timeout.is_transient());
+        assert!(
+            StoreError::from(ExecutionError::RequestTimeout(Duration::from_secs(5))).is_transient()
+        );
+        assert!(db_error(DbError::Overloaded).is_transient());
+        let unavailable = db_error(DbError::Unavailable {
+            consistency: Quorum,
+            required: 2,
+            alive: 1,
+        });
+        assert!(!unavailable.is_transient());
+        assert!(!db_error(DbError::SyntaxError).is_transient());
+        assert!(!StoreError::EmptyAppend.is_transient());
     }
 }
