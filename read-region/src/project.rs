@@ -393,6 +393,65 @@ async fn apply_in_order(
     Ok(events)
 }
 
+/// What the rebuild's reader hands the applier: one batch read from the mirror, or word that
+/// nothing more came in time.
+enum Read {
+    Batch {
+        events: Vec<PreparedEvent>,
+        /// The highest stream sequence in the batch.
+        seen: u64,
+        /// The sequence read when the mirror said nothing more was pending, if it did.
+        drained_at: Option<u64>,
+    },
+    Idle,
+}
+
+/// Batches read ahead of the one being applied: Redis applies one while the next is read and
+/// decoded, so neither waits for the other.
+const READ_AHEAD: usize = 16;
+/// Events the rebuild sends to Redis in one round trip at most.
+const MERGED_EVENTS: usize = 8192;
+
+/// Reads the mirror in batches of up to `batch_size` into `batches` until the receiver goes.
+async fn read_ahead(
+    mut messages: impl futures::Stream<Item = Result<jetstream::Message, pull::OrderedError>> + Unpin,
+    batch_size: usize,
+    shutdown: CancellationToken,
+    batches: tokio::sync::mpsc::Sender<Result<Read, ProjectError>>,
+) {
+    loop {
+        let read = async {
+            let Some(first) = next_or_idle(&mut messages, &shutdown).await? else {
+                return Ok(Read::Idle);
+            };
+            let batch = ready_batch(first, &mut messages, batch_size);
+            let mut events = Vec::with_capacity(batch.len());
+            let (mut seen, mut drained_at) = (0, None);
+            for message in batch {
+                let message = message?;
+                let info = message.info().map_err(ProjectError::Metadata)?;
+                seen = seen.max(info.stream_sequence);
+                if info.pending == 0 && drained_at.is_none() {
+                    drained_at = Some(seen);
+                }
+                if let Some(event) = decode(&message.payload, info.stream_sequence) {
+                    events.push(event);
+                }
+            }
+            Ok(Read::Batch {
+                events,
+                seen,
+                drained_at,
+            })
+        }
+        .await;
+        let failed = read.is_err();
+        if batches.send(read).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Rebuilds the views from the mirror into a fresh generation and switches to it.
 pub async fn rebuild(
     views: &Views,
@@ -410,10 +469,19 @@ pub async fn rebuild(
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer.messages().await?;
+    let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+    // Ends when `batches` is dropped, with this function.
+    tokio::spawn(read_ahead(
+        consumer.messages().await?,
+        batch_size,
+        shutdown.clone(),
+        sender,
+    ));
     let mut seen = 0_u64;
     let mut events = 0_u64;
     let mut waiting = Waiting::new();
+    // A read taken from the channel while merging batches, for the next turn.
+    let mut held = None;
     let mut last_report = Instant::now();
     let report = |seen, events, target| Progress {
         generation,
@@ -424,6 +492,9 @@ pub async fn rebuild(
     };
     loop {
         if seen >= target {
+            // What the switch compares; only needed now, as a generation left half built is
+            // never served.
+            views.mark_seen(generation, seen).await?;
             match views.switch_to(generation).await? {
                 SwitchOutcome::Switched { previous } => {
                     let done = report(seen, events, target);
@@ -439,23 +510,43 @@ pub async fn rebuild(
                 SwitchOutcome::NoGeneration => return Err(ProjectError::GenerationLost),
             }
         }
-        let Some(first) = next_or_idle(&mut messages, shutdown).await? else {
+        let read = match held.take() {
+            Some(read) => read,
+            None => batches.recv().await.ok_or(ProjectError::Stopped)?,
+        }?;
+        let Read::Batch {
+            events: mut prepared,
+            seen: batch_seen,
+            mut drained_at,
+        } = read
+        else {
             // Nothing more to read: the target was a sequence the mirror no longer holds.
             target = seen;
             continue;
         };
-        let batch = ready_batch(first, &mut messages, batch_size);
-        let mut prepared = Vec::with_capacity(batch.len());
-        for message in batch {
-            let message = message?;
-            let info = message.info().map_err(ProjectError::Metadata)?;
-            seen = seen.max(info.stream_sequence);
-            if info.pending == 0 {
-                target = target.min(seen);
+        seen = seen.max(batch_seen);
+        // Batches read while the last one was applied go to Redis together: fewer round trips,
+        // each of which leaves Redis idle.
+        while prepared.len() < MERGED_EVENTS {
+            match batches.try_recv() {
+                Ok(Ok(Read::Batch {
+                    events,
+                    seen: batch_seen,
+                    drained_at: batch_drained_at,
+                })) => {
+                    prepared.extend(events);
+                    seen = seen.max(batch_seen);
+                    drained_at = drained_at.or(batch_drained_at);
+                }
+                Ok(other) => {
+                    held = Some(other);
+                    break;
+                }
+                Err(_) => break,
             }
-            if let Some(event) = decode(&message.payload, info.stream_sequence) {
-                prepared.push(event);
-            }
+        }
+        if let Some(drained_at) = drained_at {
+            target = target.min(drained_at);
         }
         events += apply_in_order(
             views,
@@ -465,7 +556,6 @@ pub async fn rebuild(
             &mut |_| {},
         )
         .await?;
-        views.mark_seen(generation, seen).await?;
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             progress(&report(seen, events, target));

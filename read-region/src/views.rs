@@ -41,8 +41,10 @@ const LUA_APPLY: &str = include_str!("lua/apply.lua");
 /// Events one run of the apply script applies: one round trip and one script call for many,
 /// while Redis, which runs a script alone, is held for about a millisecond at a time.
 const EVENTS_PER_APPLY: usize = 64;
+/// Events per pipeline: a large batch goes as several, all in flight together.
+const EVENTS_PER_PIPELINE: usize = 512;
 /// The fields of an event before its body, as the apply script reads them.
-const APPLY_FIXED_FIELDS: usize = 12;
+const APPLY_FIXED_FIELDS: usize = 9;
 /// What the apply script leaves in a counter whose sum left 64-bit integers.
 const OVERFLOW: &[u8] = b"overflow";
 const LUA_READ: &str = include_str!("lua/read.lua");
@@ -368,46 +370,70 @@ impl Views {
             Target::Generation(generation) => generation.to_string(),
         };
         let snapshot = if snapshots { "1" } else { "0" };
-        let mut pipeline = redis::pipe();
-        for chunk in events.chunks(EVENTS_PER_APPLY) {
-            let command = pipeline.cmd("EVALSHA").arg(self.apply.get_hash()).arg(0);
-            for event in chunk {
-                // The argument layout is the script's (`lua/apply.lua`): the field count, then
-                // the fixed fields and the body.
-                command
-                    .arg(APPLY_FIXED_FIELDS + event.body.len())
-                    .arg(&self.prefix)
-                    .arg(&generation)
-                    .arg(snapshot)
-                    .arg(event.aggregate.as_str())
-                    .arg(&event.aggregate_id)
-                    .arg(event.version)
-                    .arg(event.part)
-                    .arg(event.parts)
-                    .arg(event.stream_sequence)
-                    .arg(event.occurred_ms)
-                    .arg(model::utc_day(event.occurred_ms))
-                    .arg(event.kind.as_str());
-                for argument in &event.body {
-                    command.arg(argument.as_slice());
+        let pipelines: Vec<redis::Pipeline> = events
+            .chunks(EVENTS_PER_PIPELINE)
+            .map(|group| {
+                let mut pipeline = redis::pipe();
+                for chunk in group.chunks(EVENTS_PER_APPLY) {
+                    // The argument layout is the script's (`lua/apply.lua`): a header, then per
+                    // event the field count, the fixed fields and the body.
+                    let command = pipeline
+                        .cmd("EVALSHA")
+                        .arg(self.apply.get_hash())
+                        .arg(0)
+                        .arg(&self.prefix)
+                        .arg(&generation)
+                        .arg(snapshot);
+                    for event in chunk {
+                        command
+                            .arg(APPLY_FIXED_FIELDS + event.body.len())
+                            .arg(event.aggregate.as_str())
+                            .arg(&event.aggregate_id)
+                            .arg(event.version)
+                            .arg(event.part)
+                            .arg(event.parts)
+                            .arg(event.stream_sequence)
+                            .arg(event.occurred_ms)
+                            .arg(model::utc_day(event.occurred_ms))
+                            .arg(event.kind.as_str());
+                        for argument in &event.body {
+                            command.arg(argument.as_slice());
+                        }
+                    }
                 }
-            }
+                pipeline
+            })
+            .collect();
+        // All in flight at once on the one connection, which sends them in this order: Redis
+        // runs one while the next is on its way and the last one's answers are decoded.
+        let sent = futures::future::join_all(pipelines.iter().map(|pipeline| {
+            let mut connection = self.connection.clone();
+            async move { pipeline.query_async::<Vec<Value>>(&mut connection).await }
+        }))
+        .await;
+        let mut answers = Vec::with_capacity(events.len().div_ceil(EVENTS_PER_APPLY));
+        let mut loaded = false;
+        for (pipeline, result) in pipelines.iter().zip(sent) {
+            let result = match result {
+                Err(error)
+                    if error.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Redis restarted (its script cache is empty): load and run it again.
+                    let mut connection = self.connection.clone();
+                    if !loaded {
+                        self.apply
+                            .prepare_invoke()
+                            .load_async(&mut connection)
+                            .await?;
+                        loaded = true;
+                    }
+                    pipeline.query_async(&mut connection).await
+                }
+                other => other,
+            };
+            answers.extend(result?);
         }
-        let mut connection = self.connection.clone();
-        let answers: Vec<Value> = match pipeline.query_async(&mut connection).await {
-            Ok(answers) => answers,
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                // Redis restarted (its script cache is empty): load and run the batch again.
-                self.apply
-                    .prepare_invoke()
-                    .load_async(&mut connection)
-                    .await?;
-                pipeline.query_async(&mut connection).await?
-            }
-            Err(error) => return Err(error.into()),
-        };
         let mut outcomes = Vec::with_capacity(events.len());
         for answer in answers {
             for outcome in array(answer)? {

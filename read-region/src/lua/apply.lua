@@ -5,10 +5,10 @@
 -- is a gap (its predecessor has not been applied yet) and changes nothing.
 --
 -- One call applies a batch of events in order (one round trip and one script run for many
--- events: the rebuild's and the projector's batches). ARGV is the events one after another,
--- each as its field count followed by its fields: prefix, generation ('' = the current one),
--- snapshot flag, aggregate type, aggregate id, version, part, parts, stream sequence,
--- occurred_at (ms), UTC day, kind, body... Returns one answer per event, in order:
+-- events: the rebuild's and the projector's batches). ARGV is a header (key prefix, generation
+-- ('' = the one served), snapshot flag), then the events one after another, each as its field
+-- count followed by its fields: aggregate type, aggregate id, version, part, parts, stream
+-- sequence, occurred_at (ms), UTC day, kind, body... Returns one answer per event, in order:
 -- {'applied', gen, book...} | {'duplicate', gen} | {'gap', gen, v, p, n} | {'nogen'}. The book
 -- (see common.lua) follows only with the snapshot flag, after an account version completes.
 
@@ -31,8 +31,9 @@ local function holders(g, symbol, before, after)
     add(g .. ':sym:' .. symbol, 'holders', -1)
   end
 end
-local function set_position(g, acct, symbol, qty, cost)
-  local before = tonumber(redis.call('HGET', g .. ':posq:' .. acct, symbol) or '0')
+-- `held` is the quantity stored now when the caller has read it already.
+local function set_position(g, acct, symbol, qty, cost, held)
+  local before = tonumber(held or redis.call('HGET', g .. ':posq:' .. acct, symbol) or '0')
   holders(g, symbol, before, tonumber(qty))
   if tonumber(qty) == 0 then
     redis.call('HDEL', g .. ':posq:' .. acct, symbol)
@@ -42,56 +43,107 @@ local function set_position(g, acct, symbol, qty, cost)
     redis.call('HSET', g .. ':posc:' .. acct, symbol, cost)
   end
 end
+-- A symbol's reference fields, set by its first trade; a batch holds many trades of few
+-- symbols, so once both are known in this run the writes are not repeated.
+local referenced = {}
 local function reference(g, symbol, name, sector)
   local key = g .. ':sym:' .. symbol
+  if referenced[key] then return end
   if name ~= '' then redis.call('HSETNX', key, 'name', name) end
   if sector ~= '' then redis.call('HSETNX', key, 'sector', sector) end
   redis.call('SADD', g .. ':symbols', symbol)
+  referenced[key] = name ~= '' and sector ~= ''
 end
 -- Counters for "today": a trade of a later day starts the day afresh, one of an earlier day
--- (possible across accounts) no longer counts for today.
+-- (possible across accounts) no longer counts for today. Every trade of a batch counts on its
+-- symbol and on the totals, so a run keeps each counter's day and sums its increments, and
+-- writes the sums once at its end (`flush_counts`). Sums stay below 2^52, where Lua's numbers
+-- (doubles) hold integers exactly; a larger figure is written at once, as it was given.
+local EXACT = 2 ^ 52
+local counters = {}
+local function pend(c, key, field, by)
+  local n = tonumber(by)
+  local sum = c[field] + n
+  if math.abs(n) >= EXACT or math.abs(sum) >= EXACT then
+    if c[field] ~= 0 then add(key, field, string.format('%.0f', c[field])) end
+    add(key, field, by)
+    c[field] = 0
+  else
+    c[field] = sum
+  end
+end
 local function count(key, day, qty, notional)
-  local d = redis.call('HGET', key, 'day')
-  if d ~= day then
-    if d and tonumber(d) > tonumber(day) then return end
+  local c = counters[key]
+  if not c then
+    c = {day = redis.call('HGET', key, 'day'), trades = 0, volume = 0, notional = 0}
+    counters[key] = c
+  end
+  if c.day ~= day then
+    if c.day and tonumber(c.day) > tonumber(day) then return end
+    -- What was summed for the old day is dropped with it.
     redis.call('HSET', key, 'day', day, 'trades', 0, 'volume', 0, 'notional', 0)
+    c.day, c.trades, c.volume, c.notional = day, 0, 0, 0
   end
-  add(key, 'trades', 1)
-  add(key, 'volume', qty)
-  add(key, 'notional', notional)
+  pend(c, key, 'trades', 1)
+  pend(c, key, 'volume', qty)
+  pend(c, key, 'notional', notional)
+end
+local function flush_counts()
+  for key, c in pairs(counters) do
+    for _, field in ipairs({'trades', 'volume', 'notional'}) do
+      if c[field] ~= 0 then add(key, field, string.format('%.0f', c[field])) end
+    end
+  end
 end
 
--- What one script run learns once and writes once: whether each generation exists, and the
--- highest stream sequence seen per generation (written to its meta after the last event).
-local live, highest = {}, {}
-local function seen(meta, seq)
+-- The run's header: key prefix, generation ('' = the one served), snapshot flag. A run applies
+-- to one generation; `g` is its key prefix, nil when it does not exist.
+local prefix, gen, snapshot = ARGV[1], ARGV[2], ARGV[3]
+if gen == '' then gen = redis.call('GET', prefix .. ':current') end
+local g
+if gen and redis.call('EXISTS', prefix .. ':g' .. gen .. ':meta') == 1 then
+  g = prefix .. ':g' .. gen
+end
+
+-- What a run writes once, at its end: the highest stream sequence it saw (to the generation's
+-- meta), and every cursor it moved (one HSET). Cursors it read or moved are kept, as an
+-- account's trade and the book after it come one after the other.
+local highest = 0
+local function seen(seq)
   local s = tonumber(seq)
-  if s > (highest[meta] or 0) then highest[meta] = s end
+  if s > highest then highest = s end
+end
+local cursors, moved = {}, {}
+local function cursor(field)
+  local cur = cursors[field]
+  if cur == nil then
+    cur = redis.call('HGET', g .. ':cursor', field)
+    cursors[field] = cur
+  end
+  return cur
+end
+local function move_cursor(field, value)
+  cursors[field] = value
+  moved[#moved + 1] = field
+  moved[#moved + 1] = value
 end
 
--- One event; its fields are the function's ARGV, so the rule below reads as written for one.
-local function apply(ARGV)
-  local prefix, gen = ARGV[1], ARGV[2]
-  if gen == '' then
-    gen = redis.call('GET', prefix .. ':current')
-    if not gen then return {'nogen'} end
-  end
-  local g = prefix .. ':g' .. gen
-  local meta = g .. ':meta'
-  if live[meta] == nil then live[meta] = redis.call('EXISTS', meta) == 1 end
-  if not live[meta] then return {'nogen'} end
-  local atype, aid = ARGV[4], ARGV[5]
-  local version, part, parts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-  local seq, occurred, day, kind = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+-- One event: its fields are ARGV[o + 1] onwards (read in place, not copied).
+local function apply(o)
+  local account_fields = {}
+  local atype, aid = ARGV[o + 1], ARGV[o + 2]
+  local version, part = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
+  local parts = tonumber(ARGV[o + 5])
+  local seq, occurred, day, kind = ARGV[o + 6], ARGV[o + 7], ARGV[o + 8], ARGV[o + 9]
   local cfield = atype .. ':' .. aid
   local cv, cp, cn = 0, 0, 0
-  local cur = redis.call('HGET', g .. ':cursor', cfield)
+  local cur = cursor(cfield)
   if cur then
     local v, p, n = string.match(cur, '^(%d+):(%d+):(%d+)$')
     cv, cp, cn = tonumber(v), tonumber(p), tonumber(n)
   end
   if version < cv or (version == cv and part <= cp) then
-    seen(meta, seq)
+    seen(seq)
     return {'duplicate', gen}
   end
   local sv, sp = cv + 1, 1
@@ -101,65 +153,79 @@ local function apply(ARGV)
   end
 
   if kind == 'registered' then
-    redis.call('HSET', g .. ':acct:' .. aid, 'owner', ARGV[13], 'currency', ARGV[14],
+    redis.call('HSET', g .. ':acct:' .. aid, 'owner', ARGV[o + 10], 'currency', ARGV[o + 11],
       'cash', '0', 'realized', '0', 'version', '0', 'as_of', occurred)
     add(g .. ':totals', 'accounts', 1)
   elseif kind == 'cash' then
-    redis.call('HSET', g .. ':acct:' .. aid, 'cash', ARGV[13])
+    redis.call('HSET', g .. ':acct:' .. aid, 'cash', ARGV[o + 10])
   elseif kind == 'trade' then
-    local symbol, qty, notional, realized = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
-    redis.call('ZADD', g .. ':trades:' .. aid, version, ARGV[13])
-    set_position(g, aid, symbol, ARGV[18], ARGV[19])
-    add(g .. ':posr:' .. aid, symbol, realized)
-    add(g .. ':acct:' .. aid, 'realized', realized)
-    reference(g, symbol, ARGV[20], ARGV[21])
+    local symbol, qty = ARGV[o + 11], ARGV[o + 12]
+    local notional, realized = ARGV[o + 13], ARGV[o + 14]
+    redis.call('ZADD', g .. ':trades:' .. aid, version, ARGV[o + 10])
+    set_position(g, aid, symbol, ARGV[o + 15], ARGV[o + 16])
+    -- A buy realizes nothing: adding zero would change nothing.
+    if tonumber(realized) ~= 0 then
+      add(g .. ':posr:' .. aid, symbol, realized)
+      add(g .. ':acct:' .. aid, 'realized', realized)
+    end
+    reference(g, symbol, ARGV[o + 17], ARGV[o + 18])
     count(g .. ':sym:' .. symbol, day, qty, notional)
     count(g .. ':totals', day, qty, notional)
   elseif kind == 'value' then
-    local acct = g .. ':acct:' .. aid
-    redis.call('HSET', acct, 'cash', ARGV[13], 'realized', ARGV[14])
+    -- Cash and realized go with the account's version, below.
+    account_fields = {'cash', ARGV[o + 10], 'realized', ARGV[o + 11]}
+    -- The book repeats every position, most of them unchanged (the trade before it already
+    -- moved the one it traded): read the positions once and write only what differs.
+    local held, costs = hash(g .. ':posq:' .. aid), hash(g .. ':posc:' .. aid)
+    local rkey = g .. ':posr:' .. aid
+    local realized = hash(rkey)
     local listed = {}
-    local n = tonumber(ARGV[15])
+    local n = tonumber(ARGV[o + 12])
     for i = 0, n - 1 do
-      local base = 16 + i * 6
-      local symbol = ARGV[base]
+      local base = o + 13 + i * 6
+      local symbol, qty, cost, r = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
       listed[symbol] = true
-      set_position(g, aid, symbol, ARGV[base + 1], ARGV[base + 2])
-      redis.call('HSET', g .. ':posr:' .. aid, symbol, ARGV[base + 3])
+      local same = (held[symbol] == qty and costs[symbol] == cost)
+        or (tonumber(qty) == 0 and held[symbol] == nil and costs[symbol] == nil)
+      if not same then set_position(g, aid, symbol, qty, cost, held[symbol] or '0') end
+      if realized[symbol] ~= r then redis.call('HSET', rkey, symbol, r) end
       reference(g, symbol, ARGV[base + 4], ARGV[base + 5])
     end
     -- The book is authoritative: a position it no longer lists is gone.
-    for _, symbol in ipairs(redis.call('HKEYS', g .. ':posq:' .. aid)) do
-      if not listed[symbol] then set_position(g, aid, symbol, '0', '0') end
+    for symbol, qty in pairs(held) do
+      if not listed[symbol] then set_position(g, aid, symbol, '0', '0', qty) end
     end
-    for _, symbol in ipairs(redis.call('HKEYS', g .. ':posr:' .. aid)) do
-      if not listed[symbol] then redis.call('HDEL', g .. ':posr:' .. aid, symbol) end
+    for symbol in pairs(realized) do
+      if not listed[symbol] then redis.call('HDEL', rkey, symbol) end
     end
   elseif kind == 'alert' then
-    local account, alert_id = ARGV[13], ARGV[14]
+    local account, alert_id = ARGV[o + 10], ARGV[o + 11]
     if redis.call('SADD', g .. ':alertids:' .. account, alert_id) == 1 then
       local at = version
       if atype ~= 'account' then
         at = redis.call('HGET', g .. ':acct:' .. account, 'version') or '0'
       end
-      redis.call('RPUSH', g .. ':alerts:' .. account, tostring(at) .. ':' .. ARGV[15])
+      redis.call('RPUSH', g .. ':alerts:' .. account, tostring(at) .. ':' .. ARGV[o + 12])
     end
   elseif kind == 'instrument' then
     local key = g .. ':sym:' .. aid
-    redis.call('HSET', key, 'name', ARGV[13], 'sector', ARGV[14], 'asset_class', ARGV[15],
-      'currency', ARGV[16])
+    redis.call('HSET', key, 'name', ARGV[o + 10], 'sector', ARGV[o + 11],
+      'asset_class', ARGV[o + 12], 'currency', ARGV[o + 13])
     redis.call('SADD', g .. ':symbols', aid)
   elseif kind == 'price' then
-    redis.call('HSET', g .. ':sym:' .. aid, 'price', ARGV[13])
+    redis.call('HSET', g .. ':sym:' .. aid, 'price', ARGV[o + 10])
     redis.call('SADD', g .. ':symbols', aid)
   end
 
   if atype == 'account' and part == parts then
-    redis.call('HSET', g .. ':acct:' .. aid, 'version', tostring(version), 'as_of', occurred)
+    redis.call('HSET', g .. ':acct:' .. aid, 'version', tostring(version), 'as_of', occurred,
+      unpack(account_fields))
+  elseif #account_fields > 0 then
+    redis.call('HSET', g .. ':acct:' .. aid, unpack(account_fields))
   end
-  redis.call('HSET', g .. ':cursor', cfield, ARGV[6] .. ':' .. ARGV[7] .. ':' .. ARGV[8])
-  seen(meta, seq)
-  if ARGV[3] == '1' and atype == 'account' and part == parts then
+  move_cursor(cfield, ARGV[o + 3] .. ':' .. ARGV[o + 4] .. ':' .. ARGV[o + 5])
+  seen(seq)
+  if snapshot == '1' and atype == 'account' and part == parts then
     local b = book(g, aid)
     if b then
       local out = {'applied', gen}
@@ -171,17 +237,17 @@ local function apply(ARGV)
 end
 
 local answers = {}
-local i = 1
+local i = 4
 while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local fields = {}
-  for j = 1, n do fields[j] = ARGV[i + j] end
-  answers[#answers + 1] = apply(fields)
-  i = i + n + 1
+  answers[#answers + 1] = g and apply(i) or {'nogen'}
+  i = i + tonumber(ARGV[i]) + 1
 end
-for meta, s in pairs(highest) do
-  if s > tonumber(redis.call('HGET', meta, 'seq') or '0') then
-    redis.call('HSET', meta, 'seq', tostring(s))
+if g then
+  flush_counts()
+  -- A cursor moved twice in the run is written twice here, the later value last.
+  if #moved > 0 then redis.call('HSET', g .. ':cursor', unpack(moved)) end
+  if highest > tonumber(redis.call('HGET', g .. ':meta', 'seq') or '0') then
+    redis.call('HSET', g .. ':meta', 'seq', tostring(highest))
   end
 end
 return answers

@@ -1,5 +1,12 @@
 -- Functions shared by the apply and read scripts (prepended to each of them).
 
+-- A hash as a Lua table of its fields.
+local function hash(key)
+  local flat, t = redis.call('HGETALL', key), {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
 -- book(g, aid): the account's book in generation key prefix g, flat: account id, version,
 -- as_of, cash, realized, then seven fields per position (symbol, quantity, average cost,
 -- realized, price, name, sector); nil when the account is unknown.
@@ -9,12 +16,13 @@ local function book(g, aid)
   local a = redis.call('HMGET', acct, 'version', 'as_of', 'cash', 'realized')
   local out = {aid, a[1] or '0', a[2] or '0', a[3] or '0', a[4] or '0'}
   local q = redis.call('HGETALL', g .. ':posq:' .. aid)
+  if #q == 0 then return out end
+  local costs, realized = hash(g .. ':posc:' .. aid), hash(g .. ':posr:' .. aid)
   for i = 1, #q, 2 do
     local s = q[i]
-    local c = redis.call('HGET', g .. ':posc:' .. aid, s) or '0'
-    local r = redis.call('HGET', g .. ':posr:' .. aid, s) or '0'
     local m = redis.call('HMGET', g .. ':sym:' .. s, 'price', 'name', 'sector')
-    for _, v in ipairs({s, q[i + 1], c, r, m[1] or '', m[2] or '', m[3] or ''}) do
+    for _, v in ipairs({s, q[i + 1], costs[s] or '0', realized[s] or '0', m[1] or '',
+      m[2] or '', m[3] or ''}) do
       out[#out + 1] = v
     end
   end
