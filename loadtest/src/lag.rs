@@ -44,6 +44,7 @@ use crate::{
     bench::place_order,
     grpc,
     load::{self, Call, Outcome, Pace},
+    memory,
     results::{LagBucket, LagRun, Machine, RegionLag},
     setup::{self, Accounts},
     stats::{self, Latency},
@@ -65,6 +66,10 @@ const NOT_VISIBLE: &str = "NotVisible";
 /// No answer at all within the deadline: tonic's server enforces `grpc-timeout` with
 /// `CANCELLED`, a client-side timeout would be `DEADLINE_EXCEEDED`.
 const NO_ANSWER: &str = "NoAnswerInTime";
+/// How often the stack's CPU is sampled while orders are placed, under the phase name
+/// `orders`.
+const CPU_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+const ORDERS_PHASE: &str = "orders";
 
 /// A read region to measure.
 #[derive(Debug, Clone)]
@@ -183,10 +188,13 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<LagRun> 
         started,
         events,
     };
+    let sampler = memory::Sampler::start(&memory::default_pids_dir(), CPU_SAMPLE_INTERVAL);
+    sampler.set_phase(ORDERS_PHASE);
     let orders = load::run("PlaceOrder", pace, settings.duration, move |call| {
         caller.call(call)
     })
     .await;
+    let cpu = sampler.finish().await.cpu;
     let observed = collector.await.context("the lag collector failed")?;
 
     let regions = settings
@@ -207,6 +215,7 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<LagRun> 
         link_latency_ms: None,
         orders,
         regions,
+        cpu,
     })
 }
 
@@ -505,6 +514,7 @@ pub fn table(run: &LagRun) -> String {
         out,
         "lag is from the PlaceOrder answer to the region's GetPortfolio(min_version) answer, so it includes that read's round trip"
     );
+    out.push_str(&memory::cpu_table(&run.cpu, run.machine.cpus));
     let verdicts: Vec<String> = run
         .regions
         .iter()

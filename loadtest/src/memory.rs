@@ -1,12 +1,14 @@
-//! Samples the resident memory of the stack's services (pids from `infra/.run/pids`) and of this
-//! process while loads run, keeping the maximum per process and per phase, because the targets
-//! bound each service's memory under load, not at rest.
+//! Samples the stack's processes (pids from `infra/.run/pids`) and this process while loads
+//! run: the resident memory of the services, keeping the maximum per process and per phase,
+//! because the targets bound each service's memory under load, not at rest; and the CPU every
+//! process used in each phase, which shows what a path costs each component and which one
+//! (or the whole machine) is the limit.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,9 @@ const SERVICES: [&str; 5] = [
 ];
 /// This process: the in-process relay and echo server run here.
 pub const SELF: &str = "loadtest (this process)";
+/// The unit of the CPU times in `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux whatever the
+/// kernel's own tick rate).
+const TICKS_PER_SECOND: f64 = 100.0;
 
 /// The largest resident set seen for one process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,10 +38,43 @@ pub struct MemoryPeak {
     pub by_phase: BTreeMap<String, f64>,
 }
 
+/// The cores one process kept busy, on average, during each bench phase (CPU time over wall
+/// time).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpuUse {
+    pub process: String,
+    pub pid: u32,
+    pub cores_by_phase: BTreeMap<String, f64>,
+}
+
+/// A process's CPU time at the first and the latest sample of a phase.
+#[derive(Clone, Copy)]
+struct Window {
+    first: (u64, Instant),
+    last: (u64, Instant),
+}
+
+impl Window {
+    fn cores(&self) -> Option<f64> {
+        let seconds = self.last.1.duration_since(self.first.1).as_secs_f64();
+        (seconds > 0.0)
+            .then(|| self.last.0.saturating_sub(self.first.0) as f64 / TICKS_PER_SECOND / seconds)
+    }
+}
+
 #[derive(Default)]
 struct Peaks {
     phase: String,
     peaks: BTreeMap<String, MemoryPeak>,
+    /// By process, then phase.
+    cpu: BTreeMap<String, (u32, BTreeMap<String, Window>)>,
+}
+
+/// What a sampler saw: memory peaks of the services and this process, CPU of every process.
+#[derive(Debug)]
+pub struct Samples {
+    pub memory: Vec<MemoryPeak>,
+    pub cpu: Vec<CpuUse>,
 }
 
 /// A running sampler; `set_phase` labels what follows, `finish` stops it.
@@ -44,6 +82,17 @@ pub struct Sampler {
     state: Arc<Mutex<Peaks>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// User and system CPU time of a process in ticks, `None` when it is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, the 12th and 13th after the name.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
 }
 
 /// `VmRSS` of a process in MiB, `None` when it is gone.
@@ -58,27 +107,57 @@ fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// A process to sample: its name, pid, and whether its memory is reported.
+struct Target {
+    name: String,
+    pid: u32,
+    memory: bool,
+}
+
+/// Every process with a live pid file in `pids_dir`, by the file's name.
+fn stack_processes(pids_dir: &Path) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir(pids_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, u32)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let path = entry.path();
+            let name = path.file_name()?.to_str()?.strip_suffix(".pid")?.to_owned();
+            let pid = read_pid(&path)?;
+            cpu_ticks(pid).map(|_| (name, pid))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 impl Sampler {
-    /// Starts sampling every `interval` the services found under `pids_dir` (missing ones are
-    /// left out) and this process.
+    /// Starts sampling every `interval` the processes found under `pids_dir` (missing ones are
+    /// left out) and this process: the memory of the services and this process, the CPU of all.
     pub fn start(pids_dir: &Path, interval: Duration) -> Self {
         // `infra/.run` (the run folder) and `infra/.run/pids` both name the pid files.
         let nested = pids_dir.join("pids");
         let pids_dir = if nested.is_dir() { &nested } else { pids_dir };
-        let mut targets: Vec<(String, u32)> = SERVICES
-            .iter()
-            .filter_map(|name| {
-                let pid = read_pid(&pids_dir.join(format!("{name}.pid")))?;
-                rss_mib(pid).map(|_| ((*name).to_owned(), pid))
+        let mut targets: Vec<Target> = stack_processes(pids_dir)
+            .into_iter()
+            .map(|(name, pid)| Target {
+                memory: SERVICES.contains(&name.as_str()),
+                name,
+                pid,
             })
             .collect();
-        if targets.is_empty() {
+        if !targets.iter().any(|target| target.memory) {
             eprintln!(
                 "bench: no running service found from the pid files in {}; only this process's memory is reported",
                 pids_dir.display()
             );
         }
-        targets.push((SELF.to_owned(), std::process::id()));
+        targets.push(Target {
+            name: SELF.to_owned(),
+            pid: std::process::id(),
+            memory: true,
+        });
         let state = Arc::new(Mutex::new(Peaks::default()));
         let stop = CancellationToken::new();
         let task = tokio::spawn(sample(targets, interval, state.clone(), stop.clone()));
@@ -91,13 +170,31 @@ impl Sampler {
         }
     }
 
-    pub async fn finish(self) -> Vec<MemoryPeak> {
+    pub async fn finish(self) -> Samples {
         self.stop.cancel();
         let _ = self.task.await;
-        self.state
-            .lock()
-            .map(|state| state.peaks.values().cloned().collect())
-            .unwrap_or_default()
+        let Ok(state) = self.state.lock() else {
+            return Samples {
+                memory: Vec::new(),
+                cpu: Vec::new(),
+            };
+        };
+        let cpu = state
+            .cpu
+            .iter()
+            .map(|(process, (pid, windows))| CpuUse {
+                process: process.clone(),
+                pid: *pid,
+                cores_by_phase: windows
+                    .iter()
+                    .filter_map(|(phase, window)| Some((phase.clone(), window.cores()?)))
+                    .collect(),
+            })
+            .collect();
+        Samples {
+            memory: state.peaks.values().cloned().collect(),
+            cpu,
+        }
     }
 }
 
@@ -107,7 +204,7 @@ pub fn default_pids_dir() -> PathBuf {
 }
 
 async fn sample(
-    targets: Vec<(String, u32)>,
+    targets: Vec<Target>,
     interval: Duration,
     state: Arc<Mutex<Peaks>>,
     stop: CancellationToken,
@@ -120,14 +217,35 @@ async fn sample(
         }
         let Ok(mut state) = state.lock() else { return };
         let phase = state.phase.clone();
-        for (name, pid) in &targets {
-            let Some(mib) = rss_mib(*pid) else { continue };
+        for target in &targets {
+            if let Some(ticks) = cpu_ticks(target.pid)
+                && !phase.is_empty()
+            {
+                let now = (ticks, Instant::now());
+                let (_, windows) = state
+                    .cpu
+                    .entry(target.name.clone())
+                    .or_insert_with(|| (target.pid, BTreeMap::new()));
+                windows
+                    .entry(phase.clone())
+                    .and_modify(|window| window.last = now)
+                    .or_insert(Window {
+                        first: now,
+                        last: now,
+                    });
+            }
+            if !target.memory {
+                continue;
+            }
+            let Some(mib) = rss_mib(target.pid) else {
+                continue;
+            };
             let peak = state
                 .peaks
-                .entry(name.clone())
+                .entry(target.name.clone())
                 .or_insert_with(|| MemoryPeak {
-                    process: name.clone(),
-                    pid: *pid,
+                    process: target.name.clone(),
+                    pid: target.pid,
                     max_rss_mib: 0.0,
                     by_phase: BTreeMap::new(),
                 });
@@ -138,6 +256,46 @@ async fn sample(
             }
         }
     }
+}
+
+/// Cores used per phase, in all and by each process that used at least a twentieth of one,
+/// as a Markdown table (empty without samples).
+pub fn cpu_table(cpu: &[CpuUse], cpus: usize) -> String {
+    use std::fmt::Write;
+    let mut phases: Vec<&String> = cpu
+        .iter()
+        .flat_map(|process| process.cores_by_phase.keys())
+        .collect();
+    phases.sort();
+    phases.dedup();
+    let mut out = String::new();
+    if phases.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n| phase | cores used (of {cpus}) | by process |\n|---|---:|---|"
+    );
+    for phase in phases {
+        let mut used: Vec<(&str, f64)> = cpu
+            .iter()
+            .filter_map(|process| {
+                Some((
+                    process.process.as_str(),
+                    *process.cores_by_phase.get(phase)?,
+                ))
+            })
+            .collect();
+        used.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = used.iter().map(|(_, cores)| cores).sum();
+        let by_process: Vec<String> = used
+            .iter()
+            .filter(|(_, cores)| *cores >= 0.05)
+            .map(|(process, cores)| format!("{process} {cores:.2}"))
+            .collect();
+        let _ = writeln!(out, "| {phase} | {total:.2} | {} |", by_process.join(", "));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -157,14 +315,55 @@ mod tests {
         for dir in [run.clone(), run.join("pids")] {
             let sampler = Sampler::start(&dir, Duration::from_millis(10));
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let peaks = sampler.finish().await;
+            let samples = sampler.finish().await;
             assert!(
-                peaks.iter().any(|peak| peak.process == "write-region"),
-                "{} gave {peaks:?}",
-                dir.display()
+                samples
+                    .memory
+                    .iter()
+                    .any(|peak| peak.process == "write-region"),
+                "{} gave {:?}",
+                dir.display(),
+                samples.memory
             );
         }
         std::fs::remove_dir_all(&run)?;
+        Ok(())
+    }
+
+    /// Every process with a pid file is sampled for CPU, each phase on its own: a phase this
+    /// process spins through shows its work, an idle one far less.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cpu_a_process_burns_shows_in_its_phase() -> anyhow::Result<()> {
+        let run = std::env::temp_dir().join(format!("loadtest-cpu-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&run)?;
+        std::fs::write(run.join("spinner.pid"), std::process::id().to_string())?;
+        let sampler = Sampler::start(&run, Duration::from_millis(10));
+        sampler.set_phase("idle");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sampler.set_phase("spin");
+        tokio::task::spawn_blocking(|| {
+            let until = Instant::now() + Duration::from_millis(300);
+            let mut spins = 0_u64;
+            while Instant::now() < until {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+        })
+        .await?;
+        sampler.set_phase("after");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let samples = sampler.finish().await;
+        std::fs::remove_dir_all(&run)?;
+        let spinner = samples
+            .cpu
+            .iter()
+            .find(|process| process.process == "spinner")
+            .ok_or_else(|| anyhow::anyhow!("no CPU for the pid file's process: {samples:?}"))?;
+        let phase = |name: &str| spinner.cores_by_phase.get(name).copied().unwrap_or(0.0);
+        assert!(
+            phase("spin") > 0.2 && phase("spin") > phase("idle"),
+            "{:?}",
+            spinner.cores_by_phase
+        );
         Ok(())
     }
 }

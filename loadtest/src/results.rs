@@ -11,7 +11,12 @@ use std::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{load::LoadResult, memory::MemoryPeak, stats::Latency, timefmt};
+use crate::{
+    load::LoadResult,
+    memory::{CpuUse, MemoryPeak},
+    stats::Latency,
+    timefmt,
+};
 
 /// Whether a path is the system under test or the raw limit it is compared with.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,6 +108,9 @@ pub struct BenchRun {
     pub comparisons: Vec<Comparison>,
     pub skipped: Vec<Skipped>,
     pub memory: Vec<MemoryPeak>,
+    /// Absent from runs before it was sampled.
+    #[serde(default)]
+    pub cpu: Vec<CpuUse>,
 }
 
 impl BenchRun {
@@ -152,6 +160,10 @@ pub struct LagRun {
     /// The `PlaceOrder` calls themselves: achieved rate, rejections, errors, latency.
     pub orders: LoadResult,
     pub regions: Vec<RegionLag>,
+    /// Cores each process of the stack used while orders were placed (absent from runs
+    /// before it was sampled).
+    #[serde(default)]
+    pub cpu: Vec<CpuUse>,
 }
 
 /// From the `PlaceOrder` answer to the order's version being visible in one read region.

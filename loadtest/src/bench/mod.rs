@@ -125,7 +125,7 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<BenchRun
             bench.skip(&format!("{group:?}"), format!("failed: {error:#}"));
         }
     }
-    let memory = bench.sampler.finish().await;
+    let samples = bench.sampler.finish().await;
     let settings = &bench.settings;
     let mut run = BenchRun {
         kind: "bench".into(),
@@ -139,7 +139,8 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<BenchRun
         paths: bench.paths,
         comparisons: Vec::new(),
         skipped: bench.skipped,
-        memory,
+        memory: samples.memory,
+        cpu: samples.cpu,
     };
     run.compare();
     Ok(run)
@@ -191,5 +192,6 @@ pub fn table(run: &BenchRun) -> String {
             let _ = writeln!(out, "| {} | {:.1} |", peak.process, peak.max_rss_mib);
         }
     }
+    out.push_str(&crate::memory::cpu_table(&run.cpu, run.machine.cpus));
     out
 }
