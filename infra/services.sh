@@ -73,27 +73,37 @@ start_relay() {
         grpc_serving "$addr" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/relay"
 }
 
-# start_read_region REGION ADDR LEAF_NATS_URL REDIS_URL METRICS_ADDR: the region's view of the hub's
-# enriched stream, mirrored into its own leaf's JetStream domain (named after the region).
-start_read_region() {
-    local region=$1 addr=$2 nats=$3 redis=$4 metrics=$5
+# read_region_env REGION LEAF_NATS_URL REDIS_URL: sets READ_ENV to the settings of the region's
+# read-region process (its leaf, its Redis, its credentials), for `env "${READ_ENV[@]}" binary`:
+# the server below and `infra/rebuild` share them.
+read_region_env() {
+    local region=$1 nats=$2 redis=$3
     local key="$RUN_DIR/secrets/page-token-$region.key"
     # The key the region signs its page tokens with: generated here once, never committed or
     # logged, readable by this user only; it survives restarts so tokens clients hold do too.
     if [[ ! -s $key ]]; then
         (umask 077 && mkdir -p "$RUN_DIR/secrets" && head -c 32 /dev/urandom >"$key")
     fi
+    READ_ENV=(
+        "READ_REGION_PAGE_TOKEN_KEY_FILE=$key"
+        "READ_REGION_REGION=$region"
+        "READ_REGION_NATS_LOGIN__USER=read-region"
+        "READ_REGION_NATS_LOGIN__PASSWORD_FILE=$TRADING_SECRETS_DIR/nats-read-region.password"
+        "READ_REGION_REDIS_LOGIN__USER=read-region-$region"
+        "READ_REGION_REDIS_LOGIN__PASSWORD_FILE=$TRADING_SECRETS_DIR/redis-read-region-$region.password"
+        "READ_REGION_NATS_URL=$nats"
+        "READ_REGION_JS_DOMAIN=$region"
+        "READ_REGION_REDIS_URL=$redis"
+    )
+}
+
+# start_read_region REGION ADDR LEAF_NATS_URL REDIS_URL METRICS_ADDR: the region's view of the hub's
+# enriched stream, mirrored into its own leaf's JetStream domain (named after the region).
+start_read_region() {
+    local region=$1 addr=$2 nats=$3 redis=$4 metrics=$5
     edge_env READ_REGION_ "$metrics"
-    READ_REGION_PAGE_TOKEN_KEY_FILE="$key" \
-        READ_REGION_REGION="$region" \
-        READ_REGION_NATS_LOGIN__USER=read-region \
-        READ_REGION_NATS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/nats-read-region.password" \
-        READ_REGION_REDIS_LOGIN__USER="read-region-$region" \
-        READ_REGION_REDIS_LOGIN__PASSWORD_FILE="$TRADING_SECRETS_DIR/redis-read-region-$region.password" \
-        READ_REGION_LISTEN_ADDR="$addr" \
-        READ_REGION_NATS_URL="$nats" \
-        READ_REGION_JS_DOMAIN="$region" \
-        READ_REGION_REDIS_URL="$redis" \
-        start_component "read-region-$region" "${addr%:*}" "${addr##*:}" 120 \
-        grpc_serving "$addr" -- env "${EDGE_ENV[@]}" "$SERVICE_BIN_DIR/read-region"
+    read_region_env "$region" "$nats" "$redis"
+    start_component "read-region-$region" "${addr%:*}" "${addr##*:}" 120 \
+        grpc_serving "$addr" -- env "${EDGE_ENV[@]}" "${READ_ENV[@]}" \
+        "READ_REGION_LISTEN_ADDR=$addr" "$SERVICE_BIN_DIR/read-region"
 }
