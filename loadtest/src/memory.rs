@@ -218,8 +218,9 @@ async fn sample(
         let Ok(mut state) = state.lock() else { return };
         let phase = state.phase.clone();
         for target in &targets {
-            if let Some(ticks) = cpu_ticks(target.pid)
-                && !phase.is_empty()
+            // Outside a phase there is nothing to attribute CPU to: /proc is not read.
+            if !phase.is_empty()
+                && let Some(ticks) = cpu_ticks(target.pid)
             {
                 let now = (ticks, Instant::now());
                 let (_, windows) = state
