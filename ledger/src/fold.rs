@@ -10,7 +10,9 @@ use trading_proto::{
     trading::v1 as api,
 };
 
-use crate::{Position, Side, decimal::DecimalError, format_decimal, parse_decimal};
+use crate::{
+    OpenOrder, Position, Side, TimeInForce, decimal::DecimalError, format_decimal, parse_decimal,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
@@ -30,6 +32,16 @@ pub enum FoldError {
     NotOpened { event_id: String },
     #[error("event {event_id} takes a figure of the account beyond what it can hold")]
     Overflow { event_id: String },
+    #[error("event {event_id}: time in force {time_in_force:?} is not one a resting order has")]
+    BadTimeInForce {
+        event_id: String,
+        time_in_force: String,
+    },
+    #[error("event {event_id}: order {client_order_id:?} is already open")]
+    OrderExists {
+        event_id: String,
+        client_order_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +55,8 @@ pub struct AccountState {
     pub version: u64,
     pub opened_at: Option<prost_types::Timestamp>,
     pub updated_at: Option<prost_types::Timestamp>,
+    /// Resting orders by client order id.
+    pub open_orders: BTreeMap<String, OpenOrder>,
 }
 
 impl AccountState {
@@ -124,8 +138,65 @@ impl AccountState {
                         self.cash.checked_add(notional)
                     }
                 };
+                // A fill of a resting order advances it; a fill at placement never rested.
+                let resting = match self.open_orders.get(&trade.client_order_id) {
+                    Some(order) => {
+                        let mut order = order.clone();
+                        order.filled = order.filled.checked_add(trade.quantity).ok_or_else(overflow)?;
+                        order.filled_notional = order
+                            .filled_notional
+                            .checked_add(notional)
+                            .ok_or_else(overflow)?;
+                        Some(order)
+                    }
+                    None => None,
+                };
                 self.cash = cash.ok_or_else(overflow)?;
                 self.positions.insert(trade.symbol.clone(), position);
+                if let Some(order) = resting {
+                    if order.leaves() > 0 {
+                        self.open_orders.insert(order.client_order_id.clone(), order);
+                    } else {
+                        self.open_orders.remove(&order.client_order_id);
+                    }
+                }
+            }
+            Some(Body::OrderAccepted(accepted)) => {
+                if self.open_orders.contains_key(&accepted.client_order_id) {
+                    return Err(FoldError::OrderExists {
+                        event_id: event_id.clone(),
+                        client_order_id: accepted.client_order_id.clone(),
+                    });
+                }
+                let side = Side::parse(&accepted.side).ok_or_else(|| FoldError::BadSide {
+                    event_id: event_id.clone(),
+                    side: accepted.side.clone(),
+                })?;
+                let time_in_force = TimeInForce::parse(&accepted.time_in_force).ok_or_else(|| {
+                    FoldError::BadTimeInForce {
+                        event_id: event_id.clone(),
+                        time_in_force: accepted.time_in_force.clone(),
+                    }
+                })?;
+                let order = OpenOrder {
+                    order_id: accepted.order_id.clone(),
+                    client_order_id: accepted.client_order_id.clone(),
+                    symbol: accepted.symbol.clone(),
+                    side,
+                    limit: decimal("limit_price", &accepted.limit_price)?,
+                    quantity: accepted.quantity,
+                    filled: 0,
+                    filled_notional: Decimal::ZERO,
+                    time_in_force,
+                    expires_at_ms: accepted.expires_at_ms,
+                    accepted_at: envelope.occurred_at,
+                };
+                // Checked here so that every later sum of reservations fits as well.
+                order.reserved_cash().map_err(|_| overflow())?;
+                self.open_orders.insert(order.client_order_id.clone(), order);
+            }
+            Some(Body::OrderCanceled(canceled)) => {
+                self.open_orders.remove(&canceled.client_order_id);
             }
             Some(Body::InstrumentUpserted(_) | Body::PriceUpdated(_)) | None => {
                 return Err(FoldError::NotAnAccountEvent {
@@ -141,6 +212,9 @@ impl AccountState {
     /// The API's view of this state. Closed-out positions stay listed (quantity 0) because
     /// they still carry realized profit and loss.
     pub fn to_api(&self) -> api::Account {
+        // Bounded by the limits the write region enforces; an unbounded figure reads as empty.
+        let reserved_cash = self.reserved_cash().map(format_decimal).unwrap_or_default();
+        let buying_power = self.buying_power().map(format_decimal).unwrap_or_default();
         api::Account {
             account_id: self.account_id.clone(),
             owner_name: self.owner_name.clone(),
@@ -155,10 +229,14 @@ impl AccountState {
                     quantity: position.quantity,
                     average_cost: format_decimal(position.average_cost),
                     realized_pnl: format_decimal(position.realized_pnl),
+                    reserved_quantity: self.reserved_quantity(symbol),
                 })
                 .collect(),
             opened_at: self.opened_at,
             updated_at: self.updated_at,
+            reserved_cash,
+            buying_power,
+            open_orders: self.open_orders.values().map(resting_to_api).collect(),
         }
     }
 
@@ -187,8 +265,91 @@ impl AccountState {
             version: account.version,
             opened_at: account.opened_at,
             updated_at: account.updated_at,
+            open_orders: account
+                .open_orders
+                .iter()
+                .map(|order| {
+                    let order = resting_from_api(order)?;
+                    Ok((order.client_order_id.clone(), order))
+                })
+                .collect::<Result<_, DecimalError>>()?,
         })
     }
+}
+
+fn api_side(side: Side) -> api::Side {
+    match side {
+        Side::Buy => api::Side::Buy,
+        Side::Sell => api::Side::Sell,
+    }
+}
+
+fn api_time_in_force(time_in_force: TimeInForce) -> api::TimeInForce {
+    match time_in_force {
+        TimeInForce::Day => api::TimeInForce::Day,
+        TimeInForce::Gtc => api::TimeInForce::Gtc,
+        TimeInForce::Ioc => api::TimeInForce::Ioc,
+        TimeInForce::Fok => api::TimeInForce::Fok,
+    }
+}
+
+/// A timestamp of milliseconds since the epoch; `None` for 0 (never).
+pub fn timestamp_from_ms(ms: i64) -> Option<prost_types::Timestamp> {
+    (ms > 0).then(|| prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        // Below 1000 * 10^6, so it fits.
+        nanos: i32::try_from(ms.rem_euclid(1000).saturating_mul(1_000_000)).unwrap_or(0),
+    })
+}
+
+fn timestamp_ms(timestamp: Option<&prost_types::Timestamp>) -> i64 {
+    timestamp.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos / 1_000_000))
+    })
+}
+
+fn resting_to_api(order: &OpenOrder) -> api::RestingOrder {
+    api::RestingOrder {
+        order_id: order.order_id.clone(),
+        client_order_id: order.client_order_id.clone(),
+        symbol: order.symbol.clone(),
+        side: api_side(order.side).into(),
+        limit_price: format_decimal(order.limit),
+        quantity: order.quantity,
+        filled_quantity: order.filled,
+        time_in_force: api_time_in_force(order.time_in_force).into(),
+        expires_at: timestamp_from_ms(order.expires_at_ms),
+        accepted_at: order.accepted_at,
+        filled_notional: format_decimal(order.filled_notional),
+    }
+}
+
+fn resting_from_api(order: &api::RestingOrder) -> Result<OpenOrder, DecimalError> {
+    let side = match api::Side::try_from(order.side) {
+        Ok(api::Side::Sell) => Side::Sell,
+        _ => Side::Buy,
+    };
+    let time_in_force = match api::TimeInForce::try_from(order.time_in_force) {
+        Ok(api::TimeInForce::Gtc) => TimeInForce::Gtc,
+        Ok(api::TimeInForce::Ioc) => TimeInForce::Ioc,
+        Ok(api::TimeInForce::Fok) => TimeInForce::Fok,
+        _ => TimeInForce::Day,
+    };
+    Ok(OpenOrder {
+        order_id: order.order_id.clone(),
+        client_order_id: order.client_order_id.clone(),
+        symbol: order.symbol.clone(),
+        side,
+        limit: parse_decimal(&order.limit_price)?,
+        quantity: order.quantity,
+        filled: order.filled_quantity,
+        filled_notional: parse_decimal(&order.filled_notional)?,
+        time_in_force,
+        expires_at_ms: timestamp_ms(order.expires_at.as_ref()),
+        accepted_at: order.accepted_at,
+    })
 }
 
 #[cfg(test)]

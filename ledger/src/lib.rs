@@ -10,11 +10,13 @@ pub mod fold;
 pub mod ids;
 pub mod instrument;
 pub mod limits;
+pub mod orders;
 pub mod position;
 pub mod side;
 
 pub use decimal::{DecimalError, format_decimal, parse_decimal};
-pub use fold::{AccountState, FoldError};
+pub use fold::{AccountState, FoldError, timestamp_from_ms};
 pub use instrument::{Instrument, InstrumentEventError};
+pub use orders::{OpenOrder, OrderProgress, OrderStatus, TimeInForce};
 pub use position::{Overflow, Position};
 pub use side::Side;

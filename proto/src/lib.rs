@@ -54,14 +54,16 @@ impl events::v1::raw_event::Body {
             Body::TradeExecuted(_) => "TradeExecuted",
             Body::InstrumentUpserted(_) => "InstrumentUpserted",
             Body::PriceUpdated(_) => "PriceUpdated",
+            Body::OrderAccepted(_) => "OrderAccepted",
+            Body::OrderCanceled(_) => "OrderCanceled",
         }
     }
 
     /// The schema version writers stamp today; bumped when a type gains fields that readers of
-    /// older events must upcast (TradeExecuted 2 added `notional`).
+    /// older events must upcast (TradeExecuted 2 added `notional`, 3 the order's progress).
     pub fn schema_version(&self) -> u32 {
         match self {
-            Self::TradeExecuted(_) => 2,
+            Self::TradeExecuted(_) => 3,
             _ => 1,
         }
     }
@@ -79,6 +81,7 @@ impl events::v1::enriched_event::Body {
             Body::RiskThresholdBreached(_) => "RiskThresholdBreached",
             Body::InstrumentReferenceUpdated(_) => "InstrumentReferenceUpdated",
             Body::MarketPriceChanged(_) => "MarketPriceChanged",
+            Body::OrderUpdated(_) => "OrderUpdated",
         }
     }
 }
