@@ -88,6 +88,7 @@ fn calls(victim: &str, symbol: &str) -> Vec<(&'static str, Vec<u8>, Scope)> {
             trading::PublishPriceRequest {
                 symbol: symbol.into(),
                 price: "0.01".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
             MarketData,
@@ -461,6 +462,7 @@ async fn a_stranger_cannot_withdraw_trade_publish_redefine_or_read_anothers_acco
             .publish_price(trading::PublishPriceRequest {
                 symbol: symbol.clone(),
                 price: "0.01".into(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),

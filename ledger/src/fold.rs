@@ -142,7 +142,10 @@ impl AccountState {
                 let resting = match self.open_orders.get(&trade.client_order_id) {
                     Some(order) => {
                         let mut order = order.clone();
-                        order.filled = order.filled.checked_add(trade.quantity).ok_or_else(overflow)?;
+                        order.filled = order
+                            .filled
+                            .checked_add(trade.quantity)
+                            .ok_or_else(overflow)?;
                         order.filled_notional = order
                             .filled_notional
                             .checked_add(notional)
@@ -155,7 +158,8 @@ impl AccountState {
                 self.positions.insert(trade.symbol.clone(), position);
                 if let Some(order) = resting {
                     if order.leaves() > 0 {
-                        self.open_orders.insert(order.client_order_id.clone(), order);
+                        self.open_orders
+                            .insert(order.client_order_id.clone(), order);
                     } else {
                         self.open_orders.remove(&order.client_order_id);
                     }
@@ -172,12 +176,13 @@ impl AccountState {
                     event_id: event_id.clone(),
                     side: accepted.side.clone(),
                 })?;
-                let time_in_force = TimeInForce::parse(&accepted.time_in_force).ok_or_else(|| {
-                    FoldError::BadTimeInForce {
-                        event_id: event_id.clone(),
-                        time_in_force: accepted.time_in_force.clone(),
-                    }
-                })?;
+                let time_in_force =
+                    TimeInForce::parse(&accepted.time_in_force).ok_or_else(|| {
+                        FoldError::BadTimeInForce {
+                            event_id: event_id.clone(),
+                            time_in_force: accepted.time_in_force.clone(),
+                        }
+                    })?;
                 let order = OpenOrder {
                     order_id: accepted.order_id.clone(),
                     client_order_id: accepted.client_order_id.clone(),
@@ -193,7 +198,8 @@ impl AccountState {
                 };
                 // Checked here so that every later sum of reservations fits as well.
                 order.reserved_cash().map_err(|_| overflow())?;
-                self.open_orders.insert(order.client_order_id.clone(), order);
+                self.open_orders
+                    .insert(order.client_order_id.clone(), order);
             }
             Some(Body::OrderCanceled(canceled)) => {
                 self.open_orders.remove(&canceled.client_order_id);

@@ -51,12 +51,13 @@ impl Instrument {
         }
     }
 
-    /// The event recording a new price.
-    pub fn repriced(&self, price: Decimal) -> Body {
+    /// The event recording a new price, with the shares available at it (if given).
+    pub fn repriced(&self, price: Decimal, size: Option<i64>) -> Body {
         Body::PriceUpdated(PriceUpdated {
             symbol: self.symbol.clone(),
             price: format_decimal(price),
             previous_price: self.last_price.map(format_decimal).unwrap_or_default(),
+            size,
         })
     }
 

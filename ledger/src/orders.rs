@@ -135,16 +135,16 @@ impl OpenOrder {
 impl AccountState {
     /// Cash held back by every resting buy.
     pub fn reserved_cash(&self) -> Result<Decimal, Overflow> {
-        self.open_orders.values().try_fold(Decimal::ZERO, |sum, order| {
-            sum.checked_add(order.reserved_cash()?).ok_or(Overflow)
-        })
+        self.open_orders
+            .values()
+            .try_fold(Decimal::ZERO, |sum, order| {
+                sum.checked_add(order.reserved_cash()?).ok_or(Overflow)
+            })
     }
 
     /// Cash that a new buy or a withdrawal may spend: the balance less what resting buys hold.
     pub fn buying_power(&self) -> Result<Decimal, Overflow> {
-        self.cash
-            .checked_sub(self.reserved_cash()?)
-            .ok_or(Overflow)
+        self.cash.checked_sub(self.reserved_cash()?).ok_or(Overflow)
     }
 
     /// Shares of `symbol` held back by resting sells.

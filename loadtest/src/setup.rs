@@ -154,6 +154,7 @@ async fn instruments(market: MarketDataServiceClient<Channel>) -> anyhow::Result
             let request = api::PublishPriceRequest {
                 symbol: symbol.into(),
                 price: price.into(),
+                ..Default::default()
             };
             retrying(|| {
                 let (mut market, request) = (market.clone(), request.clone());
@@ -225,6 +226,7 @@ async fn account(clients: Clients, id: &str, funded: bool) -> anyhow::Result<boo
                 quantity: INITIAL_POSITION,
                 order_type: api::OrderType::Market.into(),
                 limit_price: String::new(),
+                ..Default::default()
             };
             retrying(|| {
                 let (mut orders, request) = (clients.orders.clone(), order.clone());

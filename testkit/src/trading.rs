@@ -62,7 +62,45 @@ pub fn order(
         quantity,
         order_type: api::OrderType::Market.into(),
         limit_price: String::new(),
+        time_in_force: api::TimeInForce::Unspecified.into(),
     }
+}
+
+/// A LIMIT order with a time in force.
+pub fn limit_order(
+    account_id: &str,
+    client_order_id: &str,
+    symbol: &str,
+    side: api::Side,
+    quantity: i64,
+    limit_price: &str,
+    time_in_force: api::TimeInForce,
+) -> api::PlaceOrderRequest {
+    api::PlaceOrderRequest {
+        order_type: api::OrderType::Limit.into(),
+        limit_price: limit_price.into(),
+        time_in_force: time_in_force.into(),
+        ..order(account_id, client_order_id, symbol, side, quantity)
+    }
+}
+
+/// Moves an instrument's price with `size` shares available at it (per side), and answers how
+/// many resting orders it filled.
+pub async fn publish_sized(
+    region: &impl WriteApi,
+    symbol: &str,
+    price: &str,
+    size: Option<i64>,
+) -> anyhow::Result<api::PublishPriceResponse> {
+    Ok(region
+        .market()
+        .publish_price(api::PublishPriceRequest {
+            symbol: symbol.into(),
+            price: price.into(),
+            size,
+        })
+        .await?
+        .into_inner())
 }
 
 /// Opens a USD account and deposits `cash` into it.
@@ -106,12 +144,6 @@ pub async fn publish_price(
     symbol: &str,
     price: &str,
 ) -> anyhow::Result<()> {
-    region
-        .market()
-        .publish_price(api::PublishPriceRequest {
-            symbol: symbol.into(),
-            price: price.into(),
-        })
-        .await?;
+    publish_sized(region, symbol, price, None).await?;
     Ok(())
 }

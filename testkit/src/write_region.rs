@@ -199,6 +199,8 @@ fn config_toml(config: &Config) -> String {
         max_order_notional,
         max_concurrent_requests,
         shutdown_grace_ms,
+        session_close_utc,
+        book_sweep_interval_ms,
         failpoint,
         edge,
     } = config;
@@ -224,7 +226,9 @@ fn config_toml(config: &Config) -> String {
          duplicate_window_secs = {duplicate_window_secs}\n\
          max_order_notional = {max_order_notional:?}\n\
          max_concurrent_requests = {max_concurrent_requests}\n\
-         shutdown_grace_ms = {shutdown_grace_ms}\n",
+         shutdown_grace_ms = {shutdown_grace_ms}\n\
+         session_close_utc = {session_close_utc:?}\n\
+         book_sweep_interval_ms = {book_sweep_interval_ms}\n",
         contact_points.join(", "),
         consistency.as_str()
     );

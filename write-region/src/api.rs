@@ -20,7 +20,8 @@ use trading_proto::trading::v1::{
 use crate::{
     commands::{CommandError, Commands, RequestContext},
     domain::{
-        CashMovement, DomainError, OpenAccount, OrderCommand, OrderRef, PriceUpdate, command,
+        CashMovement, DomainError, OpenAccount, OrderCommand, OrderRef, OrdersPage, PriceUpdate,
+        command,
     },
 };
 
@@ -235,6 +236,28 @@ impl OrderService for TradingApi {
         self.handle(request, async |request, _| {
             let order = OrderRef::try_from(&request)?;
             self.commands.order(&order).await
+        })
+        .await
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<api::CancelOrderRequest>,
+    ) -> Result<Response<api::PlaceOrderResponse>, Status> {
+        self.handle(request, async |request, context| {
+            let order = OrderRef::try_from(&request)?;
+            self.commands.cancel_order(order, &context).await
+        })
+        .await
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<api::ListOrdersRequest>,
+    ) -> Result<Response<api::ListOrdersResponse>, Status> {
+        self.handle(request, async |request, _| {
+            let page = OrdersPage::try_from(&request)?;
+            self.commands.orders(&page).await
         })
         .await
     }

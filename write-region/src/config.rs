@@ -52,6 +52,12 @@ pub struct Config {
     /// queues, raising every accepted call's latency under overload.
     pub max_concurrent_requests: usize,
     pub shutdown_grace_ms: u64,
+    /// When DAY orders expire: the session close, `HH:MM` or `HH:MM:SS` in UTC (21:00 is the
+    /// New York close in winter).
+    pub session_close_utc: String,
+    /// How often the book is swept: fills a killed process left unfinished, DAY orders past
+    /// the close.
+    pub book_sweep_interval_ms: u64,
     /// Test-only: `abort-after-commit` kills the process right after a commit, before the
     /// outbox hears of it, to prove recovery.
     pub failpoint: Option<String>,
@@ -81,6 +87,8 @@ impl Default for Config {
             max_order_notional: "1000000".into(),
             max_concurrent_requests: 64,
             shutdown_grace_ms: 10_000,
+            session_close_utc: "21:00".into(),
+            book_sweep_interval_ms: 1_000,
             failpoint: None,
             edge: EdgeConfig::default(),
         }
@@ -122,7 +130,45 @@ impl Config {
             return invalid("failpoint", "the only failpoint is abort-after-commit");
         }
         self.max_order_notional()?;
+        self.session_close()?;
+        if self.book_sweep_interval_ms == 0 {
+            return invalid("book_sweep_interval_ms", "must be positive");
+        }
         Ok(())
+    }
+
+    /// The session close as milliseconds after midnight UTC.
+    pub fn session_close(&self) -> Result<SessionClose, ConfigError> {
+        let parts: Vec<&str> = self.session_close_utc.split(':').collect();
+        let numbers: Option<Vec<u64>> = parts
+            .iter()
+            .map(|part| {
+                (part.len() == 2)
+                    .then(|| part.parse::<u64>().ok())
+                    .flatten()
+            })
+            .collect();
+        match numbers.as_deref() {
+            Some(&[hours, minutes]) | Some(&[hours, minutes, _]) if hours < 24 && minutes < 60 => {
+                let seconds = numbers
+                    .as_deref()
+                    .and_then(|n| n.get(2).copied())
+                    .unwrap_or(0);
+                if seconds >= 60 {
+                    return Err(ConfigError::invalid(
+                        "session_close_utc",
+                        "must be HH:MM or HH:MM:SS (UTC)",
+                    ));
+                }
+                Ok(SessionClose {
+                    after_midnight_ms: ((hours * 60 + minutes) * 60 + seconds) * 1000,
+                })
+            }
+            _ => Err(ConfigError::invalid(
+                "session_close_utc",
+                "must be HH:MM or HH:MM:SS (UTC)",
+            )),
+        }
     }
 
     pub fn max_order_notional(&self) -> Result<Decimal, ConfigError> {
@@ -158,6 +204,54 @@ impl Config {
             workers: self.outbox_workers,
             sweep_interval: Duration::from_millis(self.outbox_sweep_interval_ms),
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+        }
+    }
+}
+
+/// The daily session close, when DAY orders expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionClose {
+    after_midnight_ms: u64,
+}
+
+impl SessionClose {
+    const DAY_MS: i64 = 86_400_000;
+
+    /// The first close after `now_ms` (milliseconds since the epoch).
+    pub fn next_after(self, now_ms: i64) -> i64 {
+        let offset = i64::try_from(self.after_midnight_ms).unwrap_or(0);
+        let close = now_ms
+            .saturating_sub(now_ms.rem_euclid(Self::DAY_MS))
+            .saturating_add(offset);
+        if close > now_ms {
+            close
+        } else {
+            close.saturating_add(Self::DAY_MS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_close_is_the_next_one_after_now() {
+        let config = |close: &str| Config {
+            session_close_utc: close.into(),
+            ..Config::default()
+        };
+        let close = config("21:00").session_close().expect("valid");
+        // 2026-12-03T20:00:00Z and 22:00Z.
+        let eight_pm = 1_796_328_000_000;
+        assert_eq!(close.next_after(eight_pm), eight_pm + 3_600_000);
+        assert_eq!(
+            close.next_after(eight_pm + 7_200_000),
+            eight_pm + 3_600_000 + 86_400_000
+        );
+        assert!(config("20:15:30").session_close().is_ok());
+        for bad in ["24:00", "9:00", "21:60", "21:00:60", "21", "ab:cd", ""] {
+            assert!(config(bad).session_close().is_err(), "{bad:?}");
         }
     }
 }

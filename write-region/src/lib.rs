@@ -49,6 +49,23 @@ fn abort_after_commit() {
     std::process::abort();
 }
 
+/// Finishes, every `interval`, the fills a killed process left and expires DAY orders past the
+/// close, until `stop`.
+async fn sweep_book(commands: Arc<Commands>, interval: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(error) = commands.sweep_book().await {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "book sweep failed; the next one retries"
+            );
+        }
+    }
+}
+
 /// Serves the write region on `listener` until `shutdown` is cancelled, then finishes in-flight
 /// requests and lets the outbox publish what it holds (bounded by the grace period).
 pub async fn run(
@@ -82,7 +99,13 @@ pub async fn run(
         .as_ref()
         .map(|_| Arc::new(abort_after_commit) as AfterCommitHook);
     let limits = OrderLimits { max_order_notional };
-    let commands = Arc::new(Commands::new(store, outbox, limits, after_commit));
+    let session = config.session_close()?;
+    let commands = Arc::new(Commands::new(store, outbox, limits, session, after_commit));
+    background.spawn(sweep_book(
+        commands.clone(),
+        Duration::from_millis(config.book_sweep_interval_ms),
+        workers_stop.clone(),
+    ));
     let api = TradingApi::new(commands, config.region.clone());
 
     let mut server = Server::new(

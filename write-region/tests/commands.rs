@@ -89,6 +89,7 @@ async fn scripted_session_ends_with_hand_computed_state_and_time_travels() -> an
             .publish_price(api::PublishPriceRequest {
                 symbol: symbol.into(),
                 price: price.into(),
+                ..Default::default()
             })
             .await?;
     }
@@ -130,6 +131,7 @@ async fn scripted_session_ends_with_hand_computed_state_and_time_travels() -> an
         .publish_price(api::PublishPriceRequest {
             symbol: "AAPL".into(),
             price: "180.25".into(),
+            ..Default::default()
         })
         .await?;
     // Sell 40 AAPL at 180.25: +7210 cash, realized (180.25 - 175.50) x 40 = 190.
@@ -235,6 +237,7 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
         .publish_price(api::PublishPriceRequest {
             symbol: "LOTS".into(),
             price: "10.00".into(),
+            ..Default::default()
         })
         .await?;
     market
@@ -247,6 +250,7 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
         .publish_price(api::PublishPriceRequest {
             symbol: "HALT".into(),
             price: "5.00".into(),
+            ..Default::default()
         })
         .await?;
     market
@@ -336,15 +340,24 @@ async fn bad_input_is_refused_with_the_right_code_and_records_nothing() -> anyho
             Code::FailedPrecondition,
             "NO_PRICE",
         ),
+        // A limit that would rest must be able to hold back what it may spend or sell.
         (
-            limit("AAPL", api::Side::Buy, 1, "99.99"),
+            limit("AAPL", api::Side::Buy, 10, "99.99"),
             Code::FailedPrecondition,
-            "NOT_MARKETABLE",
+            "INSUFFICIENT_FUNDS",
         ),
         (
-            limit("AAPL", api::Side::Sell, 1, "100.01"),
+            limit("AAPL", api::Side::Sell, 2, "100.01"),
             Code::FailedPrecondition,
-            "NOT_MARKETABLE",
+            "INSUFFICIENT_POSITION",
+        ),
+        (
+            api::PlaceOrderRequest {
+                time_in_force: 9,
+                ..limit("AAPL", api::Side::Buy, 1, "99.99")
+            },
+            Code::InvalidArgument,
+            "time_in_force",
         ),
     ];
     for (request, code, needle) in cases {

@@ -101,7 +101,12 @@ fn request() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
             ),
         (request_text(), decimal()).prop_map(|(symbol, price)| (
             "/trading.v1.MarketDataService/PublishPrice",
-            api::PublishPriceRequest { symbol, price }.encode_to_vec()
+            api::PublishPriceRequest {
+                symbol,
+                price,
+                ..Default::default()
+            }
+            .encode_to_vec()
         )),
         (
             (request_text(), request_text(), request_text()),
@@ -121,6 +126,7 @@ fn request() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
                         quantity,
                         order_type,
                         limit_price,
+                        ..Default::default()
                     }
                     .encode_to_vec()
                 )

@@ -91,6 +91,7 @@ async fn extreme_prices_and_quantities_get_a_code_never_a_panic() -> anyhow::Res
         .publish_price(api::PublishPriceRequest {
             symbol: "XTRM".into(),
             price: "99999999999999999999".into(),
+            ..Default::default()
         })
         .await
         .expect_err("a price beyond 10^6 is refused");

@@ -202,6 +202,7 @@ pub fn order(accounts: &[String], id_prefix: &str, seq: u64) -> api::PlaceOrderR
         quantity: 1,
         order_type: api::OrderType::Market.into(),
         limit_price: String::new(),
+        time_in_force: api::TimeInForce::Unspecified.into(),
     }
 }
 

@@ -314,6 +314,7 @@ fn synthetic(prefix: &str, count: usize) -> Vec<Raw> {
                 symbol: symbol.into(),
                 price: price.into(),
                 previous_price: String::new(),
+                size: None,
             }),
         ));
     }

@@ -64,8 +64,10 @@ macro_rules! scoped {
 scoped!(
     account: trading::OpenAccountRequest, trading::DepositRequest, trading::WithdrawRequest,
         trading::GetAccountRequest, trading::GetAccountAsOfRequest, trading::PlaceOrderRequest,
-        trading::GetOrderRequest, portfolio::GetPortfolioRequest, portfolio::ListTradesRequest,
-        portfolio::ListRiskAlertsRequest, portfolio::WatchPortfolioRequest;
+        trading::GetOrderRequest, trading::CancelOrderRequest, trading::ListOrdersRequest,
+        portfolio::GetPortfolioRequest, portfolio::ListTradesRequest,
+        portfolio::ListRiskAlertsRequest, portfolio::WatchPortfolioRequest,
+        portfolio::ListOrdersRequest, portfolio::WatchOrdersRequest;
     none: trading::UpsertInstrumentRequest, trading::ListInstrumentsRequest,
         trading::PublishPriceRequest, portfolio::GetMarketDashboardRequest
 );

@@ -30,11 +30,11 @@ use trading_proto::events::v1::{EventEnvelope, RawEvent, raw_event::Body};
 
 use super::{
     CommandError, Commands, RequestContext,
-    aggregate::{self, Aggregate},
+    aggregate::{self, Aggregate, Effects},
 };
 use crate::{
     domain::DomainError,
-    store::{AggregateKey, Append, NewEvent, RecordKind, Stored},
+    store::{AggregateKey, Append, NewEvent, RecordKind, StoreError, Stored},
 };
 
 /// How often a command retries after losing a race to another writer.
@@ -182,10 +182,18 @@ impl Commands {
                     return Err(refused.into());
                 }
             };
+            if bodies.is_empty() {
+                // Nothing to record (a fill whose order closed meanwhile): no commit, no answer.
+                stripe.remember(key, stored);
+                return Ok(M::default());
+            }
             let events = stamp(&key, stored.version, bodies, context);
             let mut state = current.unwrap_or_default();
+            let mut effects = Effects::default();
             for event in &events {
+                let before = state.clone();
                 state.apply(event).map_err(CommandError::corrupt(&key))?;
+                effects.extend(state.effects(&before, event));
             }
             let response = respond(&state, &events);
             let record = idempotency.as_ref().map(|idempotency| {
@@ -210,8 +218,9 @@ impl Commands {
             let last_version = stored.version + rows.len() as u64;
             let encoded = aggregate::encode(&state);
             let outcome = async {
-                // The marker goes first: if this process dies after the commit, a sweep finds it.
-                self.store.mark_pending(&key, last_version).await?;
+                // The markers go first: if this process dies after the commit, a sweep finds
+                // the events to publish, the resting order to fill, the price to fill at.
+                self.before_commit(&key, last_version, &effects).await?;
                 self.store
                     .append(Append {
                         key: &key,
@@ -219,6 +228,7 @@ impl Commands {
                         state: encoded.clone(),
                         events: &rows,
                         record,
+                        rows: effects.rows.clone(),
                     })
                     .await
             }
@@ -257,12 +267,67 @@ impl Commands {
                 // Sent while the aggregate is still locked, so the outbox hears of its commits
                 // in version order.
                 self.outbox.committed(key, rows);
+                self.after_commit_index(&effects).await;
                 return Ok(response);
             }
             tracing::debug!(aggregate = %key.id, attempt, "lost a commit race, retrying");
             tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 2)).await;
         }
         Err(CommandError::Contention)
+    }
+}
+
+impl Commands {
+    /// Everything that must be on record before a commit can land: the outbox marker, a resting
+    /// order's index entry, a price's fill marker.
+    async fn before_commit(
+        &self,
+        key: &AggregateKey,
+        last_version: u64,
+        effects: &Effects,
+    ) -> Result<(), StoreError> {
+        let marker = self.store.mark_pending(key, last_version);
+        let index = futures::future::try_join_all(
+            effects
+                .index
+                .iter()
+                .map(|entry| self.store.index_resting(entry)),
+        );
+        let price = async {
+            match &effects.price {
+                Some((symbol, version)) => self.store.mark_price(symbol, *version).await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(marker, index, price)?;
+        Ok(())
+    }
+
+    /// Brings the book's index up to date with a commit. A failure only leaves an entry the
+    /// fill engine drops when it meets it, so it is logged, not returned.
+    async fn after_commit_index(&self, effects: &Effects) {
+        let unindex = effects
+            .unindex
+            .iter()
+            .map(|entry| self.store.unindex_resting(entry));
+        let requantify = effects
+            .requantify
+            .iter()
+            .map(|(entry, leaves)| self.store.requantify_resting(entry, *leaves));
+        let (unindexed, requantified) = tokio::join!(
+            futures::future::join_all(unindex),
+            futures::future::join_all(requantify)
+        );
+        for error in unindexed
+            .into_iter()
+            .chain(requantified)
+            .filter_map(Result::err)
+        {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "book index not updated after a commit; the fill engine will drop the entry"
+            );
+        }
     }
 }
 

@@ -8,27 +8,30 @@
 
 mod aggregate;
 mod execute;
+mod fills;
+mod orders;
 mod queries;
 
 use std::{collections::HashMap, sync::Arc};
 
-use ledger::{AccountState, Instrument, format_decimal};
+use ledger::{AccountState, Instrument, OrderProgress, format_decimal};
 use tokio::sync::Mutex;
-use trading_proto::{
-    events::v1::{RawEvent, raw_event::Body},
-    trading::v1 as api,
-};
+use trading_proto::{events::v1::RawEvent, trading::v1 as api};
 
 use crate::{
+    config::SessionClose,
     domain::{
-        self, CashMovement, DomainError, OpenAccount, OrderCommand, PriceUpdate,
+        self, CashMovement, DomainError, OpenAccount, OrderCommand, OrderRef, PriceUpdate,
         decide::{OrderLimits, TradeIds},
     },
     outbox::Outbox,
     store::{AggregateKey, RecordKind, Store, StoreError},
 };
 
-use self::execute::{Idempotency, LOCK_STRIPES, MAX_ATTEMPTS, Stripe};
+use self::{
+    execute::{Idempotency, LOCK_STRIPES, MAX_ATTEMPTS, Stripe},
+    fills::{PriceEvent, PriceJobs, now_ms},
+};
 
 /// The cause of unreadable stored data: a protobuf, decimal or fold error.
 type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -82,6 +85,9 @@ pub struct Commands {
     /// stripe also caches the last state its aggregates committed.
     locks: Vec<Mutex<Stripe>>,
     after_commit: Option<AfterCommitHook>,
+    /// When DAY orders expire.
+    session: SessionClose,
+    price_jobs: PriceJobs,
 }
 
 impl Commands {
@@ -89,6 +95,7 @@ impl Commands {
         store: Arc<Store>,
         outbox: Outbox,
         limits: OrderLimits,
+        session: SessionClose,
         after_commit: Option<AfterCommitHook>,
     ) -> Self {
         Self {
@@ -97,6 +104,8 @@ impl Commands {
             limits,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::default()).collect(),
             after_commit,
+            session,
+            price_jobs: PriceJobs::default(),
         }
     }
 
@@ -158,7 +167,10 @@ impl Commands {
         .await
     }
 
-    /// Fills an order at the instrument's current price, once per client order id.
+    /// Places an order, once per client order id: it fills at once at the instrument's current
+    /// price, rests (a LIMIT order that is not marketable, DAY or GTC), or is canceled at once
+    /// (IOC, FOK). A resting order the price moved through while it was being accepted fills
+    /// before the answer.
     pub async fn place_order(
         &self,
         order: OrderCommand,
@@ -178,19 +190,64 @@ impl Commands {
             order_id: uuid::Uuid::new_v4().to_string(),
             trade_id: uuid::Uuid::new_v4().to_string(),
         };
+        let day_expiry = self.session.next_after(now_ms());
+        let placed = self
+            .execute(
+                &order.account_id,
+                Some(idempotency),
+                context,
+                |account: Option<&AccountState>| {
+                    let account = existing(account, &order.account_id)?;
+                    let decision = domain::decide_order(
+                        account,
+                        &instrument,
+                        &order,
+                        self.limits,
+                        ids.clone(),
+                        day_expiry,
+                    )?;
+                    Ok(decision.events)
+                },
+                order_answer,
+            )
+            .await?;
+        if placed.status == i32::from(api::OrderStatus::New)
+            && let Some(filled) = self
+                .fill_if_crossed_since(&placed, instrument.version, context)
+                .await?
+        {
+            return Ok(filled);
+        }
+        Ok(placed)
+    }
+
+    /// Cancels what is left of a resting order; a retry of a cancel that succeeded answers as
+    /// the order stands.
+    pub async fn cancel_order(
+        &self,
+        order: OrderRef,
+        context: &RequestContext,
+    ) -> Result<api::PlaceOrderResponse, CommandError> {
+        // NOT_FOUND for an order never placed, before any write.
+        self.order(&order).await?;
+        let idempotency = Idempotency {
+            kind: RecordKind::Cancel,
+            key: &order.client_order_id,
+            fingerprint: "cancel".into(),
+        };
         self.execute(
             &order.account_id,
             Some(idempotency),
             context,
             |account: Option<&AccountState>| {
                 let account = existing(account, &order.account_id)?;
-                let decision =
-                    domain::decide_order(account, &instrument, &order, self.limits, ids.clone())?;
-                Ok(decision.events)
+                Ok(domain::decide_cancel(account, &order.client_order_id)?.events)
             },
-            |account, events| fill_response(&order, account, events),
+            order_answer,
         )
-        .await
+        .await?;
+        // The state row has the whole order (what it filled before the cancel too).
+        self.order(&order).await
     }
 
     /// Creates or redefines an instrument (its price is kept).
@@ -210,33 +267,76 @@ impl Commands {
         .await
     }
 
-    /// Records a new last price of an existing instrument.
+    /// Records a new last price of an existing instrument, then fills the resting orders it
+    /// crosses. Fills it could not make now (the store failing midway) are left to the book
+    /// sweep, which makes exactly the same ones: the price is committed, so a client retrying
+    /// would publish it twice.
     pub async fn publish_price(
         &self,
         update: PriceUpdate,
         context: &RequestContext,
     ) -> Result<api::PublishPriceResponse, CommandError> {
-        self.execute(
-            &update.symbol,
-            None,
-            context,
-            |instrument: Option<&Instrument>| {
-                let instrument =
-                    instrument.ok_or_else(|| DomainError::not_found("symbol", &update.symbol))?;
-                Ok(vec![instrument.repriced(update.price)])
-            },
-            |instrument, events| api::PublishPriceResponse {
-                symbol: instrument.symbol.clone(),
-                price: format_decimal(update.price),
-                version: instrument.version,
-                published_at: events
-                    .first()
-                    .and_then(|event| event.envelope.as_ref())
-                    .and_then(|envelope| envelope.occurred_at),
-            },
-        )
-        .await
+        // The fills need the lot size the commit saw; the answer closure is the one place that
+        // sees it (an atomic, as the closure is shared across the command's awaits).
+        let lot_size = std::sync::atomic::AtomicI64::new(1);
+        let mut published = self
+            .execute(
+                &update.symbol,
+                None,
+                context,
+                |instrument: Option<&Instrument>| {
+                    let instrument = instrument
+                        .ok_or_else(|| DomainError::not_found("symbol", &update.symbol))?;
+                    Ok(vec![instrument.repriced(update.price, update.size)])
+                },
+                |instrument, events| {
+                    lot_size.store(instrument.lot_size, std::sync::atomic::Ordering::Relaxed);
+                    api::PublishPriceResponse {
+                        symbol: instrument.symbol.clone(),
+                        price: format_decimal(update.price),
+                        version: instrument.version,
+                        published_at: events
+                            .first()
+                            .and_then(|event| event.envelope.as_ref())
+                            .and_then(|envelope| envelope.occurred_at),
+                        fills: 0,
+                    }
+                },
+            )
+            .await?;
+        let price = PriceEvent {
+            symbol: &update.symbol,
+            version: published.version,
+            price: update.price,
+            size: update.size,
+            lot_size: lot_size.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        match self.fill_at(&price, context).await {
+            Ok(fills) => published.fills = fills,
+            Err(error) => tracing::warn!(
+                symbol = %update.symbol,
+                version = published.version,
+                error = &error as &dyn std::error::Error,
+                "fills of a price left to the book sweep"
+            ),
+        }
+        Ok(published)
     }
+}
+
+/// An order's answer from the events that placed or closed it (`account` after them).
+fn order_answer(account: &AccountState, events: &[RawEvent]) -> api::PlaceOrderResponse {
+    // The order is new to the account (or gone from it), so the state after the events serves
+    // as the state before them too.
+    events
+        .first()
+        .and_then(|event| {
+            OrderProgress::of_event(account, account, event)
+                .ok()
+                .flatten()
+                .map(|progress| orders::order_response(&progress, account, event))
+        })
+        .unwrap_or_default()
 }
 
 /// The account a cash movement or an order acts on, which must exist.
@@ -245,38 +345,4 @@ fn existing<'a>(
     id: &str,
 ) -> Result<&'a AccountState, DomainError> {
     account.ok_or_else(|| DomainError::not_found("account", id))
-}
-
-fn fill_response(
-    order: &OrderCommand,
-    account: &AccountState,
-    events: &[RawEvent],
-) -> api::PlaceOrderResponse {
-    let Some((envelope, Some(Body::TradeExecuted(trade)))) = events.first().map(|event| {
-        (
-            event.envelope.clone().unwrap_or_default(),
-            event.body.clone(),
-        )
-    }) else {
-        return api::PlaceOrderResponse::default();
-    };
-    let side = match order.side {
-        ledger::Side::Buy => api::Side::Buy,
-        ledger::Side::Sell => api::Side::Sell,
-    };
-    api::PlaceOrderResponse {
-        order_id: trade.order_id,
-        trade_id: trade.trade_id,
-        status: api::OrderStatus::Filled.into(),
-        fill_price: trade.price,
-        quantity: trade.quantity,
-        notional: trade.notional,
-        cash_balance: format_decimal(account.cash),
-        account_version: account.version,
-        account_id: trade.account_id,
-        client_order_id: trade.client_order_id,
-        symbol: trade.symbol,
-        side: side.into(),
-        executed_at: envelope.occurred_at,
-    }
 }

@@ -9,8 +9,8 @@ use trading_proto::{events::v1::RawEvent, trading::v1 as api};
 
 use super::{CommandError, Commands};
 use crate::{
-    domain::{AsOf, DomainError, OrderRef},
-    store::{AggregateKey, RecordKind},
+    domain::{AsOf, DomainError},
+    store::AggregateKey,
 };
 
 impl Commands {
@@ -56,17 +56,6 @@ impl Commands {
             return Err(DomainError::not_found("account at that time", account_id).into());
         }
         Ok(state)
-    }
-
-    /// The response recorded for an order, as its placement answered it.
-    pub async fn order(&self, order: &OrderRef) -> Result<api::PlaceOrderResponse, CommandError> {
-        self.recorded(
-            &AggregateKey::account(order.account_id.as_str()),
-            RecordKind::Order,
-            &order.client_order_id,
-        )
-        .await?
-        .ok_or_else(|| DomainError::not_found("order", &order.client_order_id).into())
     }
 
     /// Every instrument that has committed at least once.

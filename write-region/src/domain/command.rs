@@ -3,7 +3,10 @@
 
 use std::time::SystemTime;
 
-use ledger::{DecimalError, Instrument, Side, format_decimal, ids, limits, parse_decimal};
+use ledger::{
+    DecimalError, Instrument, OrderStatus, Side, TimeInForce, format_decimal, ids, limits,
+    parse_decimal,
+};
 use rust_decimal::Decimal;
 use trading_proto::trading::v1::{self as api, get_account_as_of_request::Point};
 
@@ -197,6 +200,8 @@ pub struct OrderCommand {
     pub side: Side,
     pub quantity: i64,
     pub kind: OrderKind,
+    /// Only a LIMIT order's matters: a MARKET order fills at once whatever it says.
+    pub time_in_force: TimeInForce,
 }
 
 impl TryFrom<&api::PlaceOrderRequest> for OrderCommand {
@@ -228,6 +233,18 @@ impl TryFrom<&api::PlaceOrderRequest> for OrderCommand {
                 ));
             }
         };
+        let time_in_force = match api::TimeInForce::try_from(request.time_in_force) {
+            Ok(api::TimeInForce::Unspecified | api::TimeInForce::Day) => TimeInForce::Day,
+            Ok(api::TimeInForce::Gtc) => TimeInForce::Gtc,
+            Ok(api::TimeInForce::Ioc) => TimeInForce::Ioc,
+            Ok(api::TimeInForce::Fok) => TimeInForce::Fok,
+            Err(_) => {
+                return Err(DomainError::invalid(
+                    "time_in_force",
+                    "must be DAY, GTC, IOC or FOK",
+                ));
+            }
+        };
         let quantity = count("quantity", request.quantity)?;
         Ok(Self {
             account_id: account_id(&request.account_id)?,
@@ -236,6 +253,7 @@ impl TryFrom<&api::PlaceOrderRequest> for OrderCommand {
             side,
             quantity,
             kind,
+            time_in_force,
         })
     }
 }
@@ -246,8 +264,14 @@ impl OrderCommand {
             OrderKind::Market => "MARKET".to_owned(),
             OrderKind::Limit(price) => format!("LIMIT@{}", price.normalize()),
         };
+        // DAY adds nothing, so a key used before times in force existed still matches its
+        // order; a MARKET order's time in force changes nothing and is left out.
+        let time_in_force = match (&self.kind, self.time_in_force) {
+            (OrderKind::Limit(_), tif) if tif != TimeInForce::Day => format!("|{}", tif.as_str()),
+            _ => String::new(),
+        };
         format!(
-            "{}|{}|{}|{limit}",
+            "{}|{}|{}|{limit}{time_in_force}",
             self.symbol,
             self.side.as_str(),
             self.quantity
@@ -276,15 +300,92 @@ pub fn instrument(request: &api::UpsertInstrumentRequest) -> Result<Instrument, 
 pub struct PriceUpdate {
     pub symbol: String,
     pub price: Decimal,
+    /// Shares available at the price, per side; `None`: every crossed order fills whole.
+    pub size: Option<i64>,
 }
 
 impl TryFrom<&api::PublishPriceRequest> for PriceUpdate {
     type Error = DomainError;
 
     fn try_from(request: &api::PublishPriceRequest) -> Result<Self, DomainError> {
+        let size = match request.size {
+            Some(size) if size < 0 => {
+                return Err(DomainError::invalid("size", "must not be negative"));
+            }
+            Some(size) if size > limits::MAX_POSITION_QUANTITY => {
+                return Err(DomainError::invalid(
+                    "size",
+                    format!("must be at most {}", limits::MAX_POSITION_QUANTITY),
+                ));
+            }
+            size => size,
+        };
         Ok(Self {
             symbol: symbol(&request.symbol)?,
             price: positive("price", &request.price, limits::MAX_PRICE)?,
+            size,
+        })
+    }
+}
+
+/// The most orders one `ListOrders` page holds, and the size of a page that names none.
+pub const MAX_ORDERS_PAGE: u32 = 500;
+const DEFAULT_ORDERS_PAGE: u32 = 100;
+
+/// A page of an account's orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrdersPage {
+    pub account_id: String,
+    /// Empty: every status.
+    pub statuses: Vec<OrderStatus>,
+    pub page_size: u32,
+    /// The client order id the previous page ended at.
+    pub after: Option<String>,
+}
+
+impl TryFrom<&api::ListOrdersRequest> for OrdersPage {
+    type Error = DomainError;
+
+    fn try_from(request: &api::ListOrdersRequest) -> Result<Self, DomainError> {
+        let statuses = request
+            .statuses
+            .iter()
+            .map(|&status| match api::OrderStatus::try_from(status) {
+                Ok(api::OrderStatus::New) => Ok(OrderStatus::New),
+                Ok(api::OrderStatus::PartiallyFilled) => Ok(OrderStatus::PartiallyFilled),
+                Ok(api::OrderStatus::Filled) => Ok(OrderStatus::Filled),
+                Ok(api::OrderStatus::Canceled) => Ok(OrderStatus::Canceled),
+                Ok(api::OrderStatus::Expired) => Ok(OrderStatus::Expired),
+                _ => Err(DomainError::invalid(
+                    "statuses",
+                    "each must be NEW, PARTIALLY_FILLED, FILLED, CANCELED or EXPIRED",
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_ORDERS_PAGE,
+            size if size > MAX_ORDERS_PAGE => {
+                return Err(DomainError::invalid(
+                    "page_size",
+                    format!("must be at most {MAX_ORDERS_PAGE}"),
+                ));
+            }
+            size => size,
+        };
+        // A page token is the client order id the last page ended at: anything else was never
+        // handed out.
+        let after =
+            match request.page_token.as_str() {
+                "" => None,
+                token => Some(identifier("page_token", token).map_err(|_| {
+                    DomainError::invalid("page_token", "is not a token this API gave")
+                })?),
+            };
+        Ok(Self {
+            account_id: account_id(&request.account_id)?,
+            statuses,
+            page_size,
+            after,
         })
     }
 }
@@ -294,6 +395,17 @@ impl TryFrom<&api::PublishPriceRequest> for PriceUpdate {
 pub struct OrderRef {
     pub account_id: String,
     pub client_order_id: String,
+}
+
+impl TryFrom<&api::CancelOrderRequest> for OrderRef {
+    type Error = DomainError;
+
+    fn try_from(request: &api::CancelOrderRequest) -> Result<Self, DomainError> {
+        OrderRef::try_from(&api::GetOrderRequest {
+            account_id: request.account_id.clone(),
+            client_order_id: request.client_order_id.clone(),
+        })
+    }
 }
 
 impl TryFrom<&api::GetOrderRequest> for OrderRef {
@@ -366,6 +478,7 @@ mod tests {
             quantity: 10,
             order_type: api::OrderType::Limit.into(),
             limit_price: "175.50".into(),
+            time_in_force: api::TimeInForce::Unspecified.into(),
         }
     }
 
@@ -381,12 +494,57 @@ mod tests {
         let command = OrderCommand::try_from(&order()).expect("valid");
         assert_eq!(command.kind, OrderKind::Limit(Decimal::new(17550, 2)));
         assert_eq!(command.fingerprint(), "AAPL|BUY|10|LIMIT@175.5");
+        let mut gtc = order();
+        gtc.time_in_force = api::TimeInForce::Gtc.into();
+        let command = OrderCommand::try_from(&gtc).expect("valid");
+        assert_eq!(command.fingerprint(), "AAPL|BUY|10|LIMIT@175.5|GTC");
+    }
+
+    #[test]
+    fn a_price_size_must_not_be_negative_and_list_pages_are_bounded() {
+        let price = |size| api::PublishPriceRequest {
+            symbol: "AAPL".into(),
+            price: "10".into(),
+            size,
+        };
+        assert_eq!(
+            PriceUpdate::try_from(&price(Some(0))).map(|update| update.size),
+            Ok(Some(0))
+        );
+        assert!(matches!(
+            PriceUpdate::try_from(&price(Some(-1))),
+            Err(DomainError::Invalid { field: "size", .. })
+        ));
+        let list = |page_size, statuses: Vec<i32>| api::ListOrdersRequest {
+            account_id: "a".into(),
+            statuses,
+            page_size,
+            page_token: String::new(),
+        };
+        assert_eq!(
+            OrdersPage::try_from(&list(0, vec![])).map(|page| page.page_size),
+            Ok(100)
+        );
+        assert!(matches!(
+            OrdersPage::try_from(&list(501, vec![])),
+            Err(DomainError::Invalid {
+                field: "page_size",
+                ..
+            })
+        ));
+        assert!(matches!(
+            OrdersPage::try_from(&list(10, vec![42])),
+            Err(DomainError::Invalid {
+                field: "statuses",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn each_malformed_field_is_named() {
         type Mutation = fn(&mut api::PlaceOrderRequest);
-        let cases: [(&str, Mutation); 8] = [
+        let cases: [(&str, Mutation); 9] = [
             ("account_id", |r| r.account_id = "a b".into()),
             ("client_order_id", |r| r.client_order_id.clear()),
             ("symbol", |r| r.symbol = "aapl".into()),
@@ -397,6 +555,7 @@ mod tests {
             ("limit_price", |r| {
                 r.order_type = api::OrderType::Market.into();
             }),
+            ("time_in_force", |r| r.time_in_force = 7),
         ];
         for (field, mutate) in cases {
             let mut request = order();

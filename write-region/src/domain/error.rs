@@ -9,13 +9,14 @@ pub enum RejectReason {
     InsufficientPosition,
     InstrumentHalted,
     NoPrice,
-    NotMarketable,
     MaxNotionalExceeded,
     CurrencyMismatch,
     /// The command would take the cash balance beyond `ledger::limits::MAX_CASH_BALANCE`.
     BalanceLimitExceeded,
     /// The order would take one position beyond `ledger::limits::MAX_POSITION_QUANTITY`.
     PositionLimitExceeded,
+    /// A cancel of an order already filled, canceled or expired.
+    OrderNotOpen,
 }
 
 impl RejectReason {
@@ -25,11 +26,11 @@ impl RejectReason {
             Self::InsufficientPosition => "INSUFFICIENT_POSITION",
             Self::InstrumentHalted => "INSTRUMENT_HALTED",
             Self::NoPrice => "NO_PRICE",
-            Self::NotMarketable => "NOT_MARKETABLE",
             Self::MaxNotionalExceeded => "MAX_NOTIONAL_EXCEEDED",
             Self::CurrencyMismatch => "CURRENCY_MISMATCH",
             Self::BalanceLimitExceeded => "BALANCE_LIMIT_EXCEEDED",
             Self::PositionLimitExceeded => "POSITION_LIMIT_EXCEEDED",
+            Self::OrderNotOpen => "ORDER_NOT_OPEN",
         }
     }
 }

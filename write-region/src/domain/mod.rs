@@ -7,7 +7,10 @@ pub mod decide;
 pub mod error;
 
 pub use command::{
-    AsOf, CashDirection, CashMovement, OpenAccount, OrderCommand, OrderRef, PriceUpdate,
+    AsOf, CashDirection, CashMovement, OpenAccount, OrderCommand, OrderRef, OrdersPage, PriceUpdate,
 };
-pub use decide::{decide_cash, decide_open, decide_order, decide_reopen};
+pub use decide::{
+    decide_cancel, decide_cash, decide_expire, decide_fill, decide_open, decide_order,
+    decide_reopen,
+};
 pub use error::{DomainError, RejectReason};

@@ -3,12 +3,14 @@
 //! - [`streams`]: every aggregate's events, idempotency records and current state, written by
 //!   one conditional batch per command, and the instrument index.
 //! - [`outbox`]: the outbox's pending markers and published progress.
+//! - [`book`]: the index of resting orders, and the markers and plans of price events' fills.
 //! - [`schema`]: the keyspace and tables, created on connect when missing.
 //! - [`replication`]: where the replicas live and how many each statement waits for.
 //!
 //! Only the `[applied]` column of a conditional result is read: Scylla and Cassandra return
 //! different extra columns.
 
+mod book;
 mod outbox;
 mod replication;
 mod schema;
@@ -30,6 +32,7 @@ use scylla::{
     value::CqlTimestamp,
 };
 
+pub use book::{BookEntry, PriceMarker};
 pub use outbox::PendingMarker;
 pub use replication::{BadReplication, Replication, StoreConsistency};
 pub use streams::{Append, NewEvent, RecordKind, Stored};
@@ -163,6 +166,7 @@ pub struct Store {
     consistency: StoreConsistency,
     streams: streams::Statements,
     outbox: outbox::Statements,
+    book: book::Statements,
 }
 
 impl Store {
@@ -199,11 +203,13 @@ impl Store {
         };
         let streams = streams::Statements::prepare(&prepare).await?;
         let outbox = outbox::Statements::prepare(&prepare).await?;
+        let book = book::Statements::prepare(&prepare).await?;
         Ok(Self {
             session,
             consistency: config.consistency,
             streams,
             outbox,
+            book,
         })
     }
 }

@@ -5,6 +5,7 @@
 //!   conditional batch moves state and stream together.
 //! - `outbox_pending`, `outbox_progress`: the outbox's markers and published versions.
 //! - `instrument_index`: every symbol ever upserted, for listing.
+//! - `resting_orders`, `price_fills`, `fill_plans`: the resting-order book (see `book`).
 
 use scylla::client::session::Session;
 
@@ -44,6 +45,24 @@ pub(super) async fn create(
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.instrument_index (\
              bucket int, symbol text, PRIMARY KEY (bucket, symbol))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.resting_orders (\
+             symbol text, side text, limit_units bigint, accepted_ms bigint, account_id text, \
+             client_order_id text, quantity bigint, expires_at_ms bigint, \
+             PRIMARY KEY ((symbol), side, limit_units, accepted_ms, account_id, client_order_id)) \
+             WITH gc_grace_seconds = 3600"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.price_fills (\
+             bucket int, symbol text, version bigint, marked_at timestamp, \
+             PRIMARY KEY (bucket, symbol, version)) WITH gc_grace_seconds = 3600"
+        ),
+        // A plan matters only until its price event's fills are in; a week is ample.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.fill_plans (\
+             symbol text, version bigint, plan blob, PRIMARY KEY ((symbol, version))) \
+             WITH default_time_to_live = 604800"
         ),
     ];
     for statement in ddl {

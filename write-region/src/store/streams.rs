@@ -20,11 +20,21 @@ use scylla::{
 
 use super::{AggregateKey, Prepare, Store, StoreError, bigint, timestamp, version_of};
 
-/// What kind of idempotency record a key names; one namespace per kind of request.
-#[derive(Debug, Clone, Copy)]
+/// What kind of row beside the events a key names: an idempotency record (one namespace per
+/// kind of request) or an order's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     Order,
     Cash,
+    /// A cancel, under the order's client order id.
+    Cancel,
+    /// A fill of a resting order, under "<order id>@<price event>".
+    Fill,
+    /// An expiry, under the order's client order id.
+    Expiry,
+    /// An order's current state (overwritten by every event of the order), under its client
+    /// order id.
+    OrderState,
 }
 
 impl RecordKind {
@@ -32,6 +42,10 @@ impl RecordKind {
         match self {
             Self::Order => "order",
             Self::Cash => "cash",
+            Self::Cancel => "cancel",
+            Self::Fill => "fill",
+            Self::Expiry => "expiry",
+            Self::OrderState => "order_state",
         }
     }
 }
@@ -63,12 +77,15 @@ pub struct Append<'a> {
     pub events: &'a [NewEvent],
     /// An idempotency record committed with the events.
     pub record: Option<(RecordKind, &'a str, Vec<u8>)>,
+    /// Rows the events overwrite (an order's current state), written in the same batch.
+    pub rows: Vec<(RecordKind, String, Vec<u8>)>,
 }
 
 pub(super) struct Statements {
     load_state: PreparedStatement,
     load_state_serial: PreparedStatement,
     load_record: PreparedStatement,
+    load_rows: PreparedStatement,
     load_events: PreparedStatement,
     create_state: PreparedStatement,
     update_state: PreparedStatement,
@@ -99,6 +116,14 @@ impl Statements {
                      WHERE aggregate_type = ? AND aggregate_id = ? \
                      AND entry_kind = ? AND entry_key = ?",
                     prepare.consistency.serial_read(),
+                )
+                .await?,
+            load_rows: prepare
+                .statement(
+                    "SELECT entry_key, payload FROM {keyspace}.streams \
+                     WHERE aggregate_type = ? AND aggregate_id = ? \
+                     AND entry_kind = ? AND entry_key > ? LIMIT ?",
+                    quorum,
                 )
                 .await?,
             load_events: prepare
@@ -188,6 +213,32 @@ impl Store {
             .and_then(|(payload,)| payload))
     }
 
+    /// Up to `limit` rows of `kind` with keys after `after`, in key order.
+    pub async fn load_rows(
+        &self,
+        key: &AggregateKey,
+        kind: RecordKind,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.streams.load_rows,
+                (key.kind.as_str(), &key.id, kind.as_str(), after, limit),
+            )
+            .await?
+            .into_rows_result()?;
+        result
+            .rows::<(String, Option<Vec<u8>>)>()?
+            .map(|row| {
+                row.map(|(entry_key, payload)| (entry_key, payload.unwrap_or_default()))
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
     /// Encoded events with `after < version <= up_to`, in version order.
     pub async fn load_events(
         &self,
@@ -262,6 +313,10 @@ impl Store {
                 event.occurred_at,
             ));
         }
+        for (row_kind, row_key, payload) in append.rows {
+            batch.append_statement(statements.insert_row.clone());
+            values.push(row(row_kind.as_str(), row_key, payload, last.occurred_at));
+        }
         if let Some((record_kind, record_key, payload)) = append.record {
             batch.append_statement(statements.insert_record.clone());
             values.push(row(
@@ -305,7 +360,7 @@ fn event_key(version: u64) -> String {
 }
 
 /// Reads the `[applied]` column of a conditional result, whatever else the row holds.
-fn applied(result: QueryResult) -> Result<bool, StoreError> {
+pub(super) fn applied(result: QueryResult) -> Result<bool, StoreError> {
     let rows = result.into_rows_result()?;
     let index = rows
         .column_specs()

@@ -1,0 +1,451 @@
+//! Fills of resting orders when a price moves through them, and the sweep that finishes what a
+//! killed process left.
+//!
+//! A price event `<symbol>@<version>` is marked before it commits. Then its plan is settled
+//! once for every process (`fill_plans`, `IF NOT EXISTS`): the crossed orders in price-then-time
+//! priority, with the shares each may take when the price carried a size. Each fill is a command
+//! on its account under the idempotency key `<client order id>@<price event>`, decided against
+//! the account itself (the order must still be open, and is filled at most by what it has
+//! left), so a plan carried out twice, or by two processes, fills every order once. When every
+//! fill of the plan is in, the marker goes. A process killed anywhere in between leaves the
+//! marker, and the sweep of any process carries out the same plan again.
+//!
+//! Fills of one symbol's price events are made one price event after another within a
+//! process. Two processes finishing different price events of one symbol at once may fill an
+//! order at the later price: still at or better than its limit.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use ledger::{AccountState, Instrument, Side, parse_decimal};
+use prost::Message;
+use rust_decimal::Decimal;
+use tokio::sync::Mutex;
+use trading_proto::{
+    events::v1::{RawEvent, raw_event::Body},
+    trading::v1 as api,
+};
+
+use super::{CommandError, Commands, RequestContext, execute::Idempotency, orders};
+use crate::{
+    domain::{self, DomainError},
+    store::{AggregateKey, BookEntry, RecordKind},
+};
+
+/// Fills of one price event made at once (each on its own account).
+const FILLS_IN_FLIGHT: usize = 16;
+/// A marker this young may belong to a price event still being filled by its own request.
+const MARKER_GRACE: Duration = Duration::from_secs(3);
+/// A marker this old whose version never committed is a lost race's leftover.
+const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
+/// An index entry this old whose order is not open is a leftover (a lost race or a closed
+/// order whose entry was not dropped); younger ones may be commits still in flight.
+const STALE_ENTRY_AGE_MS: i64 = 60_000;
+
+/// The fills a price event owes, settled once.
+#[derive(Clone, PartialEq, Message)]
+struct FillPlan {
+    #[prost(message, repeated, tag = "1")]
+    fills: Vec<PlannedFill>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PlannedFill {
+    #[prost(string, tag = "1")]
+    account_id: String,
+    #[prost(string, tag = "2")]
+    client_order_id: String,
+    /// Shares it may take; 0: all it has left.
+    #[prost(int64, tag = "3")]
+    quantity: i64,
+    // The rest of its index entry, to drop the entry if the order turns out closed.
+    #[prost(string, tag = "4")]
+    side: String,
+    #[prost(int64, tag = "5")]
+    limit_units: i64,
+    #[prost(int64, tag = "6")]
+    accepted_ms: i64,
+}
+
+impl PlannedFill {
+    fn entry(&self, symbol: &str) -> Option<BookEntry> {
+        Some(BookEntry {
+            symbol: symbol.to_owned(),
+            side: Side::parse(&self.side)?,
+            limit_units: self.limit_units,
+            accepted_ms: self.accepted_ms,
+            account_id: self.account_id.clone(),
+            client_order_id: self.client_order_id.clone(),
+            quantity: 0,
+            expires_at_ms: 0,
+        })
+    }
+}
+
+/// One price event to fill at.
+pub(super) struct PriceEvent<'a> {
+    pub symbol: &'a str,
+    pub version: u64,
+    pub price: Decimal,
+    pub size: Option<i64>,
+    pub lot_size: i64,
+}
+
+/// Per-symbol locks, so one process fills a symbol's price events one after another.
+#[derive(Default)]
+pub(super) struct PriceJobs(std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>);
+
+impl PriceJobs {
+    fn lock_of(&self, symbol: &str) -> Arc<Mutex<()>> {
+        let mut jobs = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        jobs.entry(symbol.to_owned()).or_default().clone()
+    }
+}
+
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Allots a side's crossed orders, in priority order, what `size` leaves them (whole lots);
+/// without a size each takes all it has left.
+fn allot(
+    entries: Vec<BookEntry>,
+    size: Option<i64>,
+    lot_size: i64,
+    now_ms: i64,
+    seen: &mut HashSet<(String, String)>,
+) -> Vec<PlannedFill> {
+    let mut left = size;
+    let mut fills = Vec::new();
+    for entry in entries {
+        if left.is_some_and(|left| left < lot_size.max(1)) {
+            break;
+        }
+        // A DAY order past its close is the sweep's to expire, not this price's to fill; an
+        // order indexed twice (a retried commit) is filled once, in its best place.
+        let expired = entry.expires_at_ms > 0 && entry.expires_at_ms <= now_ms;
+        if expired || !seen.insert((entry.account_id.clone(), entry.client_order_id.clone())) {
+            continue;
+        }
+        let quantity = match &mut left {
+            None => 0,
+            Some(left) => {
+                let whole_lots = (*left).min(entry.quantity) / lot_size.max(1) * lot_size.max(1);
+                if whole_lots <= 0 {
+                    continue;
+                }
+                *left = left.saturating_sub(whole_lots);
+                whole_lots
+            }
+        };
+        fills.push(PlannedFill {
+            account_id: entry.account_id,
+            client_order_id: entry.client_order_id,
+            quantity,
+            side: entry.side.as_str().to_owned(),
+            limit_units: entry.limit_units,
+            accepted_ms: entry.accepted_ms,
+        });
+    }
+    fills
+}
+
+/// A fill's answer: the order it touched (empty when nothing was done).
+fn fill_answer(events: &[RawEvent]) -> api::PlaceOrderResponse {
+    match events.first().and_then(|event| event.body.as_ref()) {
+        Some(Body::TradeExecuted(trade)) => api::PlaceOrderResponse {
+            order_id: trade.order_id.clone(),
+            trade_id: trade.trade_id.clone(),
+            client_order_id: trade.client_order_id.clone(),
+            fill_price: trade.price.clone(),
+            quantity: trade.quantity,
+            ..Default::default()
+        },
+        Some(Body::OrderCanceled(canceled)) => api::PlaceOrderResponse {
+            order_id: canceled.order_id.clone(),
+            client_order_id: canceled.client_order_id.clone(),
+            reason: canceled.reason.clone(),
+            ..Default::default()
+        },
+        _ => api::PlaceOrderResponse::default(),
+    }
+}
+
+impl Commands {
+    /// Makes every fill `price` owes and clears its marker; the number of orders filled.
+    pub(super) async fn fill_at(
+        &self,
+        price: &PriceEvent<'_>,
+        context: &RequestContext,
+    ) -> Result<u32, CommandError> {
+        let job = self.price_jobs.lock_of(price.symbol);
+        let _one_at_a_time = job.lock().await;
+        let plan = self.plan(price).await?;
+        let price_event = format!("{}@{}", price.symbol, price.version);
+        let price_event = price_event.as_str();
+        // Owned fills, moved into each future: borrowing them from the plan makes the stream's
+        // future not provably `Send` (rust-lang/rust#102211).
+        let filled: Vec<bool> = futures::stream::iter(plan.fills)
+            .map(
+                |planned| async move { self.fill_one(&planned, price, price_event, context).await },
+            )
+            .buffer_unordered(FILLS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        self.store.clear_price(price.symbol, price.version).await?;
+        let filled = filled.into_iter().filter(|filled| *filled).count();
+        Ok(u32::try_from(filled).unwrap_or(u32::MAX))
+    }
+
+    /// The price event's plan: computed from the book now unless one is settled already.
+    async fn plan(&self, price: &PriceEvent<'_>) -> Result<FillPlan, CommandError> {
+        let units = orders::price_units(price.price)
+            .ok_or_else(|| DomainError::invalid("price", "does not fit the book's price units"))?;
+        let (buys, sells) = self.store.crossed(price.symbol, units).await?;
+        let now = now_ms();
+        let mut seen = HashSet::new();
+        let mut fills = allot(buys, price.size, price.lot_size, now, &mut seen);
+        fills.extend(allot(sells, price.size, price.lot_size, now, &mut seen));
+        let settled = self
+            .store
+            .settle_plan(
+                price.symbol,
+                price.version,
+                FillPlan { fills }.encode_to_vec(),
+            )
+            .await?;
+        let key = AggregateKey {
+            kind: platform::names::Aggregate::Instrument,
+            id: price.symbol.to_owned(),
+        };
+        FillPlan::decode(settled.as_slice()).map_err(CommandError::corrupt(&key))
+    }
+
+    /// One planned fill, once per order and price event; whether it filled anything.
+    async fn fill_one(
+        &self,
+        planned: &PlannedFill,
+        price: &PriceEvent<'_>,
+        price_event: &str,
+        context: &RequestContext,
+    ) -> Result<bool, CommandError> {
+        let record_key = format!("{}@{price_event}", planned.client_order_id);
+        let idempotency = Idempotency {
+            kind: RecordKind::Fill,
+            key: &record_key,
+            fingerprint: format!("fill|{}", planned.quantity),
+        };
+        let trade_id = uuid::Uuid::new_v4().to_string();
+        let cap = (planned.quantity > 0).then_some(planned.quantity);
+        let answer = self
+            .execute(
+                &planned.account_id,
+                Some(idempotency),
+                context,
+                |account: Option<&AccountState>| match account {
+                    Some(account) => Ok(domain::decide_fill(
+                        account,
+                        &planned.client_order_id,
+                        cap,
+                        price.price,
+                        price_event,
+                        trade_id.clone(),
+                        self.limits,
+                    )?
+                    .events),
+                    None => Ok(Vec::new()),
+                },
+                |_, events| fill_answer(events),
+            )
+            .await?;
+        let nothing_done = answer.order_id.is_empty();
+        if nothing_done
+            && now_ms().saturating_sub(planned.accepted_ms) > STALE_ENTRY_AGE_MS
+            && let Some(entry) = planned.entry(price.symbol)
+            && !self
+                .is_open(&planned.account_id, &planned.client_order_id)
+                .await?
+        {
+            self.store.unindex_resting(&entry).await?;
+        }
+        Ok(!nothing_done && answer.reason.is_empty())
+    }
+
+    async fn is_open(&self, account_id: &str, client_order_id: &str) -> Result<bool, CommandError> {
+        let account = self.current::<AccountState>(account_id).await?;
+        Ok(account.is_some_and(|account| account.open_orders.contains_key(client_order_id)))
+    }
+
+    /// Fills a resting order at once if the price moved through its limit while it was being
+    /// accepted (its decision saw the price before); the order then answers as it stands.
+    pub(super) async fn fill_if_crossed_since(
+        &self,
+        order: &api::PlaceOrderResponse,
+        seen_version: u64,
+        context: &RequestContext,
+    ) -> Result<Option<api::PlaceOrderResponse>, CommandError> {
+        let Some(instrument) = self.current::<Instrument>(&order.symbol).await? else {
+            return Ok(None);
+        };
+        let (Some(price), Ok(limit)) = (instrument.last_price, parse_decimal(&order.limit_price))
+        else {
+            return Ok(None);
+        };
+        let side = match api::Side::try_from(order.side) {
+            Ok(api::Side::Sell) => Side::Sell,
+            _ => Side::Buy,
+        };
+        if instrument.version <= seen_version || !domain::decide::crosses(side, limit, price) {
+            return Ok(None);
+        }
+        let planned = PlannedFill {
+            account_id: order.account_id.clone(),
+            client_order_id: order.client_order_id.clone(),
+            quantity: 0,
+            ..PlannedFill::default()
+        };
+        let event = PriceEvent {
+            symbol: &order.symbol,
+            version: instrument.version,
+            price,
+            size: None,
+            lot_size: instrument.lot_size,
+        };
+        let price_event = format!("{}@{}", order.symbol, instrument.version);
+        self.fill_one(&planned, &event, &price_event, context)
+            .await?;
+        let reference = domain::OrderRef {
+            account_id: order.account_id.clone(),
+            client_order_id: order.client_order_id.clone(),
+        };
+        self.order(&reference).await.map(Some)
+    }
+
+    /// One pass of the book sweep: finishes price events whose fills a killed process left,
+    /// and expires DAY orders past the close.
+    pub async fn sweep_book(&self) -> Result<(), CommandError> {
+        let context = RequestContext {
+            correlation_id: format!("sweep:{}", uuid::Uuid::new_v4()),
+            causation_id: "book-sweep".into(),
+            ..RequestContext::default()
+        };
+        for marker in self.store.price_markers().await? {
+            let age = SystemTime::now()
+                .duration_since(marker.marked_at)
+                .unwrap_or_default();
+            if age < MARKER_GRACE {
+                continue;
+            }
+            self.finish_price_event(&marker.symbol, marker.version, age, &context)
+                .await?;
+        }
+        self.expire_day_orders(&context).await
+    }
+
+    async fn finish_price_event(
+        &self,
+        symbol: &str,
+        version: u64,
+        age: Duration,
+        context: &RequestContext,
+    ) -> Result<(), CommandError> {
+        let Some(instrument) = self.current::<Instrument>(symbol).await? else {
+            return Ok(());
+        };
+        if instrument.version < version {
+            // Not committed (yet): a lost race's marker once it is old.
+            if age > STALE_MARKER_AGE {
+                self.store.clear_price(symbol, version).await?;
+            }
+            return Ok(());
+        }
+        let key = AggregateKey {
+            kind: platform::names::Aggregate::Instrument,
+            id: symbol.to_owned(),
+        };
+        let payloads = self
+            .store
+            .load_events(&key, version.saturating_sub(1), version)
+            .await?;
+        let update = payloads
+            .first()
+            .map(|payload| RawEvent::decode(payload.as_slice()))
+            .transpose()
+            .map_err(CommandError::corrupt(&key))?
+            .and_then(|event| match event.body {
+                Some(Body::PriceUpdated(update)) => Some(update),
+                _ => None,
+            });
+        let Some(update) = update else {
+            // The version is not a price (a definition committed under a retried marker).
+            self.store.clear_price(symbol, version).await?;
+            return Ok(());
+        };
+        let price = parse_decimal(&update.price).map_err(CommandError::corrupt(&key))?;
+        tracing::info!(symbol, version, "finishing the fills of a price event");
+        self.fill_at(
+            &PriceEvent {
+                symbol,
+                version,
+                price,
+                size: update.size,
+                lot_size: instrument.lot_size,
+            },
+            context,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn expire_day_orders(&self, context: &RequestContext) -> Result<(), CommandError> {
+        let now = now_ms();
+        for symbol in self.store.instrument_symbols().await? {
+            let due = self
+                .store
+                .book_of(&symbol)
+                .await?
+                .into_iter()
+                .filter(|entry| entry.expires_at_ms > 0 && entry.expires_at_ms <= now);
+            for entry in due {
+                let idempotency = Idempotency {
+                    kind: RecordKind::Expiry,
+                    key: &entry.client_order_id,
+                    fingerprint: "expiry".into(),
+                };
+                let answer = self
+                    .execute(
+                        &entry.account_id,
+                        Some(idempotency),
+                        context,
+                        |account: Option<&AccountState>| {
+                            Ok(account.map_or_else(Vec::new, |account| {
+                                domain::decide_expire(account, &entry.client_order_id, now).events
+                            }))
+                        },
+                        |_, events| fill_answer(events),
+                    )
+                    .await?;
+                if answer.order_id.is_empty()
+                    && now.saturating_sub(entry.accepted_ms) > STALE_ENTRY_AGE_MS
+                    && !self
+                        .is_open(&entry.account_id, &entry.client_order_id)
+                        .await?
+                {
+                    self.store.unindex_resting(&entry).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
