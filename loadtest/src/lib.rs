@@ -7,7 +7,7 @@
 //! summarising with `stats`, while `memory` samples the services' resident memory) ->
 //! `results` (one JSON file per run) -> `report` (a self-contained HTML page from those files).
 //!
-//! Subcommands that need the read regions end to end (`lag`, `verify`, `chaos`) plug in beside
+//! Subcommands that need the read regions end to end (`lag`, `ticks`, `verify`, `chaos`) plug in beside
 //! `bench`: they reuse `setup` for accounts, `load` for pacing and `results` for their output;
 //! `chaos` hurts the stack through `chaos::stack` (processes, Redis data) and `link` (the leaf
 //! links' proxies) and checks it with `verify`.
@@ -25,6 +25,7 @@ pub mod results;
 pub mod setup;
 pub mod stats;
 pub mod status;
+pub mod ticks;
 pub mod timefmt;
 pub mod verify;
 

@@ -9,7 +9,7 @@ use loadtest::{
     bench::{self, Group},
     chaos, grpc, lag, link, memory, report, results,
     setup::{self, Accounts},
-    status, verify,
+    status, ticks, verify,
 };
 use platform::names::{self, local};
 
@@ -36,6 +36,10 @@ enum Command {
     /// Orders at a fixed rate, each followed into every read region: how long until its version
     /// is visible there (p50, p90, p99, max); prints the figures and writes them as JSON.
     Lag(Box<LagArgs>),
+    /// Price ticks with resting orders on the book: ticks per second, and the time from a tick
+    /// to its fills being visible in every read region beside a market order's; prints the
+    /// figures and writes them as JSON.
+    Ticks(Box<TicksArgs>),
     /// For every account, compare the write model, the fold of its raw events and every read
     /// region's portfolio; print each difference and fail on any. Run once load has stopped.
     Verify(Box<VerifyArgs>),
@@ -182,6 +186,29 @@ struct LagArgs {
     #[arg(long, env = "TOXIPROXY_URL", default_value = link::DEFAULT_API)]
     toxiproxy_url: String,
     /// Result file (default: loadtest/results/lag-<timestamp>.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TicksArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    regions: ReadRegions,
+    /// Resting orders on the book while the ticks run.
+    #[arg(long, default_value_t = 1000)]
+    book: usize,
+    /// Seconds of ticks that cross nothing.
+    #[arg(long, default_value_t = 10.0)]
+    idle: f64,
+    /// Ticks that fill orders.
+    #[arg(long, default_value_t = 50)]
+    rounds: usize,
+    /// Orders each filling tick fills.
+    #[arg(long, default_value_t = 10)]
+    per_round: usize,
+    /// Result file (default: loadtest/results/ticks-<timestamp>.json).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -587,6 +614,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             println!("\n{}", lag::table(&run));
+            results::write(&out, &run)?;
+            println!("results: {}", out.display());
+        }
+        Command::Ticks(args) => {
+            loopback_only(&args.target.write_addr)?;
+            for (_, addr) in args.regions.named() {
+                loopback_only(addr)?;
+            }
+            anyhow::ensure!(
+                args.idle >= 0.0 && args.idle <= 600.0,
+                "--idle must be in [0, 600] seconds"
+            );
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| results::file_for("ticks", std::time::SystemTime::now()));
+            let settings = ticks::Settings {
+                write_addr: args.target.write_addr.clone(),
+                regions: args
+                    .regions
+                    .named()
+                    .map(|(name, addr)| lag::Region {
+                        name: name.to_owned(),
+                        addr: addr.clone(),
+                    })
+                    .to_vec(),
+                accounts: Accounts::new(&args.target.prefix, args.target.accounts),
+                book: args.book,
+                idle: Duration::from_secs_f64(args.idle),
+                rounds: args.rounds,
+                per_round: args.per_round,
+                tag: run_tag(),
+            };
+            let run = ticks::run(settings, command_line()).await?;
+            println!("\n{}", ticks::table(&run));
             results::write(&out, &run)?;
             println!("results: {}", out.display());
         }

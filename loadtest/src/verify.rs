@@ -5,8 +5,10 @@
 //! - every read region's `portfolio.v1 GetPortfolio`, asked with `min_version` = the write
 //!   model's version so a region that is merely behind gets until a deadline to catch up.
 //!
-//! Compared: version, cash, total realized P&L, the time of the last change (to the millisecond,
-//! as the regions keep it) and, per open position, quantity, average cost and realized P&L.
+//! Compared: version, cash, cash reserved by resting orders, total realized P&L, the time of
+//! the last change (to the millisecond, as the regions keep it), per open position quantity,
+//! average cost and realized P&L, and per open order its status and filled quantity (a
+//! region's from its `ListOrders`).
 //! Owner, currency and the opening time only the write model and the fold carry; market values
 //! depend on each region's own prices. Meant to run once load has stopped: an account written
 //! during the run shows as a version difference.
@@ -30,7 +32,8 @@ use tonic::{Code, Status};
 use trading_proto::{
     events::v1::RawEvent,
     portfolio::v1::{
-        GetPortfolioRequest, Portfolio, portfolio_service_client::PortfolioServiceClient,
+        GetPortfolioRequest, ListOrdersRequest, Order, Portfolio,
+        portfolio_service_client::PortfolioServiceClient,
     },
     trading::v1::{self as api, account_service_client::AccountServiceClient},
 };
@@ -144,7 +147,14 @@ pub struct View {
     pub positions: BTreeMap<String, Holding>,
     /// Milliseconds since the epoch of the last change: the precision the regions keep.
     pub updated_at_ms: Option<i64>,
+    /// Cash held back by resting buys.
+    pub reserved_cash: Decimal,
+    /// Resting orders by client order id: status and filled quantity.
+    pub open_orders: BTreeMap<String, (String, i64)>,
 }
+
+/// The statuses of an order that is still open, as the regions spell them.
+const OPEN_STATUSES: [&str; 2] = ["NEW", "PARTIALLY_FILLED"];
 
 fn timestamp_ms(seconds: i64, nanos: i32) -> i64 {
     seconds
@@ -173,6 +183,18 @@ impl View {
             updated_at_ms: state
                 .updated_at
                 .map(|at| timestamp_ms(at.seconds, at.nanos)),
+            // Only figures beyond the write model's limits overflow; they show as a difference.
+            reserved_cash: state.reserved_cash().unwrap_or(Decimal::MAX),
+            open_orders: state
+                .open_orders
+                .iter()
+                .map(|(id, order)| {
+                    (
+                        id.clone(),
+                        (order.status().as_str().to_owned(), order.filled),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -182,9 +204,15 @@ impl View {
             .map_err(|error| format!("a figure that {error}"))
     }
 
-    pub fn from_portfolio(portfolio: &Portfolio) -> Result<Self, String> {
+    /// A region's portfolio and its open orders.
+    pub fn from_portfolio(portfolio: &Portfolio, open_orders: &[Order]) -> Result<Self, String> {
         let decimal = |field: &str, text: &str| {
             parse_decimal(text).map_err(|error| format!("{field} {text:?} {error}"))
+        };
+        // A region that never heard of a resting order holds nothing back.
+        let reserved_cash = match portfolio.reserved_cash.as_str() {
+            "" => Decimal::ZERO,
+            text => decimal("reserved_cash", text)?,
         };
         Ok(Self {
             version: portfolio.version,
@@ -203,6 +231,14 @@ impl View {
                 })
                 .collect::<Result<_, String>>()?,
             updated_at_ms: portfolio.as_of.map(|at| timestamp_ms(at.seconds, at.nanos)),
+            reserved_cash,
+            open_orders: open_orders
+                .iter()
+                .map(|order| {
+                    let line = (order.status.clone(), order.filled_quantity);
+                    (order.client_order_id.clone(), line)
+                })
+                .collect(),
         })
     }
 }
@@ -246,6 +282,28 @@ pub fn compare(account: &str, source: &str, expected: &View, found: &View) -> Ve
         found.realized_pnl,
         expected.realized_pnl,
     ));
+    differences.extend(money(
+        "reserved_cash".into(),
+        found.reserved_cash,
+        expected.reserved_cash,
+    ));
+    let shown = |line: Option<&(String, i64)>| {
+        line.map_or_else(
+            || "none".to_owned(),
+            |(status, filled)| format!("{status}, {filled} filled"),
+        )
+    };
+    let orders: BTreeSet<&String> = expected
+        .open_orders
+        .keys()
+        .chain(found.open_orders.keys())
+        .collect();
+    for id in orders {
+        let (want, got) = (expected.open_orders.get(id), found.open_orders.get(id));
+        if want != got {
+            differences.push(differ(format!("open order {id}"), shown(got), shown(want)));
+        }
+    }
     let symbols: BTreeSet<&String> = expected
         .positions
         .keys()
@@ -467,6 +525,46 @@ async fn region_view(
     }
 }
 
+/// A region's open orders of the account, every page.
+async fn region_open_orders(
+    mut region: PortfolioServiceClient<Channel>,
+    account: &str,
+) -> Result<Vec<Order>, Status> {
+    let mut orders = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = region
+            .list_orders(grpc::request(ListOrdersRequest {
+                account_id: account.to_owned(),
+                statuses: OPEN_STATUSES.map(str::to_owned).to_vec(),
+                page_size: 500,
+                page_token,
+            }))
+            .await?
+            .into_inner();
+        orders.extend(page.orders);
+        if page.next_page_token.is_empty() {
+            return Ok(orders);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// A region's portfolio of the account at the write model's version, and its open orders.
+async fn region_answer(
+    region: PortfolioServiceClient<Channel>,
+    account: &str,
+    version: u64,
+    deadline: Instant,
+) -> Result<Option<(Portfolio, Vec<Order>)>, Status> {
+    let Some(portfolio) = region_view(region.clone(), account, version, deadline).await? else {
+        return Ok(None);
+    };
+    // Read after the portfolio, which has reached the version: the orders have too.
+    let orders = region_open_orders(region, account).await?;
+    Ok(Some((portfolio, orders)))
+}
+
 /// Every difference of one account between its write model, its fold and every region.
 async fn check_account(
     account: &str,
@@ -491,13 +589,13 @@ async fn check_account(
     let mut differences: Vec<Difference> = problem.into_iter().collect();
     differences.extend(compare(account, FOLD, &expected, &folded));
     let answers = futures::future::join_all(regions.iter().map(|(name, client)| async move {
-        let answer = region_view(client.clone(), account, expected.version, deadline).await;
+        let answer = region_answer(client.clone(), account, expected.version, deadline).await;
         (name, answer)
     }))
     .await;
     for (name, answer) in answers {
         let (field, found, wanted) = match answer {
-            Ok(Some(portfolio)) => match View::from_portfolio(&portfolio) {
+            Ok(Some((portfolio, orders))) => match View::from_portfolio(&portfolio, &orders) {
                 Ok(view) => {
                     differences.extend(compare(account, name, &expected, &view));
                     continue;
@@ -657,6 +755,8 @@ mod tests {
                 ),
             ]),
             updated_at_ms: Some(1_700_000_000_123),
+            reserved_cash: dec("950"),
+            open_orders: BTreeMap::from([("o-9".to_owned(), ("NEW".to_owned(), 0))]),
         }
     }
 
@@ -682,6 +782,25 @@ mod tests {
             [
                 "account a1: eu cash_balance = 9500.50000001, expected 9500.5 (write model)",
                 "account a1: eu position ALPHA quantity = 19, expected 20 (write model)",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_a_reservation_and_an_open_order_that_differ() {
+        let mut region = view();
+        region.reserved_cash = dec("0");
+        region.open_orders.clear();
+        region
+            .open_orders
+            .insert("o-10".into(), ("PARTIALLY_FILLED".into(), 5));
+        assert_eq!(
+            lines(&compare("a1", "eu", &view(), &region)),
+            [
+                "account a1: eu reserved_cash = 0, expected 950 (write model)",
+                "account a1: eu open order o-10 = PARTIALLY_FILLED, 5 filled, expected none \
+                 (write model)",
+                "account a1: eu open order o-9 = none, expected NEW, 0 filled (write model)",
             ]
         );
     }

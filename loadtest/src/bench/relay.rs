@@ -365,6 +365,13 @@ fn synthetic(prefix: &str, count: usize) -> Vec<Raw> {
                         position_average_cost: if buy { price.to_string() } else { "0".into() },
                         order_type: "MARKET".into(),
                         limit_price: String::new(),
+                        // A market order, filled whole at once, as the write region records it.
+                        time_in_force: "DAY".into(),
+                        order_quantity: 1,
+                        filled_quantity: 1,
+                        leaves_quantity: 0,
+                        order_status: "FILLED".into(),
+                        price_event: String::new(),
                     })
                 }
             };
