@@ -15,7 +15,7 @@ use loadtest::{
 };
 use testkit::{
     Endpoints,
-    trading::{WriteApi, instrument, order, publish_price},
+    trading::{WriteApi, instrument, limit_order, order, publish_price, publish_sized},
 };
 use trading_proto::trading::v1::{self as api, order_service_client::OrderServiceClient};
 
@@ -35,8 +35,9 @@ async fn place(
 }
 
 /// The load-test setup (cash, one buy of each shared instrument) and then trades that exercise
-/// every figure: a cost blended from two prices, a sale realizing profit at a third price, and a
-/// position sold out entirely (which the regions stop listing).
+/// every figure: a cost blended from two prices, a sale realizing profit at a third price, a
+/// position sold out entirely (which the regions stop listing), and resting orders open, partly
+/// filled and canceled.
 async fn trade(write_addr: &str, accounts: &Accounts, symbol: &str) -> anyhow::Result<()> {
     let channel = grpc::connect(write_addr, 1)
         .await
@@ -73,6 +74,40 @@ async fn trade(write_addr: &str, accounts: &Accounts, symbol: &str) -> anyhow::R
         )
         .await?;
     }
+    // Resting orders: a buy that stays open (holding 45 back), and sells that a price with a
+    // size of 3 fills in time priority: the first account's partly, the second's not at all,
+    // which its trader then cancels.
+    for id in &ids {
+        for (suffix, side, quantity, limit) in [
+            ("rest-buy", api::Side::Buy, 5, "9"),
+            ("rest-sell", api::Side::Sell, 4, "11.5"),
+        ] {
+            orders
+                .place_order(limit_order(
+                    id,
+                    &format!("verify-{suffix}"),
+                    symbol,
+                    side,
+                    quantity,
+                    limit,
+                    api::TimeInForce::Gtc,
+                ))
+                .await
+                .with_context(|| format!("{id} cannot rest {suffix}"))?;
+        }
+    }
+    let tick = publish_sized(&channel, symbol, "11.50", Some(3)).await?;
+    anyhow::ensure!(
+        tick.fills == 1,
+        "the sized price filled {} orders",
+        tick.fills
+    );
+    orders
+        .cancel_order(api::CancelOrderRequest {
+            account_id: ids[1].clone(),
+            client_order_id: "verify-rest-sell".into(),
+        })
+        .await?;
     Ok(())
 }
 
@@ -163,7 +198,7 @@ async fn verify_passes_on_traded_accounts_and_names_a_corrupted_view() -> anyhow
     assert!(clean.status.success(), "{}", describe(&clean));
     assert!(
         String::from_utf8_lossy(&clean.stdout)
-            .contains("verify: 3 accounts checked (22 raw events), 0 differences"),
+            .contains("verify: 3 accounts checked (28 raw events), 0 differences"),
         "{}",
         describe(&clean)
     );

@@ -16,7 +16,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -42,6 +42,10 @@ const FILLS_IN_FLIGHT: usize = 16;
 const MARKER_GRACE: Duration = Duration::from_secs(3);
 /// A marker this old whose version never committed is a lost race's leftover.
 const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
+/// The longest between two scans of the books for DAY orders past the close: they are scanned
+/// when a close passes, and at least this often in case a close was missed (a process that was
+/// down then, or a close setting since changed).
+const EXPIRY_SCAN_EVERY_MS: i64 = 60_000;
 /// An index entry this old whose order is not open is a leftover (a lost race or a closed
 /// order whose entry was not dropped); younger ones may be commits still in flight.
 const STALE_ENTRY_AGE_MS: i64 = 60_000;
@@ -350,7 +354,16 @@ impl Commands {
             self.finish_price_event(&marker.symbol, marker.version, age, &context)
                 .await?;
         }
-        self.expire_day_orders(&context).await
+        let now = now_ms();
+        if now >= self.next_expiry_scan.load(Ordering::Relaxed) {
+            self.expire_day_orders(&context).await?;
+            let next = self
+                .session
+                .next_after(now)
+                .min(now.saturating_add(EXPIRY_SCAN_EVERY_MS));
+            self.next_expiry_scan.store(next, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn finish_price_event(

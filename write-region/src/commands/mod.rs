@@ -88,6 +88,9 @@ pub struct Commands {
     /// When DAY orders expire.
     session: SessionClose,
     price_jobs: PriceJobs,
+    /// When the book sweep next looks for DAY orders past the close (ms since the epoch; 0: at
+    /// its first pass).
+    next_expiry_scan: std::sync::atomic::AtomicI64,
 }
 
 impl Commands {
@@ -106,6 +109,7 @@ impl Commands {
             after_commit,
             session,
             price_jobs: PriceJobs::default(),
+            next_expiry_scan: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

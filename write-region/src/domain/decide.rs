@@ -332,7 +332,12 @@ pub fn decide_fill(
     let events = match fill(&without, &spec, quantity, price, limits) {
         Ok(trade) => vec![Body::TradeExecuted(trade)],
         Err(DomainError::Rejected { reason, .. }) => {
-            vec![closed(order, OrderStatus::Canceled, reason.as_str())]
+            vec![closed(
+                account,
+                order,
+                OrderStatus::Canceled,
+                reason.as_str(),
+            )]
         }
         Err(other) => return Err(other),
     };
@@ -351,7 +356,7 @@ pub fn decide_cancel(
         ));
     };
     Ok(Decision {
-        events: vec![closed(order, OrderStatus::Canceled, "USER")],
+        events: vec![closed(account, order, OrderStatus::Canceled, "USER")],
     })
 }
 
@@ -359,16 +364,21 @@ pub fn decide_cancel(
 pub fn decide_expire(account: &AccountState, client_order_id: &str, now_ms: i64) -> Decision {
     let events = match account.open_orders.get(client_order_id) {
         Some(order) if order.expires_at_ms > 0 && order.expires_at_ms <= now_ms => {
-            vec![closed(order, OrderStatus::Expired, "SESSION_CLOSE")]
+            vec![closed(
+                account,
+                order,
+                OrderStatus::Expired,
+                "SESSION_CLOSE",
+            )]
         }
         _ => Vec::new(),
     };
     Decision { events }
 }
 
-fn closed(order: &OpenOrder, status: OrderStatus, reason: &str) -> Body {
+fn closed(account: &AccountState, order: &OpenOrder, status: OrderStatus, reason: &str) -> Body {
     Body::OrderCanceled(OrderCanceled {
-        account_id: String::new(),
+        account_id: account.account_id.clone(),
         order_id: order.order_id.clone(),
         client_order_id: order.client_order_id.clone(),
         symbol: order.symbol.clone(),
