@@ -219,6 +219,7 @@ fn generate(seed: u64, prices: Prices) -> anyhow::Result<Recorded> {
                     symbol: listing.symbol.into(),
                     price: format_decimal(listing.price()),
                     previous_price: format_decimal(previous),
+                    size: None,
                 }),
             ));
             continue;
