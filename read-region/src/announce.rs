@@ -92,6 +92,8 @@ mod tests {
             as_of_ms: 0,
             cash: rust_decimal::Decimal::ZERO,
             realized_pnl: rust_decimal::Decimal::ZERO,
+            reserved_cash: rust_decimal::Decimal::ZERO,
+            buying_power: rust_decimal::Decimal::ZERO,
             positions: Vec::new(),
         }
     }

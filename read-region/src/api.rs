@@ -4,7 +4,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use ledger::format_decimal;
+use ledger::{OrderStatus, format_decimal};
 use platform::auth::authorize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -12,11 +12,11 @@ use tonic::{Request, Response, Status};
 use trading_proto::portfolio::v1::{self as api, portfolio_service_server::PortfolioService};
 
 use crate::{
-    announce::Announcer,
-    model::{self, Book, PageTokens, timestamp_from_ms},
+    announce::{Announcer, Subscription},
+    model::{self, Book, ORDER_STATUSES, PageTokens, timestamp_from_ms},
     now_ms,
     project::Freshness,
-    reads::Read,
+    reads::{OrdersAt, Read},
     views::{ViewError, Views},
 };
 use platform::{metrics::Dependency, telemetry::Causes};
@@ -82,7 +82,10 @@ impl From<ApiError> for Status {
 /// that a rebuild's switch or another process applied are not announced here.
 const POLL: Duration = Duration::from_secs(1);
 const DEFAULT_PAGE_SIZE: usize = 50;
+const DEFAULT_ORDERS_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 500;
+/// Order states a watcher may hold unsent before it stops to read the view again.
+const WATCH_BUFFER: usize = 64;
 
 /// The one way a handler answers: its result as a response, an `ApiError` as its status.
 fn respond<T>(result: Result<T, ApiError>) -> Result<Response<T>, Status> {
@@ -107,6 +110,54 @@ fn account_id(value: &str) -> Result<&str, ApiError> {
             problem,
         }),
         None => Ok(value),
+    }
+}
+
+/// The statuses a ListOrders request filters by, each once; none means every status.
+fn order_statuses(requested: &[String]) -> Result<Vec<OrderStatus>, ApiError> {
+    if requested.is_empty() {
+        return Ok(ORDER_STATUSES.to_vec());
+    }
+    let mut statuses = Vec::with_capacity(requested.len());
+    for text in requested {
+        let status = OrderStatus::parse(text).ok_or(ApiError::InvalidArgument {
+            field: "statuses",
+            problem: "each must be NEW, PARTIALLY_FILLED, FILLED, CANCELED or EXPIRED",
+        })?;
+        // Listed twice, a status's orders would be merged into the page twice.
+        if !statuses.contains(&status) {
+            statuses.push(status);
+        }
+    }
+    Ok(statuses)
+}
+
+/// What woke a watcher: a book the projector applied, a reason to read the view itself (the
+/// poll, or announcements it fell behind on), or the end of the stream.
+enum Wake {
+    Book(Arc<Book>),
+    Look,
+    Stop,
+}
+
+/// Waits for the next reason a watcher of `subscription`'s account has to act.
+async fn wake<T>(
+    subscription: &mut Subscription,
+    sender: &mpsc::Sender<T>,
+    shutdown: &CancellationToken,
+) -> Wake {
+    tokio::select! {
+        _ = sender.closed() => Wake::Stop,
+        _ = shutdown.cancelled() => Wake::Stop,
+        update = subscription.receiver.recv() => match update {
+            Ok(book) => Wake::Book(book),
+            // Fell behind the projector: the view itself is the truth. A version may be
+            // skipped then, but never reordered.
+            Err(broadcast::error::RecvError::Lagged(_)) => Wake::Look,
+            Err(broadcast::error::RecvError::Closed) => Wake::Stop,
+        },
+        // Versions applied by a rebuild or another process show up here.
+        _ = tokio::time::sleep(POLL) => Wake::Look,
     }
 }
 
@@ -160,6 +211,13 @@ impl PortfolioApi {
         found(self.views.portfolio(account_id).await?, account_id)
     }
 
+    async fn order_changes(&self, account_id: &str, after: u64) -> Result<OrdersAt, ApiError> {
+        found(
+            self.views.order_changes(account_id, after).await?,
+            account_id,
+        )
+    }
+
     /// The book once it has reached `min_version`, `None` before. With a `min_version`, an
     /// account this region has not heard of yet is waited for like any other version: the
     /// write that opened it may still be on its way here.
@@ -190,6 +248,8 @@ impl PortfolioApi {
             total_value: format_decimal(valuation.total_value),
             realized_pnl: format_decimal(book.realized_pnl),
             unrealized_pnl: format_decimal(valuation.unrealized_pnl),
+            reserved_cash: format_decimal(book.reserved_cash),
+            buying_power: format_decimal(book.buying_power),
             positions: valuation
                 .positions
                 .into_iter()
@@ -204,6 +264,7 @@ impl PortfolioApi {
                     unrealized_pnl: format_decimal(valued.unrealized_pnl),
                     realized_pnl: format_decimal(valued.position.realized_pnl),
                     weight: format_decimal(valued.weight),
+                    reserved_quantity: valued.position.reserved_quantity,
                 })
                 .collect(),
         })
@@ -303,6 +364,56 @@ impl PortfolioApi {
         })
     }
 
+    async fn list_orders_inner(
+        &self,
+        request: api::ListOrdersRequest,
+    ) -> Result<api::ListOrdersResponse, ApiError> {
+        let account = account_id(&request.account_id)?;
+        let statuses = order_statuses(&request.statuses)?;
+        let page_size = match request.page_size as usize {
+            0 => DEFAULT_ORDERS_PAGE_SIZE,
+            size if size > MAX_PAGE_SIZE => {
+                return Err(ApiError::InvalidArgument {
+                    field: "page_size",
+                    problem: "must be at most 500",
+                });
+            }
+            size => size,
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                self.page_tokens
+                    .decode_order(account, &request.page_token)
+                    .map_err(ApiError::PageToken)?,
+            )
+        };
+        // One more than asked tells whether another page follows.
+        let mut orders = found(
+            self.views
+                .orders(account, &statuses, after.as_deref(), page_size + 1)
+                .await?,
+            account,
+        )?;
+        let next_page_token = if orders.len() > page_size {
+            orders.truncate(page_size);
+            orders
+                .last()
+                .map(|order| {
+                    self.page_tokens
+                        .encode_order(account, &order.client_order_id)
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(api::ListOrdersResponse {
+            orders,
+            next_page_token,
+        })
+    }
+
     async fn list_risk_alerts_inner(
         &self,
         request: api::ListRiskAlertsRequest,
@@ -360,11 +471,11 @@ impl PortfolioApi {
     async fn watch_inner(
         &self,
         request: api::WatchPortfolioRequest,
-    ) -> Result<WatchStream, ApiError> {
+    ) -> Result<Watch<api::Portfolio>, ApiError> {
         let account = account_id(&request.account_id)?.to_owned();
         let mut subscription = self.announcer.subscribe(&account);
         let initial = self.book(&account).await?;
-        let (sender, receiver) = mpsc::channel::<Result<api::Portfolio, Status>>(64);
+        let (sender, receiver) = mpsc::channel::<Result<api::Portfolio, Status>>(WATCH_BUFFER);
         let api = self.clone();
         tokio::spawn(async move {
             let mut last = initial.version;
@@ -376,22 +487,10 @@ impl PortfolioApi {
                 return;
             }
             loop {
-                let next = tokio::select! {
-                    _ = sender.closed() => return,
-                    _ = api.shutdown.cancelled() => return,
-                    update = subscription.receiver.recv() => match update {
-                        Ok(book) => Some(book),
-                        // Fell behind the projector: the view itself is the truth. A version
-                        // may be skipped then, but never reordered.
-                        Err(broadcast::error::RecvError::Lagged(_)) => None,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    // Versions applied by a rebuild or another process show up here.
-                    _ = tokio::time::sleep(POLL) => None,
-                };
-                let book = match next {
-                    Some(book) => book,
-                    None => match api.book(&account).await {
+                let book = match wake(&mut subscription, &sender, &api.shutdown).await {
+                    Wake::Stop => return,
+                    Wake::Book(book) => book,
+                    Wake::Look => match api.book(&account).await {
                         Ok(book) => Arc::new(book),
                         Err(ApiError::Rebuilding) => continue,
                         Err(error) => {
@@ -416,9 +515,62 @@ impl PortfolioApi {
             receiver,
         )))
     }
+
+    /// Streams the account's open orders, then every order state the projector applies, in
+    /// the order of the account versions that made them.
+    async fn watch_orders_inner(
+        &self,
+        request: api::WatchOrdersRequest,
+    ) -> Result<Watch<api::Order>, ApiError> {
+        let account = account_id(&request.account_id)?.to_owned();
+        let mut subscription = self.announcer.subscribe(&account);
+        let initial = found(self.views.open_orders(&account).await?, &account)?;
+        let (sender, receiver) = mpsc::channel::<Result<api::Order, Status>>(WATCH_BUFFER);
+        let api = self.clone();
+        tokio::spawn(async move {
+            // The account version read last, and the highest version of an order sent: one
+            // raw event changes at most one order (the relay's sets), so every change after it
+            // is unsent. An open order already changed by a version still being applied is
+            // sent with the open ones, and not again.
+            let mut looked = initial.account_version;
+            let mut sent = looked;
+            for order in initial.orders {
+                sent = sent.max(order.account_version);
+                if sender.send(Ok(order)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match wake(&mut subscription, &sender, &api.shutdown).await {
+                    Wake::Stop => return,
+                    // Read already: its orders went out.
+                    Wake::Book(book) if book.version <= looked => continue,
+                    Wake::Book(_) | Wake::Look => {}
+                }
+                let changes = match api.order_changes(&account, sent).await {
+                    Ok(changes) => changes,
+                    Err(ApiError::Rebuilding) => continue,
+                    Err(error) => {
+                        let _ = sender.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                looked = looked.max(changes.account_version);
+                for order in changes.orders {
+                    sent = sent.max(order.account_version);
+                    if sender.send(Ok(order)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<api::Portfolio, Status>> + Send>>;
+type Watch<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PortfolioService for PortfolioApi {
@@ -446,7 +598,7 @@ impl PortfolioService for PortfolioApi {
         respond(self.list_risk_alerts_inner(request.into_inner()).await)
     }
 
-    type WatchPortfolioStream = WatchStream;
+    type WatchPortfolioStream = Watch<api::Portfolio>;
 
     async fn watch_portfolio(
         &self,
@@ -454,6 +606,24 @@ impl PortfolioService for PortfolioApi {
     ) -> Result<Response<Self::WatchPortfolioStream>, Status> {
         authorize(&request)?;
         respond(self.watch_inner(request.into_inner()).await)
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<api::ListOrdersRequest>,
+    ) -> Result<Response<api::ListOrdersResponse>, Status> {
+        authorize(&request)?;
+        respond(self.list_orders_inner(request.into_inner()).await)
+    }
+
+    type WatchOrdersStream = Watch<api::Order>;
+
+    async fn watch_orders(
+        &self,
+        request: Request<api::WatchOrdersRequest>,
+    ) -> Result<Response<Self::WatchOrdersStream>, Status> {
+        authorize(&request)?;
+        respond(self.watch_orders_inner(request.into_inner()).await)
     }
 
     async fn get_market_dashboard(

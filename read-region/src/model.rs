@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use ledger::Overflow;
+use ledger::{OrderStatus, Overflow};
 use rust_decimal::Decimal;
 use sha2::Sha256;
 
@@ -65,6 +65,8 @@ pub struct BookPosition {
     pub realized_pnl: Decimal,
     /// None when the region has not heard a price for the symbol yet.
     pub last_price: Option<Decimal>,
+    /// Shares held back by resting sells.
+    pub reserved_quantity: i64,
 }
 
 /// An account's book as of one version.
@@ -75,6 +77,9 @@ pub struct Book {
     pub as_of_ms: i64,
     pub cash: Decimal,
     pub realized_pnl: Decimal,
+    /// Cash held back by resting buys, and cash less that.
+    pub reserved_cash: Decimal,
+    pub buying_power: Decimal,
     pub positions: Vec<BookPosition>,
 }
 
@@ -151,19 +156,56 @@ pub fn value(book: &Book) -> Result<Valuation, Overflow> {
     })
 }
 
+/// Every status an order can be in (`ledger::OrderStatus`): a list filtered by none shows them
+/// all.
+pub const ORDER_STATUSES: [OrderStatus; 5] = [
+    OrderStatus::New,
+    OrderStatus::PartiallyFilled,
+    OrderStatus::Filled,
+    OrderStatus::Canceled,
+    OrderStatus::Expired,
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("is not a page token this server issued")]
 pub struct PageTokenError;
 
-const PAGE_TOKEN_PREFIX: &str = "pt2-";
+/// What a ListTrades token continues below: an account version.
+const TRADES_TOKEN: &str = "pt2-";
+/// What a ListOrders token continues after: a client order id.
+const ORDERS_TOKEN: &str = "po1-";
+/// Signed before the client order id of an orders token. A trades token signs exactly the
+/// eight bytes of its version after the account; this makes an orders token's signed text
+/// longer than that, so neither kind of token can pass for the other.
+const ORDERS_SIGNED_AS: &[u8] = b"client_order_id\0";
 /// Bytes of HMAC-SHA256 a token carries: forging one means guessing 128 bits.
 const PAGE_TOKEN_MAC: usize = 16;
 
-/// Issues and checks page tokens. A token names the account version of the last trade returned
-/// (the next page starts strictly below it, so trades appended meanwhile never shift or repeat a
-/// page) and carries an HMAC of that version and the account it was issued for, under this
-/// region's key: a client cannot read meaning into it, change it, or use it for another
-/// account.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Only what the tokens write: lowercase hex digits (no sign, no case, no prefix).
+fn lowercase_hex(text: &str) -> bool {
+    text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Exactly what `hex` writes: pairs of lowercase hex digits.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !lowercase_hex(text) {
+        return None;
+    }
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok())
+        .collect()
+}
+
+/// Issues and checks page tokens. A token names where its page ended (ListTrades: the account
+/// version of the last trade returned, the next page starting strictly below it; ListOrders:
+/// the last client order id, the next page starting strictly after it), so entries added
+/// meanwhile never shift or repeat a page; and it carries an HMAC of that position and the
+/// account it was issued for, under this region's key: a client cannot read meaning into it,
+/// change it, or use it for another account or the other list.
 #[derive(Clone)]
 pub struct PageTokens {
     /// HMAC-SHA256 under the region's key, cloned for each token.
@@ -179,45 +221,71 @@ impl PageTokens {
         })
     }
 
-    fn mac(&self, account_id: &str, version: u64) -> Hmac<Sha256> {
+    fn mac(&self, account_id: &str, position: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.keyed.clone();
         mac.update(account_id.as_bytes());
         mac.update(&[0]);
-        mac.update(&version.to_be_bytes());
+        mac.update(position);
         mac
     }
 
-    pub fn encode(&self, account_id: &str, last_version: u64) -> String {
-        let tag = self.mac(account_id, last_version).finalize().into_bytes();
-        let mut token = format!("{PAGE_TOKEN_PREFIX}{last_version:x}.");
-        for byte in &tag[..PAGE_TOKEN_MAC] {
-            token.push_str(&format!("{byte:02x}"));
+    /// `<kind><shown>.<tag>`: `shown` is the position as the token spells it, `signed` the
+    /// bytes the tag covers.
+    fn seal(&self, kind: &str, account_id: &str, shown: &str, signed: &[u8]) -> String {
+        let tag = self.mac(account_id, signed).finalize().into_bytes();
+        format!("{kind}{shown}.{}", hex(&tag[..PAGE_TOKEN_MAC]))
+    }
+
+    /// The position a token of `kind` spells and the tag it carries, once its shape is right.
+    fn unseal<'t>(kind: &str, token: &'t str) -> Result<(&'t str, Vec<u8>), PageTokenError> {
+        let (shown, tag) = token
+            .strip_prefix(kind)
+            .and_then(|rest| rest.split_once('.'))
+            .ok_or(PageTokenError)?;
+        match unhex(tag) {
+            Some(tag) if !shown.is_empty() && tag.len() == PAGE_TOKEN_MAC => Ok((shown, tag)),
+            _ => Err(PageTokenError),
         }
-        token
+    }
+
+    fn verify(&self, account_id: &str, signed: &[u8], tag: &[u8]) -> Result<(), PageTokenError> {
+        self.mac(account_id, signed)
+            .verify_truncated_left(tag)
+            .map_err(|_| PageTokenError)
+    }
+
+    /// A ListTrades token continuing below account version `last_version`.
+    pub fn encode(&self, account_id: &str, last_version: u64) -> String {
+        self.seal(
+            TRADES_TOKEN,
+            account_id,
+            &format!("{last_version:x}"),
+            &last_version.to_be_bytes(),
+        )
     }
 
     pub fn decode(&self, account_id: &str, token: &str) -> Result<u64, PageTokenError> {
-        let (version, tag) = token
-            .strip_prefix(PAGE_TOKEN_PREFIX)
-            .and_then(|rest| rest.split_once('.'))
-            .ok_or(PageTokenError)?;
-        // Exactly what `encode` writes: lowercase hex only (no sign, no padding, no case).
-        let hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if version.is_empty() || version.len() > 16 || !hex(version) {
+        let (shown, tag) = Self::unseal(TRADES_TOKEN, token)?;
+        // Exactly what `encode` writes: the version in at most 16 lowercase hex digits.
+        if shown.len() > 16 || !lowercase_hex(shown) {
             return Err(PageTokenError);
         }
-        if tag.len() != PAGE_TOKEN_MAC * 2 || !hex(tag) {
-            return Err(PageTokenError);
-        }
-        let version = u64::from_str_radix(version, 16).map_err(|_| PageTokenError)?;
-        let tag: Vec<u8> = (0..PAGE_TOKEN_MAC)
-            .map(|i| u8::from_str_radix(&tag[i * 2..i * 2 + 2], 16))
-            .collect::<Result<_, _>>()
-            .map_err(|_| PageTokenError)?;
-        self.mac(account_id, version)
-            .verify_truncated_left(&tag)
-            .map_err(|_| PageTokenError)?;
+        let version = u64::from_str_radix(shown, 16).map_err(|_| PageTokenError)?;
+        self.verify(account_id, &version.to_be_bytes(), &tag)?;
         Ok(version)
+    }
+
+    /// A ListOrders token continuing after client order id `last`.
+    pub fn encode_order(&self, account_id: &str, last: &str) -> String {
+        let signed = [ORDERS_SIGNED_AS, last.as_bytes()].concat();
+        self.seal(ORDERS_TOKEN, account_id, &hex(last.as_bytes()), &signed)
+    }
+
+    pub fn decode_order(&self, account_id: &str, token: &str) -> Result<String, PageTokenError> {
+        let (shown, tag) = Self::unseal(ORDERS_TOKEN, token)?;
+        let last = unhex(shown).ok_or(PageTokenError)?;
+        self.verify(account_id, &[ORDERS_SIGNED_AS, &last].concat(), &tag)?;
+        String::from_utf8(last).map_err(|_| PageTokenError)
     }
 }
 
@@ -281,6 +349,7 @@ mod tests {
             average_cost: dec(cost),
             realized_pnl: Decimal::ZERO,
             last_price: price.map(dec),
+            reserved_quantity: 0,
         }
     }
 
@@ -292,6 +361,8 @@ mod tests {
             as_of_ms: 0,
             cash: dec("1000"),
             realized_pnl: dec("12.5"),
+            reserved_cash: Decimal::ZERO,
+            buying_power: dec("1000"),
             positions: vec![
                 position("MSFT", 5, "300", Some("310.10")),
                 position("AAPL", 10, "150", Some("140")),
@@ -323,6 +394,8 @@ mod tests {
             as_of_ms: 0,
             cash: Decimal::ZERO,
             realized_pnl: Decimal::ZERO,
+            reserved_cash: Decimal::ZERO,
+            buying_power: Decimal::ZERO,
             positions: vec![position("NEW", 2, "10", None)],
         };
         let valuation = value(&book).expect("fits");
@@ -344,6 +417,8 @@ mod tests {
             as_of_ms: 0,
             cash: Decimal::MAX,
             realized_pnl: Decimal::ZERO,
+            reserved_cash: Decimal::ZERO,
+            buying_power: Decimal::MAX,
             positions: vec![position(
                 "HUGE",
                 i64::MAX,
@@ -390,6 +465,57 @@ mod tests {
                 Err(PageTokenError),
                 "{token}"
             );
+        }
+    }
+
+    #[test]
+    fn order_tokens_round_trip_and_pass_for_no_other_account_key_or_list() {
+        let tokens = PageTokens::new(b"region key").expect("any key");
+        let longest = "x".repeat(64);
+        for last in ["o-1", "client-1", "A_z-9", longest.as_str()] {
+            let token = tokens.encode_order("alice", last);
+            assert_eq!(tokens.decode_order("alice", &token).as_deref(), Ok(last));
+            assert_eq!(tokens.decode_order("bob", &token), Err(PageTokenError));
+            let other = PageTokens::new(b"another key").expect("any key");
+            assert_eq!(other.decode_order("alice", &token), Err(PageTokenError));
+            // The other list's token, even respelled as this one's, is refused.
+            assert_eq!(tokens.decode("alice", &token), Err(PageTokenError));
+            let respelled = token.replacen("po1-", "pt2-", 1);
+            assert_eq!(tokens.decode("alice", &respelled), Err(PageTokenError));
+        }
+        // "client-1" is eight bytes, as long as a version: a trades token for those bytes
+        // still does not open as an orders token.
+        let version = u64::from_be_bytes(*b"client-1");
+        let trades = tokens.encode("alice", version);
+        let (_, tag) = trades.split_once('.').expect("a tag");
+        let respelled = format!("po1-{}.{tag}", hex(b"client-1"));
+        assert_eq!(
+            tokens.decode_order("alice", &respelled),
+            Err(PageTokenError)
+        );
+        let good = tokens.encode_order("alice", "o-1");
+        for token in [
+            "",
+            "po1-",
+            "po1-.00",
+            "po1-6f2d31",
+            "po1-6F2D31.00",
+            &good[1..],
+        ] {
+            assert_eq!(
+                tokens.decode_order("alice", token),
+                Err(PageTokenError),
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_order_status_is_listed_once_as_ledger_spells_it() {
+        for status in ORDER_STATUSES {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+            let listed = ORDER_STATUSES.iter().filter(|s| **s == status).count();
+            assert_eq!(listed, 1, "{}", status.as_str());
         }
     }
 

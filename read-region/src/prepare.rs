@@ -7,7 +7,7 @@ use platform::names::Aggregate;
 use prost::Message;
 use rust_decimal::Decimal;
 use trading_proto::{
-    events::v1::{EnrichedEvent, EventEnvelope, enriched_event::Body},
+    events::v1::{EnrichedEvent, EventEnvelope, OrderUpdated, enriched_event::Body},
     portfolio::v1 as api,
 };
 
@@ -57,9 +57,12 @@ pub(crate) enum Kind {
     /// Body: encoded `portfolio.v1.Trade`, symbol, quantity, notional (1e-8 units), realized
     /// P&L (1e-8 units), position quantity after, average cost after, instrument name, sector.
     Trade,
-    /// Body: cash balance, realized P&L (1e-8 units), position count, then per position:
-    /// symbol, quantity, average cost, realized P&L (1e-8 units), name, sector.
+    /// Body: cash balance, realized P&L (1e-8 units), reserved cash, buying power, position
+    /// count, then per position: symbol, quantity, average cost, realized P&L (1e-8 units),
+    /// name, sector, reserved quantity.
     Value,
+    /// Body: encoded `portfolio.v1.Order`, client order id, status.
+    Order,
     /// Body: account id, alert id, encoded `portfolio.v1.RiskAlert`.
     Alert,
     /// Body: name, sector, asset class, currency.
@@ -77,6 +80,7 @@ impl Kind {
             Self::Cash => "cash",
             Self::Trade => "trade",
             Self::Value => "value",
+            Self::Order => "order",
             Self::Alert => "alert",
             Self::Instrument => "instrument",
             Self::Price => "price",
@@ -117,6 +121,15 @@ fn scaled(field: &'static str, text: &str) -> Result<String, PrepareError> {
 
 fn canonical(field: &'static str, text: &str) -> Result<String, PrepareError> {
     decimal(field, text).map(ledger::format_decimal)
+}
+
+/// A decimal that may be absent (an event written before the field existed, a figure that
+/// does not apply yet): `empty` then, else its canonical spelling.
+fn canonical_or(field: &'static str, text: &str, empty: &str) -> Result<String, PrepareError> {
+    if text.is_empty() {
+        return Ok(empty.to_owned());
+    }
+    canonical(field, text)
 }
 
 fn text(s: &str) -> Vec<u8> {
@@ -252,30 +265,57 @@ fn body_args(
         }
         Some(Body::PortfolioValueUpdated(body)) => {
             only(Aggregate::Account, "PortfolioValueUpdated")?;
+            let cash = decimal("cash_balance", &body.cash_balance)?;
+            // Books written before orders rested reserve nothing: all the cash may be spent.
+            let reserved = if body.reserved_cash.is_empty() {
+                Decimal::ZERO
+            } else {
+                decimal("reserved_cash", &body.reserved_cash)?
+            };
+            let buying_power = if body.buying_power.is_empty() {
+                cash.checked_sub(reserved).ok_or(field(
+                    "reserved_cash",
+                    "cash less it is beyond a decimal's range",
+                ))?
+            } else {
+                decimal("buying_power", &body.buying_power)?
+            };
             let mut args = vec![
-                text(&canonical("cash_balance", &body.cash_balance)?),
+                text(&ledger::format_decimal(cash)),
                 text(&scaled("realized_pnl", &body.realized_pnl)?),
+                text(&ledger::format_decimal(reserved)),
+                text(&ledger::format_decimal(buying_power)),
                 text(&body.positions.len().to_string()),
             ];
             for position in &body.positions {
-                if position.symbol.is_empty() || position.quantity < 0 {
-                    return Err(field("positions", "needs a symbol and a quantity >= 0"));
+                if position.symbol.is_empty()
+                    || position.quantity < 0
+                    || !(0..=position.quantity).contains(&position.reserved_quantity)
+                {
+                    return Err(field(
+                        "positions",
+                        "needs a symbol, a quantity >= 0 and a reserved quantity within it",
+                    ));
                 }
-                let cost = if position.average_cost.is_empty() {
-                    "0".to_owned()
-                } else {
-                    canonical("positions.average_cost", &position.average_cost)?
-                };
                 args.extend([
                     text(&position.symbol),
                     text(&position.quantity.to_string()),
-                    text(&cost),
+                    text(&canonical_or(
+                        "positions.average_cost",
+                        &position.average_cost,
+                        "0",
+                    )?),
                     text(&scaled("positions.realized_pnl", &position.realized_pnl)?),
                     text(&position.name),
                     text(&position.sector),
+                    text(&position.reserved_quantity.to_string()),
                 ]);
             }
             Ok((Kind::Value, args))
+        }
+        Some(Body::OrderUpdated(body)) => {
+            only(Aggregate::Account, "OrderUpdated")?;
+            order_args(body, envelope, occurred_ms)
         }
         // Raised on an account or, for a price move, on the instrument: either way it is
         // recorded under the account it names.
@@ -319,4 +359,77 @@ fn body_args(
             Ok((Kind::Price, vec![text(&canonical("price", &body.price)?)]))
         }
     }
+}
+
+/// An order's state as the apply script stores it under its account (the event's aggregate):
+/// the `portfolio.v1.Order` readers get, and the client order id and status it is listed by.
+fn order_args(
+    body: &OrderUpdated,
+    envelope: &EventEnvelope,
+    occurred_ms: i64,
+) -> Result<(Kind, Vec<Vec<u8>>), PrepareError> {
+    let field = |field: &'static str, problem: &'static str| PrepareError::Field { field, problem };
+    if !body.account_id.is_empty() && body.account_id != envelope.aggregate_id {
+        return Err(field(
+            "account_id",
+            "is not the account whose event this is",
+        ));
+    }
+    // The id is a member of the script's sorted sets and part of page tokens: it must be what
+    // the write region accepts (no separators, bounded length).
+    if let Some(problem) = ledger::ids::identifier_problem(&body.client_order_id) {
+        return Err(field("client_order_id", problem));
+    }
+    if body.symbol.is_empty() {
+        return Err(field("symbol", "is empty"));
+    }
+    let status = ledger::OrderStatus::parse(&body.status).ok_or(field(
+        "status",
+        "is not NEW, PARTIALLY_FILLED, FILLED, CANCELED or EXPIRED",
+    ))?;
+    let accounted = body.filled_quantity.checked_add(body.leaves_quantity);
+    if body.quantity <= 0
+        || body.filled_quantity < 0
+        || body.leaves_quantity < 0
+        || body.reserved_quantity < 0
+        || accounted.is_none_or(|accounted| accounted > body.quantity)
+    {
+        return Err(field(
+            "quantity",
+            "must be positive, with filled and leaves not negative and within it",
+        ));
+    }
+    if body.expires_at_ms < 0 {
+        return Err(field("expires_at_ms", "is before the epoch"));
+    }
+    let order = api::Order {
+        order_id: body.order_id.clone(),
+        client_order_id: body.client_order_id.clone(),
+        symbol: body.symbol.clone(),
+        side: body.side.clone(),
+        order_type: body.order_type.clone(),
+        limit_price: canonical_or("limit_price", &body.limit_price, "")?,
+        time_in_force: body.time_in_force.clone(),
+        status: status.as_str().to_owned(),
+        quantity: body.quantity,
+        filled_quantity: body.filled_quantity,
+        leaves_quantity: body.leaves_quantity,
+        average_fill_price: canonical_or("average_fill_price", &body.average_fill_price, "")?,
+        reserved_cash: canonical_or("reserved_cash", &body.reserved_cash, "0")?,
+        reserved_quantity: body.reserved_quantity,
+        // 0 is "never" (GTC).
+        expires_at: (body.expires_at_ms > 0).then(|| model::timestamp_from_ms(body.expires_at_ms)),
+        reason: body.reason.clone(),
+        account_version: envelope.version,
+        updated_at: Some(model::timestamp_from_ms(occurred_ms)),
+        account_id: envelope.aggregate_id.clone(),
+    };
+    Ok((
+        Kind::Order,
+        vec![
+            order.encode_to_vec(),
+            text(&body.client_order_id),
+            text(status.as_str()),
+        ],
+    ))
 }

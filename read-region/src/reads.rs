@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use trading_proto::portfolio::v1 as api;
 
 use crate::{
-    model::Book,
+    model::{Book, ORDER_STATUSES},
     views::{
         ViewError, Views, array, bytes, counter, number, optional_money, parse_book, parse_number,
         rows, string, units,
@@ -60,16 +60,48 @@ fn decode<M: Message + Default>(what: &'static str, raw: &[u8]) -> Result<M, Vie
     M::decode(raw).map_err(|source| ViewError::Decode { what, source })
 }
 
-/// One stored alert: `<account_version>:<encoded portfolio.v1.RiskAlert>`.
-fn alert(item: &Value) -> Result<api::RiskAlert, ViewError> {
+/// A stored `<tag>:<encoded message>`, split at its first ':' (the message may hold more).
+fn tagged<'v>(item: &'v Value, untagged: &'static str) -> Result<(&'v [u8], &'v [u8]), ViewError> {
     let raw = bytes(item)?;
     let split = raw
         .iter()
         .position(|b| *b == b':')
-        .ok_or(ViewError::Protocol("stored alert without its version"))?;
-    let mut alert: api::RiskAlert = decode("alert", &raw[split + 1..])?;
-    alert.account_version = parse_number(&raw[..split])?;
+        .ok_or(ViewError::Protocol(untagged))?;
+    Ok((&raw[..split], &raw[split + 1..]))
+}
+
+/// One stored alert: `<account_version>:<encoded portfolio.v1.RiskAlert>`.
+fn alert(item: &Value) -> Result<api::RiskAlert, ViewError> {
+    let (version, raw) = tagged(item, "stored alert without its version")?;
+    let mut alert: api::RiskAlert = decode("alert", raw)?;
+    alert.account_version = parse_number(version)?;
     Ok(alert)
+}
+
+/// One stored order: `<status>:<encoded portfolio.v1.Order>` (the status is for the script).
+fn order(item: &Value) -> Result<api::Order, ViewError> {
+    let (_status, raw) = tagged(item, "stored order without its status")?;
+    decode("order", raw)
+}
+
+/// Orders as a watcher reads them: with the account's version at that moment, so it knows
+/// which changes it has seen; in the order of the versions that last changed them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrdersAt {
+    pub account_version: u64,
+    pub orders: Vec<api::Order>,
+}
+
+fn orders_at(fields: &[Value]) -> Result<OrdersAt, ViewError> {
+    let [account_version, orders @ ..] = fields else {
+        return Err(ViewError::Protocol("orders without the account's version"));
+    };
+    let mut orders: Vec<api::Order> = orders.iter().map(order).collect::<Result<_, _>>()?;
+    orders.sort_by_key(|order| order.account_version);
+    Ok(OrdersAt {
+        account_version: number(account_version)?,
+        orders,
+    })
 }
 
 impl Views {
@@ -115,6 +147,48 @@ impl Views {
                     decode("trade", bytes(trade)?)
                 })
             })
+    }
+
+    /// Up to `limit` of the account's orders in `statuses`, in client order id order, strictly
+    /// after `after`.
+    pub async fn orders(
+        &self,
+        account_id: &str,
+        statuses: &[ledger::OrderStatus],
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Read<Vec<api::Order>>, ViewError> {
+        let limit = limit.to_string();
+        let mut args = vec!["orders", account_id, after.unwrap_or(""), &limit];
+        args.extend(statuses.iter().map(|status| status.as_str()));
+        self.read_op(&args)
+            .await?
+            .try_map(|fields| fields.iter().map(order).collect())
+    }
+
+    /// Every open order of the account (a watcher's start).
+    pub async fn open_orders(&self, account_id: &str) -> Result<Read<OrdersAt>, ViewError> {
+        let mut args = vec!["open_orders", account_id];
+        args.extend(
+            ORDER_STATUSES
+                .iter()
+                .filter(|status| status.is_open())
+                .map(|status| status.as_str()),
+        );
+        self.read_op(&args)
+            .await?
+            .try_map(|fields| orders_at(&fields))
+    }
+
+    /// The account's orders changed after account version `after`.
+    pub async fn order_changes(
+        &self,
+        account_id: &str,
+        after: u64,
+    ) -> Result<Read<OrdersAt>, ViewError> {
+        self.read_op(&["order_changes", account_id, &after.to_string()])
+            .await?
+            .try_map(|fields| orders_at(&fields))
     }
 
     pub async fn alerts(&self, account_id: &str) -> Result<Read<Vec<api::RiskAlert>>, ViewError> {

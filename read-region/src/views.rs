@@ -12,9 +12,16 @@
 //!   `acked` (the consumer's ack floor as last recorded: every event up to it is applied here,
 //!   because an event is acknowledged only after its apply, which Redis logged before this).
 //! - `g:cursor` hash: `<aggregate_type>:<aggregate_id>` -> `version:part:parts`.
-//! - `g:acct:<id>` hash: owner, currency, cash, realized (1e-8 units), version, as_of (ms).
+//! - `g:acct:<id>` hash: owner, currency, cash, realized (1e-8 units), reserved (cash held back
+//!   by resting buys), buying_power, version, as_of (ms).
 //! - `g:posq:<id>` / `g:posc:<id>` / `g:posr:<id>` hashes: symbol -> quantity / average cost /
-//!   realized P&L (1e-8 units).
+//!   realized P&L (1e-8 units); `g:posres:<id>` hash: symbol -> shares held back by resting
+//!   sells, only where some are.
+//! - `g:orders:<id>` hash: client order id -> `<status>:<encoded portfolio.v1.Order>` (its
+//!   latest state); `g:orderids:<status>:<id>` sorted sets of the client order ids in each
+//!   status (score 0, so in id order: a page is a range); `g:orderversions:<id>` sorted set of
+//!   client order ids scored by the account version that last changed them (what a watcher has
+//!   not seen is a range).
 //! - `g:trades:<id>` sorted set: encoded `portfolio.v1.Trade`, scored by account version.
 //! - `g:alerts:<id>` list of `<account_version>:<encoded portfolio.v1.RiskAlert>`, and
 //!   `g:alertids:<id>` set of alert ids already recorded.
@@ -553,15 +560,34 @@ pub(crate) fn rows<const N: usize, T>(
 }
 
 /// Parses `book()`'s flat answer (`lua/common.lua`): account id, version, as_of, cash,
-/// realized, then seven fields per position.
+/// realized, reserved cash, buying power, then eight fields per position.
 pub(crate) fn parse_book(fields: &[Value]) -> Result<Book, ViewError> {
-    let [account_id, version, as_of, cash, realized, rest @ ..] = fields else {
+    let [
+        account_id,
+        version,
+        as_of,
+        cash,
+        realized,
+        reserved,
+        buying_power,
+        rest @ ..,
+    ] = fields
+    else {
         return Err(ViewError::Protocol("short book"));
     };
     let positions = rows(
         rest,
         "ragged positions",
-        |[symbol, quantity, cost, realized, price, name, sector]| {
+        |[
+            symbol,
+            quantity,
+            cost,
+            realized,
+            price,
+            name,
+            sector,
+            reserved,
+        ]| {
             Ok(BookPosition {
                 symbol: string(symbol)?,
                 quantity: number(quantity)?,
@@ -570,6 +596,7 @@ pub(crate) fn parse_book(fields: &[Value]) -> Result<Book, ViewError> {
                 last_price: optional_money(price)?,
                 name: string(name)?,
                 sector: string(sector)?,
+                reserved_quantity: number(reserved)?,
             })
         },
     )?;
@@ -579,6 +606,8 @@ pub(crate) fn parse_book(fields: &[Value]) -> Result<Book, ViewError> {
         as_of_ms: number(as_of)?,
         cash: money(cash)?,
         realized_pnl: units(realized)?,
+        reserved_cash: money(reserved)?,
+        buying_power: money(buying_power)?,
         positions,
     })
 }

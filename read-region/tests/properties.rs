@@ -10,15 +10,18 @@ use proptest::{
     test_runner::{TestCaseError, TestRunner},
 };
 use read_region::{
-    model::Book,
+    model::{Book, ORDER_STATUSES},
     prepare::{PreparedEvent, prepare},
     reads::Read,
     views::{ApplyOutcome, SwitchOutcome, Target, Views, scan_keys},
 };
 use testkit::properties::decimal_text;
-use trading_proto::events::v1::{
-    AccountRegistered, CashBalanceChanged, EnrichedEvent, EventEnvelope, PortfolioValueUpdated,
-    TradeProfitCalculated, ValuedPosition, enriched_event::Body,
+use trading_proto::{
+    events::v1::{
+        AccountRegistered, CashBalanceChanged, EnrichedEvent, EventEnvelope, OrderUpdated,
+        PortfolioValueUpdated, TradeProfitCalculated, ValuedPosition, enriched_event::Body,
+    },
+    portfolio::v1 as api,
 };
 
 fn body() -> impl Strategy<Value = Body> {
@@ -75,6 +78,31 @@ fn body() -> impl Strategy<Value = Body> {
                             realized_pnl,
                             ..Default::default()
                         }],
+                        ..Default::default()
+                    })
+                }
+            ),
+        (
+            prop_oneof![Just("NEW"), Just("FILLED"), Just("CANCELED"), Just("LOST")],
+            // Mostly quantities an order has, sometimes any.
+            prop_oneof![3 => -2_i64..20, 1 => any::<i64>()],
+            prop_oneof![3 => -2_i64..20, 1 => any::<i64>()],
+            decimal_text(),
+            decimal_text()
+        )
+            .prop_map(
+                |(status, quantity, filled_quantity, limit_price, reserved_cash)| {
+                    Body::OrderUpdated(OrderUpdated {
+                        account_id: "p".into(),
+                        client_order_id: "o-1".into(),
+                        symbol: "AAA".into(),
+                        side: "BUY".into(),
+                        status: status.into(),
+                        quantity,
+                        filled_quantity,
+                        leaves_quantity: quantity.wrapping_sub(filled_quantity),
+                        limit_price,
+                        reserved_cash,
                         ..Default::default()
                     })
                 }
@@ -148,6 +176,21 @@ impl Generation {
         }
     }
 
+    /// The account's orders, with the account id left out so two accounts compare.
+    async fn orders(&self, account: &str) -> Result<Vec<api::Order>, String> {
+        match self.views.orders(account, &ORDER_STATUSES, None, 10).await {
+            Ok(Read::Found(orders)) => Ok(orders
+                .into_iter()
+                .map(|order| api::Order {
+                    account_id: String::new(),
+                    ..order
+                })
+                .collect()),
+            Ok(_) => Ok(Vec::new()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// One case: the history applied once in order to one account, and to another in the
     /// arbitrary `deliveries` first, then redelivered in order.
     async fn case(
@@ -186,6 +229,7 @@ impl Generation {
         let last: Vec<PreparedEvent> = events.last().cloned().into_iter().collect();
         prop_assert_eq!(self.apply(&last).await?, vec![ApplyOutcome::Duplicate]);
         prop_assert_eq!(self.book(&shuffled).await, self.book(&in_order).await);
+        prop_assert_eq!(self.orders(&shuffled).await, self.orders(&in_order).await);
         Ok(())
     }
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use testkit::{eventually, read_region::*, tag};
 use tokio_util::sync::CancellationToken;
 
-/// Many accounts trading several instruments, with price moves and alerts in between.
+/// Many accounts trading several instruments, with price moves, alerts and resting orders in
+/// between.
 fn busy_market(
     relay: &mut Relay,
     accounts: usize,
@@ -36,6 +37,15 @@ fn busy_market(
                 ("BUY", 1 + (round as i64 % 4))
             };
             sets.push(relay.trade(&id, symbol, side, quantity, round % 7 == 0));
+            // Every third account also rests an order, which fills in part and is canceled.
+            if account % 3 == 0 {
+                match round {
+                    2 => sets.push(relay.place_limit(&id, "rest-1", symbol, "BUY", 4, "10")),
+                    5 => sets.push(relay.fill(&id, "rest-1", 1)),
+                    8 => sets.push(relay.cancel(&id, "rest-1")),
+                    _ => {}
+                }
+            }
         }
         let symbol = symbols[round % symbols.len()];
         let price = format!("{}.{:02}", 20 + round % 30, round % 100);

@@ -120,6 +120,31 @@ pub struct AccountModel {
     pub cash: Decimal,
     pub positions: BTreeMap<String, Position>,
     pub trades: u64,
+    /// Each order's latest state, by client order id.
+    pub orders: BTreeMap<String, events::OrderUpdated>,
+}
+
+impl AccountModel {
+    fn open_orders(&self) -> impl Iterator<Item = &events::OrderUpdated> {
+        self.orders
+            .values()
+            .filter(|order| matches!(order.status.as_str(), "NEW" | "PARTIALLY_FILLED"))
+    }
+
+    /// Cash held back by resting buys.
+    pub fn reserved_cash(&self) -> Decimal {
+        self.open_orders()
+            .map(|order| dec(&order.reserved_cash))
+            .sum()
+    }
+
+    /// Shares of `symbol` held back by resting sells.
+    pub fn reserved_quantity(&self, symbol: &str) -> i64 {
+        self.open_orders()
+            .filter(|order| order.symbol == symbol)
+            .map(|order| order.reserved_quantity)
+            .sum()
+    }
 }
 
 #[derive(Default, Clone)]
@@ -205,6 +230,7 @@ impl Relay {
 
     fn book(&self, account_id: &str) -> events::PortfolioValueUpdated {
         let account = &self.accounts[account_id];
+        let reserved = account.reserved_cash();
         events::PortfolioValueUpdated {
             account_id: account_id.into(),
             cash_balance: format_decimal(account.cash),
@@ -229,6 +255,7 @@ impl Relay {
                             position.unrealized_pnl(price).expect("test figures fit"),
                         ),
                         realized_pnl: format_decimal(position.realized_pnl),
+                        reserved_quantity: account.reserved_quantity(symbol),
                     }
                 })
                 .collect(),
@@ -236,6 +263,8 @@ impl Relay {
             total_value: String::new(),
             realized_pnl: format_decimal(account.positions.values().map(|p| p.realized_pnl).sum()),
             unrealized_pnl: String::new(),
+            reserved_cash: format_decimal(reserved),
+            buying_power: format_decimal(account.cash - reserved),
         }
     }
 
@@ -330,8 +359,146 @@ impl Relay {
         quantity: i64,
         concentration: bool,
     ) -> Vec<EnrichedEvent> {
-        let instrument = self.instruments[symbol].clone();
-        let price = instrument.price.expect("priced instrument");
+        let price = self.instruments[symbol].price.expect("priced instrument");
+        let (version, trade) = self.execute(account_id, symbol, side, quantity, price);
+        let book = self.book(account_id);
+        let mut bodies = vec![
+            ("TradeProfitCalculated", Body::TradeProfitCalculated(trade)),
+            ("PortfolioValueUpdated", Body::PortfolioValueUpdated(book)),
+        ];
+        if concentration {
+            bodies.push((
+                "RiskThresholdBreached",
+                Body::RiskThresholdBreached(events::RiskThresholdBreached {
+                    account_id: account_id.into(),
+                    rule: "concentration".into(),
+                    symbol: symbol.into(),
+                    observed: "0.6".into(),
+                    threshold: "0.25".into(),
+                    detail: "position above a quarter of the portfolio".into(),
+                }),
+            ));
+        }
+        self.set("account", account_id, version, bodies)
+    }
+
+    /// A LIMIT order that rests: NEW, holding back what it may spend or sell.
+    pub fn place_limit(
+        &mut self,
+        account_id: &str,
+        client_order_id: &str,
+        symbol: &str,
+        side: &str,
+        quantity: i64,
+        limit: &str,
+    ) -> Vec<EnrichedEvent> {
+        let account = self.accounts.get_mut(account_id).expect("open account");
+        account.version += 1;
+        let version = account.version;
+        let order = events::OrderUpdated {
+            account_id: account_id.into(),
+            order_id: format!("order-{account_id}-{client_order_id}"),
+            client_order_id: client_order_id.into(),
+            symbol: symbol.into(),
+            side: side.into(),
+            order_type: "LIMIT".into(),
+            limit_price: limit.into(),
+            time_in_force: "GTC".into(),
+            status: "NEW".into(),
+            quantity,
+            leaves_quantity: quantity,
+            ..Default::default()
+        };
+        let order = reserve(order);
+        account.orders.insert(client_order_id.into(), order.clone());
+        let book = self.book(account_id);
+        self.set(
+            "account",
+            account_id,
+            version,
+            vec![
+                ("OrderUpdated", Body::OrderUpdated(order)),
+                ("PortfolioValueUpdated", Body::PortfolioValueUpdated(book)),
+            ],
+        )
+    }
+
+    /// `quantity` of a resting order filled at its limit, as a schema-3 trade's set.
+    pub fn fill(
+        &mut self,
+        account_id: &str,
+        client_order_id: &str,
+        quantity: i64,
+    ) -> Vec<EnrichedEvent> {
+        let mut order = self.accounts[account_id].orders[client_order_id].clone();
+        let price = dec(&order.limit_price);
+        let (version, mut trade) =
+            self.execute(account_id, &order.symbol, &order.side, quantity, price);
+        trade.order_id = order.order_id.clone();
+        trade.client_order_id = client_order_id.into();
+        order.filled_quantity += quantity;
+        order.leaves_quantity -= quantity;
+        order.status = if order.leaves_quantity == 0 {
+            "FILLED"
+        } else {
+            "PARTIALLY_FILLED"
+        }
+        .into();
+        order.average_fill_price = order.limit_price.clone();
+        order.last_fill_price = order.limit_price.clone();
+        order.last_fill_quantity = quantity;
+        let order = reserve(order);
+        let account = self.accounts.get_mut(account_id).expect("open account");
+        account.orders.insert(client_order_id.into(), order.clone());
+        let book = self.book(account_id);
+        self.set(
+            "account",
+            account_id,
+            version,
+            vec![
+                ("TradeProfitCalculated", Body::TradeProfitCalculated(trade)),
+                ("PortfolioValueUpdated", Body::PortfolioValueUpdated(book)),
+                ("OrderUpdated", Body::OrderUpdated(order)),
+            ],
+        )
+    }
+
+    /// What is left of a resting order canceled by its trader; its reservation is released.
+    pub fn cancel(&mut self, account_id: &str, client_order_id: &str) -> Vec<EnrichedEvent> {
+        let account = self.accounts.get_mut(account_id).expect("open account");
+        account.version += 1;
+        let version = account.version;
+        let mut order = account.orders[client_order_id].clone();
+        order.status = "CANCELED".into();
+        order.reason = "USER".into();
+        order.leaves_quantity = 0;
+        order.last_fill_price.clear();
+        order.last_fill_quantity = 0;
+        let order = reserve(order);
+        account.orders.insert(client_order_id.into(), order.clone());
+        let book = self.book(account_id);
+        self.set(
+            "account",
+            account_id,
+            version,
+            vec![
+                ("OrderUpdated", Body::OrderUpdated(order)),
+                ("PortfolioValueUpdated", Body::PortfolioValueUpdated(book)),
+            ],
+        )
+    }
+
+    /// A fill of `quantity` at `price` booked on the account's model: its next version and the
+    /// trade's enriched body.
+    fn execute(
+        &mut self,
+        account_id: &str,
+        symbol: &str,
+        side: &str,
+        quantity: i64,
+        price: Decimal,
+    ) -> (u64, events::TradeProfitCalculated) {
+        let instrument = self.instruments.get(symbol).cloned().unwrap_or_default();
         let account = self.accounts.get_mut(account_id).expect("open account");
         account.version += 1;
         account.trades += 1;
@@ -366,26 +533,23 @@ impl Relay {
             average_cost_after: format_decimal(position.average_cost),
             position_quantity_after: position.quantity,
         };
-        let book = self.book(account_id);
-        let mut bodies = vec![
-            ("TradeProfitCalculated", Body::TradeProfitCalculated(trade)),
-            ("PortfolioValueUpdated", Body::PortfolioValueUpdated(book)),
-        ];
-        if concentration {
-            bodies.push((
-                "RiskThresholdBreached",
-                Body::RiskThresholdBreached(events::RiskThresholdBreached {
-                    account_id: account_id.into(),
-                    rule: "concentration".into(),
-                    symbol: symbol.into(),
-                    observed: "0.6".into(),
-                    threshold: "0.25".into(),
-                    detail: "position above a quarter of the portfolio".into(),
-                }),
-            ));
-        }
-        self.set("account", account_id, version, bodies)
+        (version, trade)
     }
+}
+
+/// An order with what it holds back for what is left open: cash for a buy (limit x leaves),
+/// shares for a sell.
+fn reserve(mut order: events::OrderUpdated) -> events::OrderUpdated {
+    let (cash, shares) = match order.side.as_str() {
+        "BUY" => (
+            dec(&order.limit_price) * Decimal::from(order.leaves_quantity),
+            0,
+        ),
+        _ => (Decimal::ZERO, order.leaves_quantity),
+    };
+    order.reserved_cash = format_decimal(cash);
+    order.reserved_quantity = shares;
+    order
 }
 
 /// A stack region's leaf and Redis, for [`isolated_config`].

@@ -172,17 +172,18 @@ local function apply(o)
     count(g .. ':sym:' .. symbol, day, qty, notional)
     count(g .. ':totals', day, qty, notional)
   elseif kind == 'value' then
-    -- Cash and realized go with the account's version, below.
-    account_fields = {'cash', ARGV[o + 10], 'realized', ARGV[o + 11]}
+    -- Cash, realized, reserved cash and buying power go with the account's version, below.
+    account_fields = {'cash', ARGV[o + 10], 'realized', ARGV[o + 11], 'reserved', ARGV[o + 12],
+      'buying_power', ARGV[o + 13]}
     -- The book repeats every position, most of them unchanged (the trade before it already
     -- moved the one it traded): read the positions once and write only what differs.
     local held, costs = hash(g .. ':posq:' .. aid), hash(g .. ':posc:' .. aid)
-    local rkey = g .. ':posr:' .. aid
-    local realized = hash(rkey)
+    local rkey, reskey = g .. ':posr:' .. aid, g .. ':posres:' .. aid
+    local realized, reserved = hash(rkey), hash(reskey)
     local listed = {}
-    local n = tonumber(ARGV[o + 12])
+    local n = tonumber(ARGV[o + 14])
     for i = 0, n - 1 do
-      local base = o + 13 + i * 6
+      local base = o + 15 + i * 7
       local symbol, qty, cost, r = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
       listed[symbol] = true
       local same = (held[symbol] == qty and costs[symbol] == cost)
@@ -190,14 +191,36 @@ local function apply(o)
       if not same then set_position(g, aid, symbol, qty, cost, held[symbol] or '0') end
       if realized[symbol] ~= r then redis.call('HSET', rkey, symbol, r) end
       reference(g, symbol, ARGV[base + 4], ARGV[base + 5])
+      -- Most positions reserve nothing: only what resting sells hold back is stored.
+      local res = ARGV[base + 6]
+      if tonumber(res) == 0 then
+        if reserved[symbol] then redis.call('HDEL', reskey, symbol) end
+      elseif reserved[symbol] ~= res then
+        redis.call('HSET', reskey, symbol, res)
+      end
     end
     -- The book is authoritative: a position it no longer lists is gone.
     for symbol, qty in pairs(held) do
       if not listed[symbol] then set_position(g, aid, symbol, '0', '0', qty) end
     end
-    for symbol in pairs(realized) do
-      if not listed[symbol] then redis.call('HDEL', rkey, symbol) end
+    for _, kept in ipairs({{rkey, realized}, {reskey, reserved}}) do
+      for symbol in pairs(kept[2]) do
+        if not listed[symbol] then redis.call('HDEL', kept[1], symbol) end
+      end
     end
+  elseif kind == 'order' then
+    -- The order's latest state, `<status>:<encoded Order>`; its id in the sorted set of its
+    -- status (listed by id, so a page is a range) and scored by this version in the set of
+    -- changes (what a watcher has not seen yet is a range too).
+    local id, status = ARGV[o + 11], ARGV[o + 12]
+    local okey = g .. ':orders:' .. aid
+    local was = string.match(redis.call('HGET', okey, id) or '', '^([^:]*):')
+    if was ~= status then
+      if was then redis.call('ZREM', g .. ':orderids:' .. was .. ':' .. aid, id) end
+      redis.call('ZADD', g .. ':orderids:' .. status .. ':' .. aid, 0, id)
+    end
+    redis.call('HSET', okey, id, status .. ':' .. ARGV[o + 10])
+    redis.call('ZADD', g .. ':orderversions:' .. aid, ARGV[o + 3], id)
   elseif kind == 'alert' then
     local account, alert_id = ARGV[o + 10], ARGV[o + 11]
     if redis.call('SADD', g .. ':alertids:' .. account, alert_id) == 1 then
