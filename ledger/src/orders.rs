@@ -411,7 +411,7 @@ mod tests {
 
     fn step(state: &mut AccountState, body: Body) -> Option<OrderProgress> {
         let before = state.clone();
-        let raw = event(state.version + 1, body);
+        let raw = event(state.version.saturating_add(1), body);
         state.apply(&raw).expect("fold");
         OrderProgress::of_event(&before, state, &raw).expect("fits")
     }

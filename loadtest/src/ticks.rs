@@ -13,6 +13,7 @@
 //!   regions for it the same way, and puts the price back to 100.00. A fill's lag runs from
 //!   sending the tick to the region's answer, a market order's from sending the order: each
 //!   includes the command's own time and one read's round trip.
+//!
 //! At the end the book is canceled, so the accounts hold nothing back afterwards.
 
 use std::time::{Duration, Instant};

@@ -571,7 +571,7 @@ async fn a_cancel_racing_a_fill_ends_in_exactly_one_of_them() -> anyhow::Result<
     let (fills, cancels) = tokio::join!(fill, cancels);
     let fills = fills?.fills as usize;
 
-    let mut filled_per_account = vec![0_i64; ACCOUNTS];
+    let mut filled_per_account = [0_i64; ACCOUNTS];
     let mut canceled = 0;
     for (i, answer) in cancels.into_iter().enumerate() {
         let state = get_order(&first, &holder(i), &format!("r-{i}")).await?;
