@@ -308,7 +308,8 @@ pub fn timestamp_from_ms(ms: i64) -> Option<prost_types::Timestamp> {
     })
 }
 
-fn timestamp_ms(timestamp: Option<&prost_types::Timestamp>) -> i64 {
+/// Milliseconds since the epoch of a timestamp; 0 for none.
+pub fn timestamp_ms(timestamp: Option<&prost_types::Timestamp>) -> i64 {
     timestamp.map_or(0, |t| {
         t.seconds
             .saturating_mul(1000)

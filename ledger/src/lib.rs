@@ -15,7 +15,7 @@ pub mod position;
 pub mod side;
 
 pub use decimal::{DecimalError, format_decimal, parse_decimal};
-pub use fold::{AccountState, FoldError, timestamp_from_ms};
+pub use fold::{AccountState, FoldError, timestamp_from_ms, timestamp_ms};
 pub use instrument::{Instrument, InstrumentEventError};
 pub use orders::{OpenOrder, OrderProgress, OrderStatus, TimeInForce};
 pub use position::{Overflow, Position};

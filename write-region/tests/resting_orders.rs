@@ -104,6 +104,30 @@ async fn a_price_path_through_resting_orders_ends_in_hand_computed_states() -> a
     .await?;
     assert_eq!(progress(&b1), (OrderStatus::New, 0, 100, "", "9500", 0));
     assert!(b1.trade_id.is_empty() && b1.executed_at.is_none());
+    // A retry while it rests answers as the first time; another order under its id is refused.
+    let retried = place(
+        &region,
+        limit_order("ra", "b1", "RST", Buy, 100, "95", TimeInForce::Gtc),
+    )
+    .await?;
+    assert_eq!(retried, b1);
+    let reused = region
+        .orders()
+        .place_order(limit_order(
+            "ra",
+            "b1",
+            "RST",
+            Buy,
+            100,
+            "94",
+            TimeInForce::Gtc,
+        ))
+        .await
+        .expect_err("b1 names another order");
+    assert_eq!(
+        (reused.code(), reason(&reused).as_str()),
+        (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED")
+    );
     place(
         &region,
         limit_order("ra", "b2", "RST", Buy, 50, "90", TimeInForce::Day),

@@ -26,7 +26,7 @@ use prost::Message;
 use rust_decimal::Decimal;
 use tokio::sync::Mutex;
 use trading_proto::{
-    events::v1::{RawEvent, raw_event::Body},
+    events::v1::{PriceUpdated, RawEvent, raw_event::Body},
     trading::v1 as api,
 };
 
@@ -97,6 +97,31 @@ pub(super) struct PriceEvent<'a> {
     pub price: Decimal,
     pub size: Option<i64>,
     pub lot_size: i64,
+    /// A halted instrument's price fills nothing.
+    pub tradable: bool,
+    /// When the price committed (ms since the epoch): orders accepted later never saw it, so a
+    /// plan made late (by the sweep, after a crash) leaves them out.
+    pub occurred_ms: i64,
+}
+
+impl<'a> PriceEvent<'a> {
+    /// The price event `update` at `version` of `instrument`.
+    pub fn of(
+        instrument: &'a Instrument,
+        version: u64,
+        update: &PriceUpdated,
+        occurred_ms: i64,
+    ) -> Result<Self, ledger::DecimalError> {
+        Ok(Self {
+            symbol: &instrument.symbol,
+            version,
+            price: parse_decimal(&update.price)?,
+            size: update.size,
+            lot_size: instrument.lot_size,
+            tradable: instrument.tradable,
+            occurred_ms,
+        })
+    }
 }
 
 /// Per-symbol locks, so one process fills a symbol's price events one after another.
@@ -125,21 +150,26 @@ pub(super) fn now_ms() -> i64 {
 /// without a size each takes all it has left.
 fn allot(
     entries: Vec<BookEntry>,
-    size: Option<i64>,
-    lot_size: i64,
+    price: &PriceEvent<'_>,
     now_ms: i64,
     seen: &mut HashSet<(String, String)>,
 ) -> Vec<PlannedFill> {
+    let (size, lot_size) = (price.size, price.lot_size);
     let mut left = size;
     let mut fills = Vec::new();
     for entry in entries {
         if left.is_some_and(|left| left < lot_size.max(1)) {
             break;
         }
-        // A DAY order past its close is the sweep's to expire, not this price's to fill; an
-        // order indexed twice (a retried commit) is filled once, in its best place.
+        // A DAY order past its close is the sweep's to expire, not this price's to fill; one
+        // accepted after the price never saw it; an order indexed twice (a retried commit) is
+        // filled once, in its best place.
         let expired = entry.expires_at_ms > 0 && entry.expires_at_ms <= now_ms;
-        if expired || !seen.insert((entry.account_id.clone(), entry.client_order_id.clone())) {
+        let later = price.occurred_ms > 0 && entry.accepted_ms > price.occurred_ms;
+        if expired
+            || later
+            || !seen.insert((entry.account_id.clone(), entry.client_order_id.clone()))
+        {
             continue;
         }
         let quantity = match &mut left {
@@ -216,11 +246,14 @@ impl Commands {
     async fn plan(&self, price: &PriceEvent<'_>) -> Result<FillPlan, CommandError> {
         let units = orders::price_units(price.price)
             .ok_or_else(|| DomainError::invalid("price", "does not fit the book's price units"))?;
-        let (buys, sells) = self.store.crossed(price.symbol, units).await?;
-        let now = now_ms();
-        let mut seen = HashSet::new();
-        let mut fills = allot(buys, price.size, price.lot_size, now, &mut seen);
-        fills.extend(allot(sells, price.size, price.lot_size, now, &mut seen));
+        let mut fills = Vec::new();
+        if price.tradable {
+            let (buys, sells) = self.store.crossed(price.symbol, units).await?;
+            let now = now_ms();
+            let mut seen = HashSet::new();
+            fills = allot(buys, price, now, &mut seen);
+            fills.extend(allot(sells, price, now, &mut seen));
+        }
         let settled = self
             .store
             .settle_plan(
@@ -229,11 +262,8 @@ impl Commands {
                 FillPlan { fills }.encode_to_vec(),
             )
             .await?;
-        let key = AggregateKey {
-            kind: platform::names::Aggregate::Instrument,
-            id: price.symbol.to_owned(),
-        };
-        FillPlan::decode(settled.as_slice()).map_err(CommandError::corrupt(&key))
+        FillPlan::decode(settled.as_slice())
+            .map_err(CommandError::corrupt(&instrument_key(price.symbol)))
     }
 
     /// One planned fill, once per order and price event; whether it filled anything.
@@ -291,8 +321,10 @@ impl Commands {
         Ok(account.is_some_and(|account| account.open_orders.contains_key(client_order_id)))
     }
 
-    /// Fills a resting order at once if the price moved through its limit while it was being
-    /// accepted (its decision saw the price before); the order then answers as it stands.
+    /// Fills a resting order at once if a price moved through its limit while it was being
+    /// accepted (its decision saw the price before). Only an unsized price, the instrument's
+    /// latest event: a sized price's shares went to the orders its plan found on the book, and
+    /// the next price serves this one. The order then answers as it stands.
     pub(super) async fn fill_if_crossed_since(
         &self,
         order: &api::PlaceOrderResponse,
@@ -302,15 +334,25 @@ impl Commands {
         let Some(instrument) = self.current::<Instrument>(&order.symbol).await? else {
             return Ok(None);
         };
-        let (Some(price), Ok(limit)) = (instrument.last_price, parse_decimal(&order.limit_price))
+        if instrument.version <= seen_version {
+            return Ok(None);
+        }
+        let Some((update, occurred_ms)) = self
+            .price_update(&instrument.symbol, instrument.version)
+            .await?
         else {
             return Ok(None);
         };
+        let key = instrument_key(&instrument.symbol);
+        let price = PriceEvent::of(&instrument, instrument.version, &update, occurred_ms)
+            .map_err(CommandError::corrupt(&key))?;
         let side = match api::Side::try_from(order.side) {
             Ok(api::Side::Sell) => Side::Sell,
             _ => Side::Buy,
         };
-        if instrument.version <= seen_version || !domain::decide::crosses(side, limit, price) {
+        let crossed = parse_decimal(&order.limit_price)
+            .is_ok_and(|limit| domain::decide::crosses(side, limit, price.price));
+        if price.size.is_some() || !price.tradable || !crossed {
             return Ok(None);
         }
         let planned = PlannedFill {
@@ -319,21 +361,42 @@ impl Commands {
             quantity: 0,
             ..PlannedFill::default()
         };
-        let event = PriceEvent {
-            symbol: &order.symbol,
-            version: instrument.version,
-            price,
-            size: None,
-            lot_size: instrument.lot_size,
-        };
-        let price_event = format!("{}@{}", order.symbol, instrument.version);
-        self.fill_one(&planned, &event, &price_event, context)
+        let price_event = format!("{}@{}", price.symbol, price.version);
+        self.fill_one(&planned, &price, &price_event, context)
             .await?;
         let reference = domain::OrderRef {
             account_id: order.account_id.clone(),
             client_order_id: order.client_order_id.clone(),
         };
         self.order(&reference).await.map(Some)
+    }
+
+    /// The price event at `version` of `symbol` and when it committed; `None` when that version
+    /// is not a price (a definition).
+    async fn price_update(
+        &self,
+        symbol: &str,
+        version: u64,
+    ) -> Result<Option<(PriceUpdated, i64)>, CommandError> {
+        let key = instrument_key(symbol);
+        let payloads = self
+            .store
+            .load_events(&key, version.saturating_sub(1), version)
+            .await?;
+        let Some(payload) = payloads.first() else {
+            return Ok(None);
+        };
+        let event = RawEvent::decode(payload.as_slice()).map_err(CommandError::corrupt(&key))?;
+        let occurred_ms = ledger::timestamp_ms(
+            event
+                .envelope
+                .as_ref()
+                .and_then(|envelope| envelope.occurred_at.as_ref()),
+        );
+        Ok(match event.body {
+            Some(Body::PriceUpdated(update)) => Some((update, occurred_ms)),
+            _ => None,
+        })
     }
 
     /// One pass of the book sweep: finishes price events whose fills a killed process left,
@@ -351,8 +414,19 @@ impl Commands {
             if age < MARKER_GRACE {
                 continue;
             }
-            self.finish_price_event(&marker.symbol, marker.version, age, &context)
-                .await?;
+            // One price event that cannot be finished now must not hold back the others, nor
+            // the expiry below.
+            if let Err(error) = self
+                .finish_price_event(&marker.symbol, marker.version, age, &context)
+                .await
+            {
+                tracing::warn!(
+                    symbol = %marker.symbol,
+                    version = marker.version,
+                    error = &error as &dyn std::error::Error,
+                    "fills of a price event not finished; the next sweep retries"
+                );
+            }
         }
         let now = now_ms();
         if now >= self.next_expiry_scan.load(Ordering::Relaxed) {
@@ -383,41 +457,15 @@ impl Commands {
             }
             return Ok(());
         }
-        let key = AggregateKey {
-            kind: platform::names::Aggregate::Instrument,
-            id: symbol.to_owned(),
-        };
-        let payloads = self
-            .store
-            .load_events(&key, version.saturating_sub(1), version)
-            .await?;
-        let update = payloads
-            .first()
-            .map(|payload| RawEvent::decode(payload.as_slice()))
-            .transpose()
-            .map_err(CommandError::corrupt(&key))?
-            .and_then(|event| match event.body {
-                Some(Body::PriceUpdated(update)) => Some(update),
-                _ => None,
-            });
-        let Some(update) = update else {
+        let Some((update, occurred_ms)) = self.price_update(symbol, version).await? else {
             // The version is not a price (a definition committed under a retried marker).
             self.store.clear_price(symbol, version).await?;
             return Ok(());
         };
-        let price = parse_decimal(&update.price).map_err(CommandError::corrupt(&key))?;
+        let price = PriceEvent::of(&instrument, version, &update, occurred_ms)
+            .map_err(CommandError::corrupt(&instrument_key(symbol)))?;
         tracing::info!(symbol, version, "finishing the fills of a price event");
-        self.fill_at(
-            &PriceEvent {
-                symbol,
-                version,
-                price,
-                size: update.size,
-                lot_size: instrument.lot_size,
-            },
-            context,
-        )
-        .await?;
+        self.fill_at(&price, context).await?;
         Ok(())
     }
 
@@ -431,34 +479,59 @@ impl Commands {
                 .into_iter()
                 .filter(|entry| entry.expires_at_ms > 0 && entry.expires_at_ms <= now);
             for entry in due {
-                let idempotency = Idempotency {
-                    kind: RecordKind::Expiry,
-                    key: &entry.client_order_id,
-                    fingerprint: "expiry".into(),
-                };
-                let answer = self
-                    .execute(
-                        &entry.account_id,
-                        Some(idempotency),
-                        context,
-                        |account: Option<&AccountState>| {
-                            Ok(account.map_or_else(Vec::new, |account| {
-                                domain::decide_expire(account, &entry.client_order_id, now).events
-                            }))
-                        },
-                        |_, events| fill_answer(events),
-                    )
-                    .await?;
-                if answer.order_id.is_empty()
-                    && now.saturating_sub(entry.accepted_ms) > STALE_ENTRY_AGE_MS
-                    && !self
-                        .is_open(&entry.account_id, &entry.client_order_id)
-                        .await?
-                {
-                    self.store.unindex_resting(&entry).await?;
+                if let Err(error) = self.expire(&entry, now, context).await {
+                    tracing::warn!(
+                        account = %entry.account_id,
+                        order = %entry.client_order_id,
+                        error = &error as &dyn std::error::Error,
+                        "expiry not made; the next scan retries"
+                    );
                 }
             }
         }
         Ok(())
+    }
+
+    /// Expires one DAY order past the close (nothing if it has closed already).
+    async fn expire(
+        &self,
+        entry: &BookEntry,
+        now: i64,
+        context: &RequestContext,
+    ) -> Result<(), CommandError> {
+        let idempotency = Idempotency {
+            kind: RecordKind::Expiry,
+            key: &entry.client_order_id,
+            fingerprint: "expiry".into(),
+        };
+        let answer = self
+            .execute(
+                &entry.account_id,
+                Some(idempotency),
+                context,
+                |account: Option<&AccountState>| {
+                    Ok(account.map_or_else(Vec::new, |account| {
+                        domain::decide_expire(account, &entry.client_order_id, now).events
+                    }))
+                },
+                |_, events| fill_answer(events),
+            )
+            .await?;
+        if answer.order_id.is_empty()
+            && now.saturating_sub(entry.accepted_ms) > STALE_ENTRY_AGE_MS
+            && !self
+                .is_open(&entry.account_id, &entry.client_order_id)
+                .await?
+        {
+            self.store.unindex_resting(entry).await?;
+        }
+        Ok(())
+    }
+}
+
+fn instrument_key(symbol: &str) -> AggregateKey {
+    AggregateKey {
+        kind: platform::names::Aggregate::Instrument,
+        id: symbol.to_owned(),
     }
 }

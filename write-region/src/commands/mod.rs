@@ -280,9 +280,9 @@ impl Commands {
         update: PriceUpdate,
         context: &RequestContext,
     ) -> Result<api::PublishPriceResponse, CommandError> {
-        // The fills need the lot size the commit saw; the answer closure is the one place that
-        // sees it (an atomic, as the closure is shared across the command's awaits).
-        let lot_size = std::sync::atomic::AtomicI64::new(1);
+        // The fills need the instrument as the commit left it (lot size, tradable); the answer
+        // closure is the one place that sees it.
+        let committed = std::sync::Mutex::new(None);
         let mut published = self
             .execute(
                 &update.symbol,
@@ -294,7 +294,9 @@ impl Commands {
                     Ok(vec![instrument.repriced(update.price, update.size)])
                 },
                 |instrument, events| {
-                    lot_size.store(instrument.lot_size, std::sync::atomic::Ordering::Relaxed);
+                    if let Ok(mut slot) = committed.lock() {
+                        *slot = Some(instrument.clone());
+                    }
                     api::PublishPriceResponse {
                         symbol: instrument.symbol.clone(),
                         price: format_decimal(update.price),
@@ -308,12 +310,15 @@ impl Commands {
                 },
             )
             .await?;
+        let instrument = committed.into_inner().ok().flatten().unwrap_or_default();
         let price = PriceEvent {
             symbol: &update.symbol,
             version: published.version,
             price: update.price,
             size: update.size,
-            lot_size: lot_size.load(std::sync::atomic::Ordering::Relaxed),
+            lot_size: instrument.lot_size,
+            tradable: instrument.tradable,
+            occurred_ms: ledger::timestamp_ms(published.published_at.as_ref()),
         };
         match self.fill_at(&price, context).await {
             Ok(fills) => published.fills = fills,

@@ -3,7 +3,7 @@
 
 use ledger::{
     AccountState, OpenOrder, OrderProgress, OrderStatus, Side, TimeInForce, format_decimal,
-    timestamp_from_ms,
+    timestamp_from_ms, timestamp_ms,
 };
 use prost::Message;
 use rust_decimal::Decimal;
@@ -27,21 +27,13 @@ pub fn price_units(price: Decimal) -> Option<i64> {
         .and_then(|units| i64::try_from(units).ok())
 }
 
-fn milliseconds(timestamp: Option<&prost_types::Timestamp>) -> i64 {
-    timestamp.map_or(0, |t| {
-        t.seconds
-            .saturating_mul(1000)
-            .saturating_add(i64::from(t.nanos / 1_000_000))
-    })
-}
-
 /// The index entry of a resting order of `account`.
 pub fn book_entry(account: &AccountState, order: &OpenOrder) -> Option<BookEntry> {
     Some(BookEntry {
         symbol: order.symbol.clone(),
         side: order.side,
         limit_units: price_units(order.limit)?,
-        accepted_ms: milliseconds(order.accepted_at.as_ref()),
+        accepted_ms: timestamp_ms(order.accepted_at.as_ref()),
         account_id: account.account_id.clone(),
         client_order_id: order.client_order_id.clone(),
         quantity: order.leaves(),

@@ -163,6 +163,17 @@ pub fn decide_order(
     ids: TradeIds,
     day_expiry: DayExpiry,
 ) -> Result<Decision, DomainError> {
+    if account.open_orders.contains_key(&order.client_order_id) {
+        // A retry of an order that rests (answered from its record by the caller), or another
+        // order under a resting one's id.
+        return Err(DomainError::Conflict {
+            reason: "IDEMPOTENCY_KEY_REUSED",
+            detail: format!(
+                "client order id {:?} names an order that is resting",
+                order.client_order_id
+            ),
+        });
+    }
     if order.quantity % instrument.lot_size != 0 {
         return Err(DomainError::invalid(
             "quantity",

@@ -45,7 +45,6 @@ pub struct PriceMarker {
 pub(super) struct Statements {
     index: PreparedStatement,
     unindex: PreparedStatement,
-    requantify: PreparedStatement,
     crossed_buys: PreparedStatement,
     crossed_sells: PreparedStatement,
     all_entries: PreparedStatement,
@@ -77,12 +76,6 @@ impl Statements {
             unindex: prepare
                 .statement(
                     &format!("DELETE FROM {{keyspace}}.resting_orders {key}"),
-                    quorum,
-                )
-                .await?,
-            requantify: prepare
-                .statement(
-                    &format!("UPDATE {{keyspace}}.resting_orders SET quantity = ? {key}"),
                     quorum,
                 )
                 .await?,
@@ -152,8 +145,19 @@ impl Statements {
     }
 }
 
-type EntryRow = (String, String, i64, i64, String, String, i64, i64);
+type EntryRow = (
+    String,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+);
 
+/// An index row as an entry; `None` for a row this build never writes whole (a side it does not
+/// spell, or a row missing its other columns), which is skipped rather than failing the book.
 fn entry(row: EntryRow) -> Option<BookEntry> {
     let (symbol, side, limit_units, accepted_ms, account_id, client_order_id, quantity, expires) =
         row;
@@ -164,8 +168,8 @@ fn entry(row: EntryRow) -> Option<BookEntry> {
         accepted_ms,
         account_id,
         client_order_id,
-        quantity,
-        expires_at_ms: expires,
+        quantity: quantity?,
+        expires_at_ms: expires?,
     })
 }
 
@@ -212,20 +216,20 @@ impl Store {
         Ok(())
     }
 
-    /// Records what is left of a partly filled order, so the next plan allots it no more.
+    /// Records what is left of a partly filled order, so the next plan allots it no more. The
+    /// whole row is written (not one column): landing after the entry's delete, it brings back
+    /// an entry naming a closed order, which the fill engine drops when it meets it, rather than
+    /// a row without its other columns.
     pub async fn requantify_resting(
         &self,
         entry: &BookEntry,
         leaves: i64,
     ) -> Result<(), StoreError> {
-        let (symbol, side, limit, at, account, order) = entry.key();
-        self.session
-            .execute_unpaged(
-                &self.book.requantify,
-                (leaves, symbol, side, limit, at, account, order),
-            )
-            .await?;
-        Ok(())
+        self.index_resting(&BookEntry {
+            quantity: leaves,
+            ..entry.clone()
+        })
+        .await
     }
 
     /// Resting buys at or above `price_units` (best first) and sells at or below it (best
@@ -265,7 +269,6 @@ impl Store {
             .await?
             .rows_stream::<EntryRow>()?;
         let rows: Vec<EntryRow> = rows.try_collect().await?;
-        // A side this build does not spell was never written by it.
         Ok(rows.into_iter().filter_map(entry).collect())
     }
 

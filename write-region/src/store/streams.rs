@@ -28,7 +28,7 @@ pub enum RecordKind {
     Cash,
     /// A cancel, under the order's client order id.
     Cancel,
-    /// A fill of a resting order, under "<order id>@<price event>".
+    /// A fill of a resting order, under "<client order id>@<price event>".
     Fill,
     /// An expiry, under the order's client order id.
     Expiry,
