@@ -360,12 +360,13 @@ fn resting_from_api(order: &api::RestingOrder) -> Result<OpenOrder, DecimalError
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use trading_proto::events::v1::{AccountOpened, CashDeposited, EventEnvelope, TradeExecuted};
 
     use super::*;
 
-    fn event(version: u64, body: Body) -> RawEvent {
+    /// The account event `body` at `version`.
+    pub(crate) fn event(version: u64, body: Body) -> RawEvent {
         RawEvent {
             envelope: Some(EventEnvelope {
                 event_id: format!("e{version}"),

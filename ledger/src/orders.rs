@@ -217,6 +217,30 @@ impl OrderProgress {
             })
     }
 
+    /// An order closed by the event that placed it (filled whole, or an IOC/FOK canceled): it
+    /// holds nothing back, and was accepted when that event occurred. The caller names it.
+    fn closed_at_placement(event: &RawEvent, status: OrderStatus) -> Self {
+        Self {
+            order_id: String::new(),
+            client_order_id: String::new(),
+            symbol: String::new(),
+            side: String::new(),
+            order_type: String::new(),
+            limit_price: String::new(),
+            time_in_force: String::new(),
+            status,
+            quantity: 0,
+            filled: 0,
+            filled_notional: Decimal::ZERO,
+            last_fill: None,
+            reserved_cash: Decimal::ZERO,
+            reserved_quantity: 0,
+            expires_at_ms: 0,
+            accepted_at: event.envelope.as_ref().and_then(|e| e.occurred_at),
+            reason: String::new(),
+        }
+    }
+
     fn resting(order: &OpenOrder) -> Result<Self, Overflow> {
         Ok(Self {
             order_id: order.order_id.clone(),
@@ -286,16 +310,10 @@ impl OrderProgress {
                         },
                         limit_price: trade.limit_price.clone(),
                         time_in_force: trade.time_in_force.clone(),
-                        status: OrderStatus::Filled,
                         quantity: trade.quantity,
                         filled: trade.quantity,
                         filled_notional: notional,
-                        last_fill: None,
-                        reserved_cash: Decimal::ZERO,
-                        reserved_quantity: 0,
-                        expires_at_ms: 0,
-                        accepted_at: event.envelope.as_ref().and_then(|e| e.occurred_at),
-                        reason: String::new(),
+                        ..Self::closed_at_placement(event, OrderStatus::Filled)
                     },
                 };
                 progress.last_fill = Some((price, trade.quantity));
@@ -314,16 +332,9 @@ impl OrderProgress {
                         order_type: "LIMIT".to_owned(),
                         limit_price: canceled.limit_price.clone(),
                         time_in_force: canceled.time_in_force.clone(),
-                        status,
                         quantity: canceled.order_quantity,
                         filled: canceled.filled_quantity,
-                        filled_notional: Decimal::ZERO,
-                        last_fill: None,
-                        reserved_cash: Decimal::ZERO,
-                        reserved_quantity: 0,
-                        expires_at_ms: 0,
-                        accepted_at: event.envelope.as_ref().and_then(|e| e.occurred_at),
-                        reason: String::new(),
+                        ..Self::closed_at_placement(event, status)
                     },
                 };
                 Some(Self {
@@ -343,24 +354,14 @@ impl OrderProgress {
 #[cfg(test)]
 mod tests {
     use trading_proto::events::v1::{
-        AccountOpened, CashDeposited, EventEnvelope, OrderAccepted, OrderCanceled, TradeExecuted,
+        AccountOpened, CashDeposited, OrderAccepted, OrderCanceled, TradeExecuted,
     };
 
     use super::*;
+    use crate::fold::tests::event;
 
     fn d(text: &str) -> Decimal {
         parse_decimal(text).expect("test decimal")
-    }
-
-    fn event(version: u64, body: Body) -> RawEvent {
-        RawEvent {
-            envelope: Some(EventEnvelope {
-                event_id: format!("e{version}"),
-                version,
-                ..Default::default()
-            }),
-            body: Some(body),
-        }
     }
 
     fn funded() -> AccountState {

@@ -92,6 +92,16 @@ impl ReadRegions {
     fn named(&self) -> [(&'static str, &String); 2] {
         [("eu", &self.read_eu_addr), ("ap", &self.read_ap_addr)]
     }
+
+    /// Each as a region to measure, eu first.
+    fn measured(&self) -> Vec<lag::Region> {
+        self.named()
+            .map(|(name, addr)| lag::Region {
+                name: name.to_owned(),
+                addr: addr.clone(),
+            })
+            .to_vec()
+    }
 }
 
 #[derive(Args)]
@@ -579,14 +589,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| results::file_for("lag", std::time::SystemTime::now()));
             let settings = lag::Settings {
                 write_addr: args.target.write_addr.clone(),
-                regions: args
-                    .regions
-                    .named()
-                    .map(|(name, addr)| lag::Region {
-                        name: name.to_owned(),
-                        addr: addr.clone(),
-                    })
-                    .to_vec(),
+                regions: args.regions.measured(),
                 rate: args.rate,
                 duration: Duration::from_secs_f64(seconds),
                 accounts: Accounts::new(&args.target.prefix, args.target.accounts),
@@ -632,14 +635,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| results::file_for("ticks", std::time::SystemTime::now()));
             let settings = ticks::Settings {
                 write_addr: args.target.write_addr.clone(),
-                regions: args
-                    .regions
-                    .named()
-                    .map(|(name, addr)| lag::Region {
-                        name: name.to_owned(),
-                        addr: addr.clone(),
-                    })
-                    .to_vec(),
+                regions: args.regions.measured(),
                 accounts: Accounts::new(&args.target.prefix, args.target.accounts),
                 book: args.book,
                 idle: Duration::from_secs_f64(args.idle),

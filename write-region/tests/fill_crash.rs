@@ -31,6 +31,16 @@ fn limit(i: usize) -> String {
     format!("95.0{}", i % 5)
 }
 
+async fn account(region: &impl WriteApi, a: usize) -> anyhow::Result<api::Account> {
+    Ok(region
+        .accounts()
+        .get_account(api::GetAccountRequest {
+            account_id: holder(a),
+        })
+        .await?
+        .into_inner())
+}
+
 async fn status_of(region: &impl WriteApi, i: usize) -> anyhow::Result<OrderStatus> {
     Ok(region
         .orders()
@@ -101,14 +111,7 @@ async fn a_write_region_killed_mid_fill_leaves_every_order_filled_once() -> anyh
     let done = testkit::eventually(Duration::from_secs(120), || async {
         let mut open = 0;
         for a in 0..ACCOUNTS {
-            let account = survivor
-                .accounts()
-                .get_account(api::GetAccountRequest {
-                    account_id: holder(a),
-                })
-                .await?
-                .into_inner();
-            open += account.open_orders.len();
+            open += account(&survivor, a).await?.open_orders.len();
         }
         Ok((open == 0).then_some(()))
     });
@@ -117,13 +120,7 @@ async fn a_write_region_killed_mid_fill_leaves_every_order_filled_once() -> anyh
     let per_account = (ORDERS / ACCOUNTS) as u64;
     let shares = i64::try_from(per_account)? * QUANTITY;
     for a in 0..ACCOUNTS {
-        let account = survivor
-            .accounts()
-            .get_account(api::GetAccountRequest {
-                account_id: holder(a),
-            })
-            .await?
-            .into_inner();
+        let account = account(&survivor, a).await?;
         // Opened, funded, then per order one acceptance and one fill: no fill twice, none lost.
         assert_eq!(
             account.version,
