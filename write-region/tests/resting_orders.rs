@@ -551,6 +551,61 @@ async fn new_orders_against_reservations_never_overspend_across_two_servers() ->
     second.stop().await
 }
 
+/// A resting order whose first commit lost a race holds one place in the queue, the one its
+/// commit names: once it has filled, the next price's shares go to the order behind it, not to an
+/// index entry its lost attempt left at another time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_placed_after_a_lost_race_holds_one_place_in_the_queue() -> anyhow::Result<()> {
+    let config = support::isolated_config();
+    let first = WriteRegion::start(config.clone()).await?;
+    let second = WriteRegion::start(sharing(&config)).await?;
+    priced_instrument(&first, "LOST", "110.00").await?;
+    // `first` keeps the account as it committed it; `second` then moves it on, so the placement
+    // on `first` loses its first commit (IF version) and commits on its second attempt.
+    funded_account(&first, "lr", "10000").await?;
+    second
+        .accounts()
+        .deposit(api::DepositRequest {
+            account_id: "lr".into(),
+            amount: "1".into(),
+            idempotency_key: "lr-second".into(),
+        })
+        .await?;
+    let raced = limit_order("lr", "raced", "LOST", Buy, 10, "100", TimeInForce::Gtc);
+    assert_eq!(place(&first, raced).await?.status(), OrderStatus::New);
+    let behind = limit_order("lr", "behind", "LOST", Buy, 10, "100", TimeInForce::Gtc);
+    assert_eq!(place(&first, behind).await?.status(), OrderStatus::New);
+    // Ten shares at the limit: the first in time takes them all.
+    assert_eq!(
+        publish_sized(&first, "LOST", "100.00", Some(10))
+            .await?
+            .fills,
+        1
+    );
+    let status = |order: api::PlaceOrderResponse| (order.status(), order.filled_quantity);
+    assert_eq!(
+        status(get_order(&first, "lr", "raced").await?),
+        (OrderStatus::Filled, 10)
+    );
+    assert_eq!(
+        status(get_order(&first, "lr", "behind").await?),
+        (OrderStatus::New, 0)
+    );
+    // Ten more: the order behind's.
+    assert_eq!(
+        publish_sized(&first, "LOST", "100.00", Some(10))
+            .await?
+            .fills,
+        1
+    );
+    assert_eq!(
+        status(get_order(&first, "lr", "behind").await?),
+        (OrderStatus::Filled, 10)
+    );
+    first.stop().await?;
+    second.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancel_racing_a_fill_ends_in_exactly_one_of_them() -> anyhow::Result<()> {
     let config = support::isolated_config();

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     domain::DomainError,
-    store::{AggregateKey, Append, NewEvent, RecordKind, StoreError, Stored},
+    store::{AggregateKey, Append, BookEntry, NewEvent, RecordKind, StoreError, Stored},
 };
 
 /// How often a command retries after losing a race to another writer.
@@ -148,6 +148,11 @@ impl Commands {
         let stripe = (key.stable_hash() % LOCK_STRIPES as u64) as usize;
         let mut stripe = self.locks[stripe].lock().await;
         let mut unknown_outcomes = 0;
+        // Index entries written by attempts that did not commit. Each attempt stamps its own time,
+        // and a resting order's entry is keyed by it, so a lost attempt's entry would otherwise
+        // stay on the book beside the committed one: an earlier place in the queue, and shares of
+        // a sized price allotted to a row whose fill then does nothing.
+        let mut superseded: Vec<BookEntry> = Vec::new();
         for attempt in 0..MAX_ATTEMPTS {
             let stored = match stripe.cached.remove(&key) {
                 Some(stored) if attempt == 0 => stored,
@@ -178,6 +183,9 @@ impl Commands {
                     {
                         return Ok(response);
                     }
+                    // Refused now, and no attempt of it committed (no record): nothing it indexed
+                    // names an order.
+                    self.unindex_best_effort(&superseded).await;
                     stripe.remember(key, stored);
                     return Err(refused.into());
                 }
@@ -248,6 +256,9 @@ impl Commands {
                         error = &error as &dyn std::error::Error,
                         "commit of unknown outcome; settling it under the idempotency key"
                     );
+                    // If it did commit, the next attempt replays its record and never drops
+                    // these; if not, and a later attempt commits, they are leftovers.
+                    superseded.extend(effects.index);
                     tokio::time::sleep(UNKNOWN_OUTCOME_PAUSE).await;
                     continue;
                 }
@@ -267,9 +278,15 @@ impl Commands {
                 // Sent while the aggregate is still locked, so the outbox hears of its commits
                 // in version order.
                 self.outbox.committed(key, rows);
+                // The request committed here, under its idempotency record, so no other attempt
+                // of it (in this process or another) committed: what they indexed is a leftover,
+                // unless it is the very row this commit indexed.
+                superseded.retain(|entry| !effects.index.iter().any(|kept| kept.same_row(entry)));
+                effects.unindex.append(&mut superseded);
                 self.after_commit_index(&effects).await;
                 return Ok(response);
             }
+            superseded.extend(effects.index);
             tracing::debug!(aggregate = %key.id, attempt, "lost a commit race, retrying");
             tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 2)).await;
         }
@@ -304,7 +321,7 @@ impl Commands {
     }
 
     /// Brings the book's index up to date with a commit. A failure only leaves an entry the
-    /// fill engine drops when it meets it, so it is logged, not returned.
+    /// fill engine checks against the account when it meets it, so it is logged, not returned.
     async fn after_commit_index(&self, effects: &Effects) {
         let unindex = effects
             .unindex
@@ -318,16 +335,27 @@ impl Commands {
             futures::future::join_all(unindex),
             futures::future::join_all(requantify)
         );
-        for error in unindexed
-            .into_iter()
-            .chain(requantified)
-            .filter_map(Result::err)
-        {
-            tracing::warn!(
-                error = &error as &dyn std::error::Error,
-                "book index not updated after a commit; the fill engine will drop the entry"
-            );
-        }
+        log_index_errors(unindexed.into_iter().chain(requantified));
+    }
+
+    /// Drops index entries that name no order; a failure is logged (see `after_commit_index`).
+    async fn unindex_best_effort(&self, entries: &[BookEntry]) {
+        let unindexed = futures::future::join_all(
+            entries
+                .iter()
+                .map(|entry| self.store.unindex_resting(entry)),
+        )
+        .await;
+        log_index_errors(unindexed.into_iter());
+    }
+}
+
+fn log_index_errors(results: impl Iterator<Item = Result<(), StoreError>>) {
+    for error in results.filter_map(Result::err) {
+        tracing::warn!(
+            error = &error as &dyn std::error::Error,
+            "book index not updated; the fill engine drops an entry naming no open order"
+        );
     }
 }
 

@@ -161,10 +161,16 @@ fn allot(
         if left.is_some_and(|left| left < lot_size.max(1)) {
             break;
         }
-        // A DAY order past its close is the sweep's to expire, not this price's to fill; one
-        // accepted after the price never saw it; an order indexed twice (a retried commit) is
-        // filled once, in its best place.
-        let expired = entry.expires_at_ms > 0 && entry.expires_at_ms <= now_ms;
+        // A DAY order whose close came before the price is the sweep's to expire, not this
+        // price's to fill (judged at the price's time, so a plan the sweep makes after a crash
+        // fills what the price crossed before the close); one accepted after the price never
+        // saw it; an order indexed twice is filled once, in its best place.
+        let priced_at = if price.occurred_ms > 0 {
+            price.occurred_ms
+        } else {
+            now_ms
+        };
+        let expired = entry.expires_at_ms > 0 && entry.expires_at_ms <= priced_at;
         let later = price.occurred_ms > 0 && entry.accepted_ms > price.occurred_ms;
         if expired
             || later
@@ -322,9 +328,11 @@ impl Commands {
     }
 
     /// Fills a resting order at once if a price moved through its limit while it was being
-    /// accepted (its decision saw the price before). Only an unsized price, the instrument's
-    /// latest event: a sized price's shares went to the orders its plan found on the book, and
-    /// the next price serves this one. The order then answers as it stands.
+    /// accepted (its decision saw the price before), at the first unsized price since then that
+    /// crossed it, even if later ones moved away: that price's plan may have read the book before
+    /// the order was on it, or met the order before its commit landed. Sized prices are left
+    /// out: their shares went to the orders their plans found on the book, and the next price
+    /// serves this one. The order then answers as it stands.
     pub(super) async fn fill_if_crossed_since(
         &self,
         order: &api::PlaceOrderResponse,
@@ -334,27 +342,32 @@ impl Commands {
         let Some(instrument) = self.current::<Instrument>(&order.symbol).await? else {
             return Ok(None);
         };
-        if instrument.version <= seen_version {
-            return Ok(None);
-        }
-        let Some((update, occurred_ms)) = self
-            .price_update(&instrument.symbol, instrument.version)
-            .await?
-        else {
+        let Ok(limit) = parse_decimal(&order.limit_price) else {
             return Ok(None);
         };
-        let key = instrument_key(&instrument.symbol);
-        let price = PriceEvent::of(&instrument, instrument.version, &update, occurred_ms)
-            .map_err(CommandError::corrupt(&key))?;
+        if instrument.version <= seen_version || !instrument.tradable {
+            return Ok(None);
+        }
         let side = match api::Side::try_from(order.side) {
             Ok(api::Side::Sell) => Side::Sell,
             _ => Side::Buy,
         };
-        let crossed = parse_decimal(&order.limit_price)
-            .is_ok_and(|limit| domain::decide::crosses(side, limit, price.price));
-        if price.size.is_some() || !price.tradable || !crossed {
-            return Ok(None);
+        let key = instrument_key(&instrument.symbol);
+        let mut crossing = None;
+        for (version, update, occurred_ms) in self
+            .price_updates(&instrument.symbol, seen_version, instrument.version)
+            .await?
+        {
+            let price = PriceEvent::of(&instrument, version, &update, occurred_ms)
+                .map_err(CommandError::corrupt(&key))?;
+            if price.size.is_none() && domain::decide::crosses(side, limit, price.price) {
+                crossing = Some(price);
+                break;
+            }
         }
+        let Some(price) = crossing else {
+            return Ok(None);
+        };
         let planned = PlannedFill {
             account_id: order.account_id.clone(),
             client_order_id: order.client_order_id.clone(),
@@ -378,25 +391,37 @@ impl Commands {
         symbol: &str,
         version: u64,
     ) -> Result<Option<(PriceUpdated, i64)>, CommandError> {
-        let key = instrument_key(symbol);
-        let payloads = self
-            .store
-            .load_events(&key, version.saturating_sub(1), version)
+        let updates = self
+            .price_updates(symbol, version.saturating_sub(1), version)
             .await?;
-        let Some(payload) = payloads.first() else {
-            return Ok(None);
-        };
-        let event = RawEvent::decode(payload.as_slice()).map_err(CommandError::corrupt(&key))?;
-        let occurred_ms = ledger::timestamp_ms(
-            event
-                .envelope
-                .as_ref()
-                .and_then(|envelope| envelope.occurred_at.as_ref()),
-        );
-        Ok(match event.body {
-            Some(Body::PriceUpdated(update)) => Some((update, occurred_ms)),
-            _ => None,
-        })
+        Ok(updates
+            .into_iter()
+            .next()
+            .map(|(_, update, occurred_ms)| (update, occurred_ms)))
+    }
+
+    /// The price events of `symbol` after version `after` up to `up_to`, in version order, each
+    /// with its version and when it committed (ms since the epoch); definitions are left out.
+    async fn price_updates(
+        &self,
+        symbol: &str,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<(u64, PriceUpdated, i64)>, CommandError> {
+        let key = instrument_key(symbol);
+        let mut updates = Vec::new();
+        for payload in self.store.load_events(&key, after, up_to).await? {
+            let event =
+                RawEvent::decode(payload.as_slice()).map_err(CommandError::corrupt(&key))?;
+            let envelope = event.envelope.as_ref();
+            let version = envelope.map_or(0, |envelope| envelope.version);
+            let occurred_ms =
+                ledger::timestamp_ms(envelope.and_then(|envelope| envelope.occurred_at.as_ref()));
+            if let Some(Body::PriceUpdated(update)) = event.body {
+                updates.push((version, update, occurred_ms));
+            }
+        }
+        Ok(updates)
     }
 
     /// One pass of the book sweep: finishes price events whose fills a killed process left,
@@ -533,5 +558,73 @@ fn instrument_key(symbol: &str) -> AggregateKey {
     AggregateKey {
         kind: platform::names::Aggregate::Instrument,
         id: symbol.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(client_order_id: &str, accepted_ms: i64, expires_at_ms: i64) -> BookEntry {
+        BookEntry {
+            symbol: "X".into(),
+            side: Side::Buy,
+            limit_units: orders::price_units(Decimal::from(100)).unwrap_or_default(),
+            accepted_ms,
+            account_id: "a".into(),
+            client_order_id: client_order_id.into(),
+            quantity: 10,
+            expires_at_ms,
+        }
+    }
+
+    fn allotted(entries: Vec<BookEntry>, size: Option<i64>, now_ms: i64) -> Vec<(String, i64)> {
+        let price = PriceEvent {
+            symbol: "X",
+            version: 7,
+            price: Decimal::from(99),
+            size,
+            lot_size: 1,
+            tradable: true,
+            occurred_ms: 1_000,
+        };
+        allot(entries, &price, now_ms, &mut HashSet::new())
+            .into_iter()
+            .map(|fill| (fill.client_order_id, fill.quantity))
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_judges_expiry_and_acceptance_at_the_price_time() {
+        let book = vec![
+            entry("closed-before", 100, 999),
+            entry("closes-after", 200, 1_001),
+            entry("gtc", 300, 0),
+            entry("accepted-after", 1_001, 0),
+        ];
+        // Made at once or by a sweep an hour later, the plan is the same: the order whose close
+        // came after the price fills, the one closed before it and the one accepted after it
+        // do not.
+        for now_ms in [1_002, 3_600_000] {
+            assert_eq!(
+                allotted(book.clone(), None, now_ms),
+                [("closes-after".to_owned(), 0), ("gtc".to_owned(), 0)]
+            );
+        }
+    }
+
+    #[test]
+    fn a_sized_plan_goes_down_the_queue_once_per_order() {
+        let book = vec![
+            entry("first", 100, 0),
+            entry("second", 200, 0),
+            entry("first", 300, 0),
+            entry("third", 400, 0),
+        ];
+        // 15 shares: all of the first, 5 of the second; the first's second row takes nothing.
+        assert_eq!(
+            allotted(book, Some(15), 1_002),
+            [("first".to_owned(), 10), ("second".to_owned(), 5)]
+        );
     }
 }

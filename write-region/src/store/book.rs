@@ -184,6 +184,11 @@ impl BookEntry {
             &self.client_order_id,
         )
     }
+
+    /// Whether both name the same row of the index.
+    pub fn same_row(&self, other: &BookEntry) -> bool {
+        self.key() == other.key()
+    }
 }
 
 impl Store {
