@@ -244,10 +244,11 @@ struct ChaosArgs {
     /// A fault of each round, repeatable: kill:<component> (write-region, relay, relay-2,
     /// read-region-eu|ap, nats-hub, nats-eu|ap, redis-eu|ap, toxiproxy, cassandra; store-1|2|3
     /// on a stack of `infra/up --store-nodes 3`),
+    /// kill-mid-fill:write-region (SIGKILL while a price move fills 1,000 resting orders),
     /// failover:relay (SIGKILL of whichever relay holds the lease), cut-link:<eu|ap>,
     /// older-snapshot:<eu|ap>, flushall:<eu|ap>. Default: kill:write-region, kill:relay,
     /// kill:read-region-eu, kill:read-region-ap, kill:nats-hub, kill:nats-eu, kill:redis-eu,
-    /// failover:relay, cut-link:ap, older-snapshot:ap, flushall:eu.
+    /// kill-mid-fill:write-region, failover:relay, cut-link:ap, older-snapshot:ap, flushall:eu.
     #[arg(long = "fault", value_name = "KIND:TARGET")]
     faults: Vec<chaos::Fault>,
     /// Orders offered per second while each fault runs.

@@ -172,6 +172,66 @@ impl Clients {
     }
 }
 
+/// `count` order ids spread over the funded accounts: (account, client order id).
+pub(crate) fn book_orders(
+    accounts: &Accounts,
+    count: usize,
+    prefix: &str,
+) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            (
+                accounts.funded_id(i % accounts.funded),
+                format!("{prefix}-{i}"),
+            )
+        })
+        .collect()
+}
+
+/// Cent price levels of a book, from 90.00 up.
+pub(crate) const BOOK_LEVELS: usize = 400;
+
+/// The price level of a book's `i`th order: 0 is 90.00, the lowest.
+pub(crate) fn book_level(i: usize) -> usize {
+    i % BOOK_LEVELS
+}
+
+/// Rests one GTC buy of one share per entry of `book` on `symbol`, at limits a cent apart from
+/// 90.00 to 93.99 so the book spans many price levels, and checks each one rests.
+pub(crate) async fn rest_book(
+    orders: &OrderServiceClient<Channel>,
+    book: &[(String, String)],
+    symbol: &str,
+) -> anyhow::Result<()> {
+    let mut resting = futures::stream::iter(book.iter().enumerate())
+        .map(|(i, (account, id))| {
+            let level = book_level(i);
+            let limit = format!("{}.{:02}", 90 + level / 100, level % 100);
+            let request = resting_buy(account.clone(), id.clone(), symbol, limit);
+            let mut orders = orders.clone();
+            async move {
+                orders
+                    .place_order(grpc::request(request))
+                    .await
+                    .with_context(|| format!("PlaceOrder {id}"))
+            }
+        })
+        .buffer_unordered(PARALLEL);
+    let mut rested = 0;
+    while let Some(placed) = resting.next().await {
+        anyhow::ensure!(
+            placed?.get_ref().status() == api::OrderStatus::New,
+            "a book order did not rest"
+        );
+        rested += 1;
+        if rested % 100 == 0 {
+            eprint!("\r  {rested}/{} resting orders on the book   ", book.len());
+        }
+    }
+    eprintln!();
+    Ok(())
+}
+
 fn resting_buy(account: String, id: String, symbol: &str, limit: String) -> api::PlaceOrderRequest {
     api::PlaceOrderRequest {
         account_id: account,
@@ -222,37 +282,12 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<TicksRun
     clients.price(&symbol, REST_PRICE).await?;
 
     let accounts = settings.accounts.funded;
-    let book: Vec<(String, String)> = (0..settings.book)
-        .map(|i| {
-            (
-                settings.accounts.funded_id(i % accounts),
-                format!("tk-{}-book-{i}", settings.tag),
-            )
-        })
-        .collect();
-    let mut resting = futures::stream::iter(book.iter().enumerate())
-        .map(|(i, (account, id))| {
-            // 400 limits a cent apart, 90.00 to 93.99, so the book spans many price levels.
-            let limit = format!("{}.{:02}", 90 + (i % 400) / 100, i % 100);
-            clients.place(resting_buy(account.clone(), id.clone(), &symbol, limit))
-        })
-        .buffer_unordered(PARALLEL);
-    let mut rested = 0;
-    while let Some(placed) = resting.next().await {
-        anyhow::ensure!(
-            placed?.status() == api::OrderStatus::New,
-            "a book order did not rest"
-        );
-        rested += 1;
-        if rested % 100 == 0 {
-            eprint!(
-                "\r  ticks: {rested}/{} resting orders on the book   ",
-                book.len()
-            );
-        }
-    }
-    drop(resting);
-    eprintln!();
+    let book = book_orders(
+        &settings.accounts,
+        settings.book,
+        &format!("tk-{}-book", settings.tag),
+    );
+    rest_book(&clients.orders, &book, &symbol).await?;
 
     // Idle ticks, one after another.
     let mut idle = Vec::new();

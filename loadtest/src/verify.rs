@@ -156,12 +156,6 @@ pub struct View {
 /// The statuses of an order that is still open, as the regions spell them.
 const OPEN_STATUSES: [&str; 2] = ["NEW", "PARTIALLY_FILLED"];
 
-fn timestamp_ms(seconds: i64, nanos: i32) -> i64 {
-    seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(nanos / 1_000_000))
-}
-
 impl View {
     pub fn from_state(state: &AccountState) -> Self {
         Self {
@@ -182,7 +176,8 @@ impl View {
                 .collect(),
             updated_at_ms: state
                 .updated_at
-                .map(|at| timestamp_ms(at.seconds, at.nanos)),
+                .as_ref()
+                .map(|at| ledger::timestamp_ms(Some(at))),
             // Only figures beyond the write model's limits overflow; they show as a difference.
             reserved_cash: state.reserved_cash().unwrap_or(Decimal::MAX),
             open_orders: state
@@ -230,7 +225,10 @@ impl View {
                     Ok((position.symbol.clone(), holding))
                 })
                 .collect::<Result<_, String>>()?,
-            updated_at_ms: portfolio.as_of.map(|at| timestamp_ms(at.seconds, at.nanos)),
+            updated_at_ms: portfolio
+                .as_of
+                .as_ref()
+                .map(|at| ledger::timestamp_ms(Some(at))),
             reserved_cash,
             open_orders: open_orders
                 .iter()

@@ -38,13 +38,7 @@ pub fn utc_day(epoch_ms: i64) -> i64 {
 }
 
 /// Milliseconds since the epoch of an event timestamp; an event without one counts as 0.
-pub fn timestamp_ms(timestamp: Option<&prost_types::Timestamp>) -> i64 {
-    timestamp.map_or(0, |t| {
-        t.seconds
-            .saturating_mul(1000)
-            .saturating_add(i64::from(t.nanos / 1_000_000))
-    })
-}
+pub use ledger::timestamp_ms;
 
 pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

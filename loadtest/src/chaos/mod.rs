@@ -5,7 +5,9 @@
 //! 1. a load of orders starts (open loop, the `bench` mix over the load-test accounts), each
 //!    accepted order remembered;
 //! 2. a few seconds in, the fault: a component killed with SIGKILL and brought back by
-//!    `infra/up`, the active relay killed while the standby takes over, a region's leaf link cut
+//!    `infra/up`, the write region killed while a price move fills a book of 1,000 resting
+//!    orders rested before the load (then every one must end filled once), the active relay
+//!    killed while the standby takes over, a region's leaf link cut
 //!    and restored, a region's Redis restarted from a copy
 //!    older than what its consumer acknowledged, or a region's Redis flushed;
 //! 3. as soon as the fault is over, a probe deposit is followed into every region: the time
@@ -16,6 +18,7 @@
 //!
 //! The faults are real: this is run against a stack that is only there to be tested.
 
+pub mod fill;
 pub mod stack;
 
 use std::{
@@ -79,13 +82,16 @@ pub const RELAYS: [&str; 2] = ["relay", "relay-2"];
 /// The read regions of `infra/up`'s stack.
 pub const REGIONS: [&str; 2] = ["eu", "ap"];
 
-/// One fault, written `kill:<component>`, `failover:relay`, `cut-link:<region>`,
-/// `older-snapshot:<region>` or `flushall:<region>`.
+/// One fault, written `kill:<component>`, `kill-mid-fill:write-region`, `failover:relay`,
+/// `cut-link:<region>`, `older-snapshot:<region>` or `flushall:<region>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Fault {
     /// SIGKILL, then `infra/up` brings the component back.
     Kill(String),
+    /// SIGKILL of the write region while a price move fills a book of resting orders, then
+    /// `infra/up` brings it back and its book sweep finishes the fills (see [`fill`]).
+    KillMidFill,
     /// SIGKILL of whichever relay holds the lease; once the other has taken it over, `infra/up`
     /// brings the killed one back as the new standby.
     Failover,
@@ -106,6 +112,7 @@ impl Fault {
             .map(|c| Self::Kill((*c).into()))
             .collect();
         faults.extend([
+            Self::KillMidFill,
             Self::Failover,
             Self::CutLink("ap".into()),
             Self::OlderSnapshot("ap".into()),
@@ -119,6 +126,7 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Kill(component) => write!(f, "kill:{component}"),
+            Self::KillMidFill => write!(f, "kill-mid-fill:write-region"),
             Self::Failover => write!(f, "failover:relay"),
             Self::CutLink(region) => write!(f, "cut-link:{region}"),
             Self::OlderSnapshot(region) => write!(f, "older-snapshot:{region}"),
@@ -146,6 +154,10 @@ impl FromStr for Fault {
             "kill" => Err(format!(
                 "{text:?}: the component must be one of {COMPONENTS:?}"
             )),
+            "kill-mid-fill" if target == "write-region" => Ok(Self::KillMidFill),
+            "kill-mid-fill" => Err(format!(
+                "{text:?}: only the write region fills orders (kill-mid-fill:write-region)"
+            )),
             "failover" if target == "relay" => Ok(Self::Failover),
             "failover" => Err(format!(
                 "{text:?}: only the relay fails over (failover:relay)"
@@ -154,7 +166,7 @@ impl FromStr for Fault {
             "older-snapshot" => region().map(Self::OlderSnapshot),
             "flushall" => region().map(Self::Flushall),
             _ => Err(format!(
-                "{text:?}: the kind must be kill, failover, cut-link, older-snapshot or flushall"
+                "{text:?}: the kind must be kill, kill-mid-fill, failover, cut-link, older-snapshot or flushall"
             )),
         }
     }
@@ -223,6 +235,9 @@ pub struct FaultRun {
     /// For a failover: from the SIGKILL until the standby held the lease.
     #[serde(default)]
     pub takeover_s: Option<f64>,
+    /// For a kill mid-fill: how the price call ended and what the book came to.
+    #[serde(default)]
+    pub fill: Option<fill::FillCheck>,
     pub orders: LoadResult,
     /// Orders `PlaceOrder` accepted during the load.
     pub accepted: u64,
@@ -235,7 +250,10 @@ pub struct FaultRun {
 
 impl FaultRun {
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.differing_accounts == 0 && self.recovery_s.is_some()
+        self.lost == 0
+            && self.differing_accounts == 0
+            && self.recovery_s.is_some()
+            && self.fill.as_ref().is_none_or(fill::FillCheck::passed)
     }
 }
 
@@ -267,6 +285,15 @@ const LOOKUPS_IN_FLIGHT: usize = 32;
 /// The probe's own calls: short, so a region that is not there yet is asked again soon.
 const PROBE_CALL: Duration = Duration::from_secs(1);
 const PROBE_PAUSE: Duration = Duration::from_millis(100);
+
+/// What bringing a fault about measured, beside its length.
+#[derive(Default)]
+struct Injected {
+    /// A failover's: from the SIGKILL until the standby held the lease.
+    takeover: Option<Duration>,
+    /// A kill mid-fill's: how the price call ended.
+    strike: Option<fill::Strike>,
+}
 
 /// Everything the faults of a run share.
 struct Run {
@@ -339,6 +366,12 @@ impl Run {
             let url = &self.region(region)?.redis_url;
             self.stack.snapshot_redis(region, url).await?;
         }
+        let book = match fault {
+            Fault::KillMidFill => Some(
+                fill::Book::rest(&self.write[0], &settings.accounts, &settings.tag, round).await?,
+            ),
+            _ => None,
+        };
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let orders = Orders {
             write: self.write.clone(),
@@ -356,9 +389,9 @@ impl Run {
 
         tokio::time::sleep(settings.fault_at).await;
         let struck = Instant::now();
-        let injected = self.inject(fault).await;
+        let injected = self.inject(fault, book.as_ref()).await;
         let fault_s = struck.elapsed().as_secs_f64();
-        let takeover = injected.as_ref().ok().copied().flatten();
+        let takeover = injected.as_ref().ok().and_then(|i| i.takeover);
         let recovery = match &injected {
             Ok(_) => self.probe(round, fault).await,
             Err(error) => Err(format!("the fault could not be brought about: {error:#}")),
@@ -369,7 +402,7 @@ impl Run {
             self.links.reset().await.ok();
             self.stack.up().await.ok();
         }
-        injected?;
+        let strike = injected?.strike;
         if let Some(takeover) = takeover {
             println!(
                 "  failover: the standby relay held the lease {:.2} s after the SIGKILL",
@@ -377,6 +410,13 @@ impl Run {
             );
         }
 
+        let fill = match (book, strike) {
+            (Some(book), Some(strike)) => Some(
+                book.check(&self.write[0], strike, settings.recover_within)
+                    .await?,
+            ),
+            _ => None,
+        };
         let accepted = std::mem::take(&mut *accepted.lock().unwrap_or_else(|e| e.into_inner()));
         let lost = self.lost(&accepted).await?;
         let report = self.verify().await?;
@@ -395,6 +435,7 @@ impl Run {
             recovery_s: recovery.as_ref().ok().map(Duration::as_secs_f64),
             recovery_error: recovery.err(),
             takeover_s: takeover.map(|t| t.as_secs_f64()),
+            fill,
             orders,
             accepted: accepted.len() as u64,
             lost,
@@ -409,17 +450,22 @@ impl Run {
     }
 
     /// Brings the fault about and returns once it is over, with the takeover time of a
-    /// failover.
-    async fn inject(&self, fault: &Fault) -> anyhow::Result<Option<Duration>> {
+    /// failover or how a kill mid-fill struck the price call.
+    async fn inject(&self, fault: &Fault, book: Option<&fill::Book>) -> anyhow::Result<Injected> {
+        let mut injected = Injected::default();
         match fault {
             Fault::Kill(component) => {
                 self.stack.kill(component).await?;
                 self.stack.up().await?;
             }
-            Fault::Failover => {
-                let takeover = self.failover().await?;
+            Fault::KillMidFill => {
+                let book = book.context("a kill mid-fill needs its book rested first")?;
+                injected.strike = Some(book.strike(&self.write[0], &self.stack).await?);
                 self.stack.up().await?;
-                return Ok(Some(takeover));
+            }
+            Fault::Failover => {
+                injected.takeover = Some(self.failover().await?);
+                self.stack.up().await?;
             }
             Fault::CutLink(region) => {
                 self.links.set_enabled(region, false).await?;
@@ -441,7 +487,7 @@ impl Run {
                 let _: String = redis::cmd("FLUSHALL").query_async(&mut redis).await?;
             }
         }
-        Ok(None)
+        Ok(injected)
     }
 
     /// SIGKILL to the relay holding the lease; returns once another relay of the stack holds
@@ -654,7 +700,12 @@ pub fn line(run: &FaultRun) -> String {
         run.recovery_error
             .as_ref()
             .map_or_else(String::new, |e| format!(" ({e})")),
-    )
+    ) + &run.fill.as_ref().map_or_else(String::new, |fill| {
+        format!(
+            "; book of {} on {}: killed {:.3} s after the price, price call {}, {} filled once, {} wrong",
+            fill.book, fill.symbol, fill.killed_after_s, fill.price_call, fill.filled, fill.wrong
+        )
+    })
 }
 
 /// Per fault over every round, for the terminal and the README.
@@ -720,6 +771,10 @@ mod tests {
             Ok(Fault::CutLink("eu".into()))
         );
         assert_eq!("failover:relay".parse::<Fault>(), Ok(Fault::Failover));
+        assert_eq!(
+            "kill-mid-fill:write-region".parse::<Fault>(),
+            Ok(Fault::KillMidFill)
+        );
     }
 
     #[test]
@@ -731,6 +786,7 @@ mod tests {
             "relay",
             "kill:",
             "failover:eu",
+            "kill-mid-fill:relay",
         ] {
             assert!(text.parse::<Fault>().is_err(), "{text} was accepted");
         }
