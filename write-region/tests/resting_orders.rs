@@ -1,12 +1,14 @@
 //! Resting LIMIT orders against the real Cassandra and NATS hub: a scripted session whose every
 //! figure was computed by hand, times in force, cancels, bad input, DAY expiry, and races of new
-//! orders, cancels and fills across two servers on one keyspace.
+//! orders, cancels and fills across two servers on one keyspace, and the sweep finishing the
+//! check a placement killed after its commit left.
 
 mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, future::join_all};
+use platform::names::Aggregate;
 use testkit::{
     trading::{
         WriteApi, funded_account, instrument, limit_order, order, priced_instrument, publish_sized,
@@ -15,6 +17,7 @@ use testkit::{
 };
 use tonic::{Code, Status};
 use trading_proto::trading::v1::{self as api, OrderStatus, TimeInForce};
+use write_region::store::{AggregateKey, PlacementMarker, Store};
 
 use api::Side::{Buy, Sell};
 
@@ -604,6 +607,77 @@ async fn an_order_placed_after_a_lost_race_holds_one_place_in_the_queue() -> any
     );
     first.stop().await?;
     second.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweep_makes_the_check_a_killed_placement_left() -> anyhow::Result<()> {
+    let config = write_region::Config {
+        book_sweep_interval_ms: 200,
+        ..support::isolated_config()
+    };
+    let region = WriteRegion::start(config.clone()).await?;
+    let store = Store::connect(&config.store()).await?;
+    priced_instrument(&region, "MISS", "100.00").await?;
+    funded_account(&region, "pm", "10000").await?;
+    let instrument = AggregateKey {
+        kind: Aggregate::Instrument,
+        id: "MISS".into(),
+    };
+    let seen_version = store.load(&instrument, false).await?.version;
+    let late = limit_order("pm", "late", "MISS", Buy, 10, "95", TimeInForce::Gtc);
+    assert_eq!(place(&region, late).await?.status(), OrderStatus::New);
+    let marks_of_late = |markers: Vec<PlacementMarker>| {
+        markers
+            .into_iter()
+            .filter(|marker| marker.client_order_id == "late")
+            .count()
+    };
+    // The request made its check and dropped its mark.
+    assert_eq!(marks_of_late(store.placement_markers().await?), 0);
+
+    // What a process killed between the order's commit and its check leaves when a price
+    // crossed the order while it was being placed: the order on the book, a price whose plan
+    // was made before the order was on it (so it filled nothing), and the order's mark.
+    let entries = store.book_of("MISS").await?;
+    assert_eq!(entries.len(), 1);
+    store.unindex_resting(&entries[0]).await?;
+    assert_eq!(
+        publish_sized(&region, "MISS", "90.00", None).await?.fills,
+        0
+    );
+    store.index_resting(&entries[0]).await?;
+    assert_eq!(
+        get_order(&region, "pm", "late").await?.status(),
+        OrderStatus::New
+    );
+    store
+        .mark_placement(&PlacementMarker {
+            account_id: "pm".into(),
+            client_order_id: "late".into(),
+            symbol: "MISS".into(),
+            seen_version,
+            // Older than the grace a request in flight is given.
+            marked_at: SystemTime::now() - Duration::from_secs(10),
+        })
+        .await?;
+
+    // Nobody asks: the sweep fills it at the price that crossed it, once.
+    let mut order = get_order(&region, "pm", "late").await?;
+    for _ in 0..150 {
+        if order.status() != OrderStatus::New {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        order = get_order(&region, "pm", "late").await?;
+    }
+    assert_eq!(progress(&order), (OrderStatus::Filled, 10, 0, "90", "0", 0));
+    let after = account(&region, "pm").await?;
+    assert_eq!(after.cash_balance, "9100");
+    assert_eq!(position(&after, "MISS").map(|p| p.quantity), Some(10));
+    // opened, funded, accepted, filled
+    assert_eq!(after.version, 4);
+    assert_eq!(marks_of_late(store.placement_markers().await?), 0);
+    region.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

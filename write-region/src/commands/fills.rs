@@ -10,6 +10,10 @@
 //! fill of the plan is in, the marker goes. A process killed anywhere in between leaves the
 //! marker, and the sweep of any process carries out the same plan again.
 //!
+//! An order decided on an older price may commit after a newer price's plan was made: its
+//! request checks it against the prices since (`fill_if_crossed_since`), under a placement
+//! mark that leaves the check to the sweep if the process dies first.
+//!
 //! Fills of one symbol's price events are made one price event after another within a
 //! process. Two processes finishing different price events of one symbol at once may fill an
 //! order at the later price: still at or better than its limit.
@@ -33,7 +37,7 @@ use trading_proto::{
 use super::{CommandError, Commands, RequestContext, execute::Idempotency, orders};
 use crate::{
     domain::{self, DomainError},
-    store::{AggregateKey, BookEntry, RecordKind},
+    store::{AggregateKey, BookEntry, PlacementMarker, RecordKind},
 };
 
 /// Fills of one price event made at once (each on its own account).
@@ -425,7 +429,7 @@ impl Commands {
     }
 
     /// One pass of the book sweep: finishes price events whose fills a killed process left,
-    /// and expires DAY orders past the close.
+    /// makes the checks of placements it left, and expires DAY orders past the close.
     pub async fn sweep_book(&self) -> Result<(), CommandError> {
         let context = RequestContext {
             correlation_id: format!("sweep:{}", uuid::Uuid::new_v4()),
@@ -433,9 +437,7 @@ impl Commands {
             ..RequestContext::default()
         };
         for marker in self.store.price_markers().await? {
-            let age = SystemTime::now()
-                .duration_since(marker.marked_at)
-                .unwrap_or_default();
+            let age = age_of(marker.marked_at);
             if age < MARKER_GRACE {
                 continue;
             }
@@ -450,6 +452,20 @@ impl Commands {
                     version = marker.version,
                     error = &error as &dyn std::error::Error,
                     "fills of a price event not finished; the next sweep retries"
+                );
+            }
+        }
+        for marker in self.store.placement_markers().await? {
+            let age = age_of(marker.marked_at);
+            if age < MARKER_GRACE {
+                continue;
+            }
+            if let Err(error) = self.finish_placement(&marker, age, &context).await {
+                tracing::warn!(
+                    account = %marker.account_id,
+                    order = %marker.client_order_id,
+                    error = &error as &dyn std::error::Error,
+                    "a placement's check against later prices not made; the next sweep retries"
                 );
             }
         }
@@ -491,6 +507,41 @@ impl Commands {
             .map_err(CommandError::corrupt(&instrument_key(symbol)))?;
         tracing::info!(symbol, version, "finishing the fills of a price event");
         self.fill_at(&price, context).await?;
+        Ok(())
+    }
+
+    /// Makes the check a placement's own request did not finish: an order still open fills at
+    /// the first unsized price since its decision that crossed it (see `fill_if_crossed_since`).
+    async fn finish_placement(
+        &self,
+        marker: &PlacementMarker,
+        age: Duration,
+        context: &RequestContext,
+    ) -> Result<(), CommandError> {
+        let reference = domain::OrderRef {
+            account_id: marker.account_id.clone(),
+            client_order_id: marker.client_order_id.clone(),
+        };
+        match self.order(&reference).await {
+            Ok(order) if is_open(&order) => {
+                tracing::info!(
+                    account = %marker.account_id,
+                    order = %marker.client_order_id,
+                    "checking a placement against the prices since its decision"
+                );
+                self.fill_if_crossed_since(&order, marker.seen_version, context)
+                    .await?;
+            }
+            // Filled, canceled or expired since, or it never rested: nothing to check.
+            Ok(_) => {}
+            // Not committed: maybe not yet, and a lost race's leftover once it is old.
+            Err(CommandError::Domain(DomainError::NotFound { .. })) if age <= STALE_MARKER_AGE => {
+                return Ok(());
+            }
+            Err(CommandError::Domain(DomainError::NotFound { .. })) => {}
+            Err(error) => return Err(error),
+        }
+        self.store.clear_placement(marker).await?;
         Ok(())
     }
 
@@ -552,6 +603,19 @@ impl Commands {
         }
         Ok(())
     }
+}
+
+fn age_of(marked_at: SystemTime) -> Duration {
+    SystemTime::now()
+        .duration_since(marked_at)
+        .unwrap_or_default()
+}
+
+fn is_open(order: &api::PlaceOrderResponse) -> bool {
+    matches!(
+        order.status(),
+        api::OrderStatus::New | api::OrderStatus::PartiallyFilled
+    )
 }
 
 fn instrument_key(symbol: &str) -> AggregateKey {

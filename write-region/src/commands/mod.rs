@@ -12,7 +12,7 @@ mod fills;
 mod orders;
 mod queries;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use ledger::{AccountState, Instrument, OrderProgress, format_decimal};
 use tokio::sync::Mutex;
@@ -25,7 +25,7 @@ use crate::{
         decide::{OrderLimits, TradeIds},
     },
     outbox::Outbox,
-    store::{AggregateKey, RecordKind, Store, StoreError},
+    store::{AggregateKey, PlacementMarker, RecordKind, Store, StoreError},
 };
 
 use self::{
@@ -195,6 +195,22 @@ impl Commands {
             trade_id: uuid::Uuid::new_v4().to_string(),
         };
         let day_expiry = self.session.next_after(now_ms());
+        // An order that may rest is marked, with the price version it is decided at, until it
+        // is checked against the prices that came after: a process killed between its commit
+        // and that check leaves the mark, and the book sweep makes the check.
+        let check = instrument
+            .last_price
+            .filter(|price| instrument.tradable && order.rests_at(*price))
+            .map(|_| PlacementMarker {
+                account_id: order.account_id.clone(),
+                client_order_id: order.client_order_id.clone(),
+                symbol: order.symbol.clone(),
+                seen_version: instrument.version,
+                marked_at: SystemTime::now(),
+            });
+        if let Some(check) = &check {
+            self.store.mark_placement(check).await?;
+        }
         let placed = self
             .execute(
                 &order.account_id,
@@ -214,15 +230,43 @@ impl Commands {
                 },
                 order_answer,
             )
-            .await?;
-        if placed.status == i32::from(api::OrderStatus::New)
+            .await;
+        let placed = match placed {
+            Ok(placed) => placed,
+            // A refusal recorded nothing to check; any other failure may have committed, and
+            // the sweep settles it.
+            Err(refused @ CommandError::Domain(_)) => {
+                self.clear_placement_best_effort(check.as_ref()).await;
+                return Err(refused);
+            }
+            Err(error) => return Err(error),
+        };
+        let mut answer = placed;
+        if answer.status == i32::from(api::OrderStatus::New)
             && let Some(filled) = self
-                .fill_if_crossed_since(&placed, instrument.version, context)
+                .fill_if_crossed_since(&answer, instrument.version, context)
                 .await?
         {
-            return Ok(filled);
+            answer = filled;
         }
-        Ok(placed)
+        self.clear_placement_best_effort(check.as_ref()).await;
+        Ok(answer)
+    }
+
+    /// Drops a placement's mark once its check is made. A failure only leaves the check to the
+    /// sweep, which makes it again (fills are idempotent per order and price event).
+    async fn clear_placement_best_effort(&self, check: Option<&PlacementMarker>) {
+        let Some(check) = check else {
+            return;
+        };
+        if let Err(error) = self.store.clear_placement(check).await {
+            tracing::warn!(
+                account = %check.account_id,
+                order = %check.client_order_id,
+                error = &error as &dyn std::error::Error,
+                "placement mark not cleared; the book sweep checks the order again"
+            );
+        }
     }
 
     /// Cancels what is left of a resting order; a retry of a cancel that succeeded answers as

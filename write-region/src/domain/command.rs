@@ -259,6 +259,18 @@ impl TryFrom<&api::PlaceOrderRequest> for OrderCommand {
 }
 
 impl OrderCommand {
+    /// Whether the order rests when placed at `price`: a DAY or GTC LIMIT order the price does
+    /// not cross (any other order fills or is canceled at once, or is refused).
+    pub fn rests_at(&self, price: Decimal) -> bool {
+        match self.kind {
+            OrderKind::Limit(limit) => {
+                matches!(self.time_in_force, TimeInForce::Day | TimeInForce::Gtc)
+                    && !super::decide::crosses(self.side, limit, price)
+            }
+            OrderKind::Market => false,
+        }
+    }
+
     pub fn fingerprint(&self) -> String {
         let limit = match &self.kind {
             OrderKind::Market => "MARKET".to_owned(),
@@ -498,6 +510,33 @@ mod tests {
         gtc.time_in_force = api::TimeInForce::Gtc.into();
         let command = OrderCommand::try_from(&gtc).expect("valid");
         assert_eq!(command.fingerprint(), "AAPL|BUY|10|LIMIT@175.5|GTC");
+    }
+
+    #[test]
+    fn only_a_day_or_gtc_limit_the_price_does_not_cross_rests() {
+        use api::{OrderType, Side, TimeInForce as Tif};
+        let parsed = |side: Side, order_type: OrderType, limit: &str, tif: Tif| {
+            OrderCommand::try_from(&api::PlaceOrderRequest {
+                side: side.into(),
+                order_type: order_type.into(),
+                limit_price: limit.into(),
+                time_in_force: tif.into(),
+                ..order()
+            })
+            .expect("valid")
+        };
+        let price = Decimal::new(17551, 2);
+        // A buy below the price and a sell above it rest, DAY (also unspecified) or GTC.
+        for tif in [Tif::Unspecified, Tif::Day, Tif::Gtc] {
+            assert!(parsed(Side::Buy, OrderType::Limit, "175.50", tif).rests_at(price));
+            assert!(parsed(Side::Sell, OrderType::Limit, "175.52", tif).rests_at(price));
+        }
+        // Crossed (at the limit or better) it fills; IOC and FOK never rest; MARKET fills.
+        assert!(!parsed(Side::Buy, OrderType::Limit, "175.51", Tif::Gtc).rests_at(price));
+        assert!(!parsed(Side::Sell, OrderType::Limit, "175.50", Tif::Day).rests_at(price));
+        assert!(!parsed(Side::Buy, OrderType::Limit, "175.50", Tif::Ioc).rests_at(price));
+        assert!(!parsed(Side::Buy, OrderType::Limit, "175.50", Tif::Fok).rests_at(price));
+        assert!(!parsed(Side::Buy, OrderType::Market, "", Tif::Gtc).rests_at(price));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! A price's marker is written before its commit too, and deleted once all its fills are in: a
 //! sweep finishes what a killed process left. The plan is written once (`IF NOT EXISTS`), so every
 //! process that finishes a price event fills the same orders by the same quantities.
+//! A placement that may rest is marked too (`placement_checks`), before its commit, with the
+//! price version its decision saw; the mark goes once the order is checked against the prices
+//! that came after, so a process killed in between leaves the check to the sweep.
 
 use std::time::SystemTime;
 
@@ -16,7 +19,9 @@ use futures::TryStreamExt;
 use ledger::Side;
 use scylla::{statement::prepared::PreparedStatement, value::CqlTimestamp};
 
-use super::{Prepare, Store, StoreError, bigint, streams::applied, timestamp};
+use super::{
+    AggregateKey, Prepare, Store, StoreError, bigint, streams::applied, system_time, timestamp,
+};
 
 /// One resting order as the index holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +47,17 @@ pub struct PriceMarker {
     pub marked_at: SystemTime,
 }
 
+/// A placement that may have rested on a price its decision did not see: the order, and the
+/// instrument version it was decided at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementMarker {
+    pub account_id: String,
+    pub client_order_id: String,
+    pub symbol: String,
+    pub seen_version: u64,
+    pub marked_at: SystemTime,
+}
+
 pub(super) struct Statements {
     index: PreparedStatement,
     unindex: PreparedStatement,
@@ -53,6 +69,19 @@ pub(super) struct Statements {
     price_markers: PreparedStatement,
     save_plan: PreparedStatement,
     load_plan: PreparedStatement,
+    mark_placement: PreparedStatement,
+    clear_placement: PreparedStatement,
+    placement_markers: PreparedStatement,
+}
+
+/// Partitions the placement markers are spread over, so that the tombstones of a busy day's
+/// placements (one per order that may rest) stay far below what a scan may read.
+const PLACEMENT_SHARDS: i32 = 16;
+
+fn placement_shard(account_id: &str) -> i32 {
+    let shard = AggregateKey::account(account_id).stable_hash()
+        % u64::from(PLACEMENT_SHARDS.unsigned_abs());
+    i32::try_from(shard).unwrap_or(0)
 }
 
 const ENTRY_COLUMNS: &str = "symbol, side, limit_units, accepted_ms, account_id, \
@@ -139,6 +168,27 @@ impl Statements {
                 .statement(
                     "SELECT plan FROM {keyspace}.fill_plans WHERE symbol = ? AND version = ?",
                     prepare.consistency.serial_read(),
+                )
+                .await?,
+            mark_placement: prepare
+                .statement(
+                    "INSERT INTO {keyspace}.placement_checks (shard, account_id, \
+                     client_order_id, seen_version, symbol, marked_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    quorum,
+                )
+                .await?,
+            clear_placement: prepare
+                .statement(
+                    "DELETE FROM {keyspace}.placement_checks WHERE shard = ? \
+                     AND account_id = ? AND client_order_id = ? AND seen_version = ?",
+                    quorum,
+                )
+                .await?,
+            placement_markers: prepare
+                .statement(
+                    "SELECT account_id, client_order_id, seen_version, symbol, marked_at \
+                     FROM {keyspace}.placement_checks WHERE shard = ?",
+                    quorum,
                 )
                 .await?,
         })
@@ -306,14 +356,71 @@ impl Store {
         Ok(rows
             .into_iter()
             .filter_map(|(symbol, version, marked_at)| {
-                let millis = u64::try_from(marked_at.map_or(0, |at| at.0)).unwrap_or(0);
                 Some(PriceMarker {
                     symbol,
                     version: u64::try_from(version).ok()?,
-                    marked_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(millis),
+                    marked_at: system_time(marked_at),
                 })
             })
             .collect())
+    }
+
+    /// Records, before the commit of an order that may rest, the price version it is decided at.
+    pub async fn mark_placement(&self, marker: &PlacementMarker) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(
+                &self.book.mark_placement,
+                (
+                    placement_shard(&marker.account_id),
+                    &marker.account_id,
+                    &marker.client_order_id,
+                    bigint(marker.seen_version)?,
+                    &marker.symbol,
+                    timestamp(marker.marked_at),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn clear_placement(&self, marker: &PlacementMarker) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(
+                &self.book.clear_placement,
+                (
+                    placement_shard(&marker.account_id),
+                    &marker.account_id,
+                    &marker.client_order_id,
+                    bigint(marker.seen_version)?,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every placement whose check against later prices may be unfinished.
+    pub async fn placement_markers(&self) -> Result<Vec<PlacementMarker>, StoreError> {
+        let mut markers = Vec::new();
+        for shard in 0..PLACEMENT_SHARDS {
+            let rows = self
+                .session
+                .execute_iter(self.book.placement_markers.clone(), (shard,))
+                .await?
+                .rows_stream::<(String, String, i64, String, Option<CqlTimestamp>)>()?;
+            let rows: Vec<_> = rows.try_collect().await?;
+            markers.extend(rows.into_iter().filter_map(
+                |(account_id, client_order_id, seen_version, symbol, marked_at)| {
+                    Some(PlacementMarker {
+                        account_id,
+                        client_order_id,
+                        symbol,
+                        seen_version: u64::try_from(seen_version).ok()?,
+                        marked_at: system_time(marked_at),
+                    })
+                },
+            ));
+        }
+        Ok(markers)
     }
 
     /// Stores `plan` as the price event's plan unless one is stored already, and returns the

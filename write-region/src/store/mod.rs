@@ -32,7 +32,7 @@ use scylla::{
     value::CqlTimestamp,
 };
 
-pub use book::{BookEntry, PriceMarker};
+pub use book::{BookEntry, PlacementMarker, PriceMarker};
 pub use outbox::PendingMarker;
 pub use replication::{BadReplication, Replication, StoreConsistency};
 pub use streams::{Append, NewEvent, RecordKind, Stored};
@@ -263,6 +263,12 @@ fn timestamp(at: SystemTime) -> CqlTimestamp {
         .unwrap_or_default()
         .as_millis();
     CqlTimestamp(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+/// A marker's time; a marker without one counts as marked at the epoch (old enough to handle).
+fn system_time(at: Option<CqlTimestamp>) -> SystemTime {
+    let millis = u64::try_from(at.map_or(0, |at| at.0)).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(millis)
 }
 
 #[cfg(test)]

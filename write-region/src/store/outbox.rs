@@ -3,13 +3,13 @@
 //! to it once the events are on the stream. Markers are spread over [`OUTBOX_SHARDS`]
 //! partitions by the aggregate key's stable hash so a sweep reads bounded partitions.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::TryStreamExt;
 use platform::names::Aggregate;
 use scylla::{statement::prepared::PreparedStatement, value::CqlTimestamp};
 
-use super::{AggregateKey, Prepare, Store, StoreError, bigint, timestamp, version_of};
+use super::{AggregateKey, Prepare, Store, StoreError, bigint, system_time, timestamp, version_of};
 
 /// How many partitions the outbox's pending markers are spread over.
 const OUTBOX_SHARDS: i32 = 64;
@@ -160,12 +160,10 @@ impl Store {
                     continue;
                 };
                 let key = AggregateKey { kind, id };
-                let millis = marked_at.map_or(0, |at| at.0);
                 markers.push(PendingMarker {
                     version: version_of(&key, version)?,
                     key,
-                    marked_at: SystemTime::UNIX_EPOCH
-                        + Duration::from_millis(u64::try_from(millis).unwrap_or(0)),
+                    marked_at: system_time(marked_at),
                 });
             }
         }

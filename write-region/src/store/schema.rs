@@ -5,11 +5,11 @@
 //!   conditional batch moves state and stream together.
 //! - `outbox_pending`, `outbox_progress`: the outbox's markers and published versions.
 //! - `instrument_index`: every symbol ever upserted, for listing.
-//! - `resting_orders`, `price_fills`, `fill_plans`: the resting-order book (see `book`). Their
-//!   entries only say where to look (the account is the truth, and an entry brought back by a
-//!   replica that missed its delete is dropped when met), so their tombstones are kept for 5
-//!   minutes, not hours: a busy symbol's book and the price markers are rewritten all day, and
-//!   every scan of them reads the tombstones still kept.
+//! - `resting_orders`, `price_fills`, `fill_plans`, `placement_checks`: the resting-order book
+//!   (see `book`). Their entries only say where to look (the account is the truth, and an entry
+//!   brought back by a replica that missed its delete is dropped when met), so their tombstones
+//!   are kept for 5 minutes, not hours: a busy symbol's book and the markers are rewritten all
+//!   day, and every scan of them reads the tombstones still kept.
 
 use scylla::client::session::Session;
 
@@ -61,6 +61,13 @@ pub(super) async fn create(
             "CREATE TABLE IF NOT EXISTS {keyspace}.price_fills (\
              bucket int, symbol text, version bigint, marked_at timestamp, \
              PRIMARY KEY (bucket, symbol, version)) WITH gc_grace_seconds = 300"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.placement_checks (\
+             shard int, account_id text, client_order_id text, seen_version bigint, \
+             symbol text, marked_at timestamp, \
+             PRIMARY KEY (shard, account_id, client_order_id, seen_version)) \
+             WITH gc_grace_seconds = 300"
         ),
         // A plan matters only until its price event's fills are in; a week is ample.
         format!(
