@@ -404,8 +404,8 @@ impl Commands {
             .map(|(_, update, occurred_ms)| (update, occurred_ms)))
     }
 
-    /// The price events of `symbol` after version `after` up to `up_to`, in version order, each
-    /// with its version and when it committed (ms since the epoch); definitions are left out.
+    /// The price events of `symbol` after version `after` up to `up_to` (see
+    /// [`tradable_prices`]).
     async fn price_updates(
         &self,
         symbol: &str,
@@ -413,19 +413,15 @@ impl Commands {
         up_to: u64,
     ) -> Result<Vec<(u64, PriceUpdated, i64)>, CommandError> {
         let key = instrument_key(symbol);
-        let mut updates = Vec::new();
-        for payload in self.store.load_events(&key, after, up_to).await? {
-            let event =
-                RawEvent::decode(payload.as_slice()).map_err(CommandError::corrupt(&key))?;
-            let envelope = event.envelope.as_ref();
-            let version = envelope.map_or(0, |envelope| envelope.version);
-            let occurred_ms =
-                ledger::timestamp_ms(envelope.and_then(|envelope| envelope.occurred_at.as_ref()));
-            if let Some(Body::PriceUpdated(update)) = event.body {
-                updates.push((version, update, occurred_ms));
-            }
-        }
-        Ok(updates)
+        let events = self
+            .store
+            .load_events(&key, after, up_to)
+            .await?
+            .iter()
+            .map(|payload| RawEvent::decode(payload.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CommandError::corrupt(&key))?;
+        Ok(tradable_prices(events))
     }
 
     /// One pass of the book sweep: finishes price events whose fills a killed process left,
@@ -605,6 +601,29 @@ impl Commands {
     }
 }
 
+/// The price events among `events` (an instrument's, in version order, starting where it was
+/// tradable), each with its version and when it committed (ms since the epoch). Prices published
+/// while a definition among them had halted the instrument are left out: they filled nothing
+/// then, and must not fill an order that comes to them later.
+fn tradable_prices(events: Vec<RawEvent>) -> Vec<(u64, PriceUpdated, i64)> {
+    let mut tradable = true;
+    let mut prices = Vec::new();
+    for event in events {
+        let envelope = event.envelope.as_ref();
+        let version = envelope.map_or(0, |envelope| envelope.version);
+        let occurred_ms =
+            ledger::timestamp_ms(envelope.and_then(|envelope| envelope.occurred_at.as_ref()));
+        match event.body {
+            Some(Body::InstrumentUpserted(definition)) => tradable = definition.tradable,
+            Some(Body::PriceUpdated(update)) if tradable => {
+                prices.push((version, update, occurred_ms));
+            }
+            _ => {}
+        }
+    }
+    prices
+}
+
 fn age_of(marked_at: SystemTime) -> Duration {
     SystemTime::now()
         .duration_since(marked_at)
@@ -675,6 +694,47 @@ mod tests {
                 [("closes-after".to_owned(), 0), ("gtc".to_owned(), 0)]
             );
         }
+    }
+
+    #[test]
+    fn prices_published_while_halted_are_left_out() {
+        let event = |version: u64, body: Body| RawEvent {
+            envelope: Some(trading_proto::events::v1::EventEnvelope {
+                version,
+                ..Default::default()
+            }),
+            body: Some(body),
+        };
+        let price = |version, price: &str| {
+            event(
+                version,
+                Body::PriceUpdated(PriceUpdated {
+                    price: price.into(),
+                    ..Default::default()
+                }),
+            )
+        };
+        let definition = |version, tradable| {
+            event(
+                version,
+                Body::InstrumentUpserted(trading_proto::events::v1::InstrumentUpserted {
+                    tradable,
+                    ..Default::default()
+                }),
+            )
+        };
+        let events = vec![
+            price(3, "99"),
+            definition(4, false),
+            price(5, "90"),
+            definition(6, true),
+            price(7, "95"),
+        ];
+        let kept: Vec<(u64, String)> = tradable_prices(events)
+            .into_iter()
+            .map(|(version, update, _)| (version, update.price))
+            .collect();
+        assert_eq!(kept, [(3, "99".to_owned()), (7, "95".to_owned())]);
     }
 
     #[test]
