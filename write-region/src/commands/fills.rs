@@ -519,7 +519,9 @@ impl Commands {
             client_order_id: marker.client_order_id.clone(),
         };
         match self.order(&reference).await {
-            Ok(order) if is_open(&order) => {
+            // An order closed since (or that never rested) is left as it is by the fill's own
+            // decision against the account, as every fill is.
+            Ok(order) => {
                 tracing::info!(
                     account = %marker.account_id,
                     order = %marker.client_order_id,
@@ -528,8 +530,6 @@ impl Commands {
                 self.fill_if_crossed_since(&order, marker.seen_version, context)
                     .await?;
             }
-            // Filled, canceled or expired since, or it never rested: nothing to check.
-            Ok(_) => {}
             // Not committed: maybe not yet, and a lost race's leftover once it is old.
             Err(CommandError::Domain(DomainError::NotFound { .. })) if age <= STALE_MARKER_AGE => {
                 return Ok(());
@@ -628,13 +628,6 @@ fn age_of(marked_at: SystemTime) -> Duration {
     SystemTime::now()
         .duration_since(marked_at)
         .unwrap_or_default()
-}
-
-fn is_open(order: &api::PlaceOrderResponse) -> bool {
-    matches!(
-        order.status(),
-        api::OrderStatus::New | api::OrderStatus::PartiallyFilled
-    )
 }
 
 fn instrument_key(symbol: &str) -> AggregateKey {

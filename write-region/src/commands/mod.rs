@@ -241,14 +241,15 @@ impl Commands {
             }
             Err(error) => return Err(error),
         };
-        let mut answer = placed;
-        if answer.status == i32::from(api::OrderStatus::New)
+        let answer = if placed.status == i32::from(api::OrderStatus::New)
             && let Some(filled) = self
-                .fill_if_crossed_since(&answer, instrument.version, context)
+                .fill_if_crossed_since(&placed, instrument.version, context)
                 .await?
         {
-            answer = filled;
-        }
+            filled
+        } else {
+            placed
+        };
         self.clear_placement_best_effort(check.as_ref()).await;
         Ok(answer)
     }

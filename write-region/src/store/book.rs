@@ -79,9 +79,7 @@ pub(super) struct Statements {
 const PLACEMENT_SHARDS: i32 = 16;
 
 fn placement_shard(account_id: &str) -> i32 {
-    let shard = AggregateKey::account(account_id).stable_hash()
-        % u64::from(PLACEMENT_SHARDS.unsigned_abs());
-    i32::try_from(shard).unwrap_or(0)
+    super::shard_of(&AggregateKey::account(account_id), PLACEMENT_SHARDS)
 }
 
 const ENTRY_COLUMNS: &str = "symbol, side, limit_units, accepted_ms, account_id, \

@@ -265,6 +265,11 @@ fn timestamp(at: SystemTime) -> CqlTimestamp {
     CqlTimestamp(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 
+/// Which of `shards` partitions `key`'s markers go to, by its stable hash.
+fn shard_of(key: &AggregateKey, shards: i32) -> i32 {
+    i32::try_from(key.stable_hash() % u64::from(shards.unsigned_abs())).unwrap_or(0)
+}
+
 /// A marker's time; a marker without one counts as marked at the epoch (old enough to handle).
 fn system_time(at: Option<CqlTimestamp>) -> SystemTime {
     let millis = u64::try_from(at.map_or(0, |at| at.0)).unwrap_or(0);

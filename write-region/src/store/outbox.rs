@@ -75,7 +75,7 @@ impl Statements {
 }
 
 fn shard_of(key: &AggregateKey) -> i32 {
-    i32::try_from(key.stable_hash() % u64::from(OUTBOX_SHARDS.unsigned_abs())).unwrap_or(0)
+    super::shard_of(key, OUTBOX_SHARDS)
 }
 
 impl Store {
