@@ -8,6 +8,7 @@ mod api;
 mod commands;
 pub mod config;
 mod domain;
+mod group;
 mod outbox;
 pub mod store;
 

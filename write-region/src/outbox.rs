@@ -32,7 +32,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::RawEvent;
 
-use crate::store::{AggregateKey, NewEvent, Store, StoreError};
+use crate::store::{AggregateKey, Bookkeeping, NewEvent, Store, StoreError};
 
 /// A marker older than this, for a version that was never committed, is a lost race's leftover.
 const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
@@ -443,16 +443,15 @@ impl Worker {
         for ack in acks {
             ack.await.map_err(PublishError::jetstream)?;
         }
-        futures::future::try_join_all(
-            batch
-                .iter()
-                .zip(&plans)
-                .zip(&lasts)
-                .map(|(((key, queued), plan), &last)| {
-                    self.record(key, queued, plan.published, last)
-                }),
-        )
-        .await?;
+        let bookkeeping: Vec<Bookkeeping> = batch
+            .iter()
+            .zip(&plans)
+            .zip(&lasts)
+            .flat_map(|(((key, queued), plan), &last)| {
+                bookkeeping(key, queued, plan.published, last)
+            })
+            .collect();
+        self.store.record_published(&bookkeeping).await?;
         let published: usize = plans.iter().map(|plan| plan.payloads.len()).sum();
         self.backlog
             .published
@@ -493,27 +492,23 @@ impl Worker {
             payloads,
         })
     }
+}
 
-    /// Records that `key` is published up to `last` and clears its markers.
-    async fn record(
-        &self,
-        key: &AggregateKey,
-        queued: &Queued,
-        published: u64,
-        last: u64,
-    ) -> Result<(), PublishError> {
-        if last > published || queued.marker.is_some() {
-            self.store.mark_published(key, last).await?;
-        }
-        if let Some((marked, oldest)) = queued.marker
-            && marked > last
-            && oldest.elapsed().unwrap_or_default() > STALE_MARKER_AGE
-        {
-            // Written by a command whose commit lost its race: nothing to publish.
-            self.store.clear_pending(key, marked).await?;
-        }
-        Ok(())
+/// What records that `key` is published up to `last` and clears its markers: nothing when the
+/// batch published nothing of it and no sweep found its markers.
+fn bookkeeping(key: &AggregateKey, queued: &Queued, published: u64, last: u64) -> Vec<Bookkeeping> {
+    let mut entries = Vec::new();
+    if last > published || queued.marker.is_some() {
+        entries.push(Bookkeeping::Published(key.clone(), last));
     }
+    if let Some((marked, oldest)) = queued.marker
+        && marked > last
+        && oldest.elapsed().unwrap_or_default() > STALE_MARKER_AGE
+    {
+        // Written by a command whose commit lost its race: nothing to publish.
+        entries.push(Bookkeeping::Stale(key.clone(), marked));
+    }
+    entries
 }
 
 /// When the oldest work of `batch` was committed (or its marker written), in Unix milliseconds.

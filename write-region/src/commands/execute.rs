@@ -25,6 +25,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use ledger::Instrument;
 use prost::Message;
 use trading_proto::events::v1::{EventEnvelope, RawEvent, raw_event::Body};
 
@@ -90,6 +91,20 @@ impl Commands {
             id: id.to_owned(),
         };
         let stored = self.store.load(&key, false).await?;
+        decode_stored(&key, &stored)
+    }
+
+    /// The current state of an instrument, read together with the other placements' (see
+    /// `group`): the read starts after this call, so it sees every price committed before it.
+    pub(super) async fn instrument_now(
+        &self,
+        symbol: &str,
+    ) -> Result<Option<Instrument>, CommandError> {
+        let key = AggregateKey {
+            kind: Instrument::KIND,
+            id: symbol.to_owned(),
+        };
+        let stored = self.instruments.call(key.clone()).await?;
         decode_stored(&key, &stored)
     }
 
@@ -303,7 +318,7 @@ impl Commands {
         last_version: u64,
         effects: &Effects,
     ) -> Result<(), StoreError> {
-        let marker = self.store.mark_pending(key, last_version);
+        let marker = self.markers.call((key.clone(), last_version));
         let index = futures::future::try_join_all(
             effects
                 .index

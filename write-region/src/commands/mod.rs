@@ -24,8 +24,9 @@ use crate::{
         self, CashMovement, DomainError, OpenAccount, OrderCommand, OrderRef, PriceUpdate,
         decide::{OrderLimits, TradeIds},
     },
+    group::Group,
     outbox::Outbox,
-    store::{AggregateKey, PlacementMarker, RecordKind, Store, StoreError},
+    store::{AggregateKey, PlacementMarker, RecordKind, Store, StoreError, Stored},
 };
 
 use self::{
@@ -91,7 +92,16 @@ pub struct Commands {
     /// When the book sweep next looks for DAY orders past the close (ms since the epoch; 0: at
     /// its first pass).
     next_expiry_scan: std::sync::atomic::AtomicI64,
+    /// Outbox markers of the commands about to commit, written together (see `group`).
+    markers: Group<(AggregateKey, u64), ()>,
+    /// Instrument states read for placements, one read per instrument for every placement
+    /// waiting when it starts (see `group`).
+    instruments: Group<AggregateKey, Stored>,
 }
+
+/// Requests one group batch holds, and its batches with the store at once.
+const GROUP_BATCH: usize = 32;
+const GROUP_IN_FLIGHT: usize = 2;
 
 impl Commands {
     pub fn new(
@@ -102,7 +112,6 @@ impl Commands {
         after_commit: Option<AfterCommitHook>,
     ) -> Self {
         Self {
-            store,
             outbox,
             limits,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::default()).collect(),
@@ -110,6 +119,24 @@ impl Commands {
             session,
             price_jobs: PriceJobs::default(),
             next_expiry_scan: std::sync::atomic::AtomicI64::new(0),
+            markers: Group::start(GROUP_BATCH, GROUP_IN_FLIGHT, {
+                let store = store.clone();
+                move |markers: Vec<(AggregateKey, u64)>| {
+                    let store = store.clone();
+                    async move {
+                        store.mark_pending(&markers).await?;
+                        Ok(vec![(); markers.len()])
+                    }
+                }
+            }),
+            instruments: Group::start(GROUP_BATCH, GROUP_IN_FLIGHT, {
+                let store = store.clone();
+                move |keys: Vec<AggregateKey>| {
+                    let store = store.clone();
+                    async move { store.load_each(&keys).await }
+                }
+            }),
+            store,
         }
     }
 
@@ -181,7 +208,7 @@ impl Commands {
         context: &RequestContext,
     ) -> Result<api::PlaceOrderResponse, CommandError> {
         let instrument = self
-            .current::<Instrument>(&order.symbol)
+            .instrument_now(&order.symbol)
             .await?
             .ok_or_else(|| DomainError::not_found("symbol", &order.symbol))?;
         let idempotency = Idempotency {

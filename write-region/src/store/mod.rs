@@ -33,7 +33,7 @@ use scylla::{
 };
 
 pub use book::{BookEntry, PlacementMarker, PriceMarker};
-pub use outbox::PendingMarker;
+pub use outbox::{Bookkeeping, PendingMarker};
 pub use replication::{BadReplication, Replication, StoreConsistency};
 pub use streams::{Append, NewEvent, RecordKind, Stored};
 
@@ -57,6 +57,12 @@ pub enum StoreError {
     VersionOutOfRange(u64),
     #[error("stored data of {key} is corrupt: negative version {version}")]
     NegativeVersion { key: AggregateKey, version: i64 },
+    /// The request went to the store in a batch with others (`group`), and the batch failed.
+    #[error("a grouped store request failed")]
+    Grouped(#[source] std::sync::Arc<StoreError>),
+    /// The task that batches a kind of request is gone (the process is stopping).
+    #[error("the store request group has stopped")]
+    GroupStopped,
 }
 
 impl StoreError {
@@ -66,8 +72,10 @@ impl StoreError {
     /// (too few replicas alive for the level: nothing was tried, and trying again at once fails
     /// the same way) nor anything about the request itself.
     pub fn is_transient(&self) -> bool {
-        let Self::Driver(cause) = self else {
-            return false;
+        let cause = match self {
+            Self::Driver(cause) => cause,
+            Self::Grouped(error) => return error.is_transient(),
+            _ => return false,
         };
         match cause.downcast_ref::<ExecutionError>() {
             Some(ExecutionError::ConnectionPoolError(_) | ExecutionError::RequestTimeout(_)) => {
@@ -164,6 +172,8 @@ impl fmt::Display for AggregateKey {
 pub struct Store {
     session: Session,
     consistency: StoreConsistency,
+    /// Every statement's timeout; batches are built per request and take it from here.
+    request_timeout: Duration,
     streams: streams::Statements,
     outbox: outbox::Statements,
     book: book::Statements,
@@ -207,6 +217,7 @@ impl Store {
         Ok(Self {
             session,
             consistency: config.consistency,
+            request_timeout: config.request_timeout,
             streams,
             outbox,
             book,

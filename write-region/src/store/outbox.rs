@@ -7,12 +7,31 @@ use std::time::SystemTime;
 
 use futures::TryStreamExt;
 use platform::names::Aggregate;
-use scylla::{statement::prepared::PreparedStatement, value::CqlTimestamp};
+use scylla::{
+    statement::{
+        batch::{Batch, BatchType},
+        prepared::PreparedStatement,
+    },
+    value::{CqlTimestamp, CqlValue},
+};
 
 use super::{AggregateKey, Prepare, Store, StoreError, bigint, system_time, timestamp, version_of};
 
 /// How many partitions the outbox's pending markers are spread over.
 const OUTBOX_SHARDS: i32 = 64;
+/// Statements per unlogged batch of bookkeeping: far below the store's batch size limits
+/// (Cassandra warns at 5 KiB and refuses 50 KiB).
+const BATCH_STATEMENTS: usize = 32;
+
+/// One piece of the outbox's bookkeeping, batched with others into one store request.
+#[derive(Debug, Clone)]
+pub enum Bookkeeping {
+    /// Every event of the aggregate up to the version is published: record the progress and
+    /// drop its markers up to it.
+    Published(AggregateKey, u64),
+    /// Markers up to the version are a lost race's leftovers: drop them, progress unchanged.
+    Stale(AggregateKey, u64),
+}
 
 /// A pending outbox marker found by a sweep.
 #[derive(Debug, Clone)]
@@ -79,54 +98,83 @@ fn shard_of(key: &AggregateKey) -> i32 {
 }
 
 impl Store {
-    /// Records, before a commit, that `key` may soon have events at `version` to publish.
-    pub async fn mark_pending(&self, key: &AggregateKey, version: u64) -> Result<(), StoreError> {
-        self.session
-            .execute_unpaged(
-                &self.outbox.mark_pending,
-                (
-                    shard_of(key),
-                    key.kind.as_str(),
-                    &key.id,
-                    bigint(version)?,
-                    timestamp(SystemTime::now()),
-                ),
-            )
-            .await?;
+    /// Records, before their commits, that each aggregate may soon have events at its version
+    /// to publish: one request for all of them (one unlogged batch; the markers are
+    /// independent, so nothing needs the batch log).
+    pub async fn mark_pending(&self, markers: &[(AggregateKey, u64)]) -> Result<(), StoreError> {
+        let now = CqlValue::Timestamp(timestamp(SystemTime::now()));
+        let rows = markers
+            .iter()
+            .map(|(key, version)| {
+                Ok(vec![
+                    CqlValue::Int(shard_of(key)),
+                    CqlValue::Text(key.kind.as_str().to_owned()),
+                    CqlValue::Text(key.id.clone()),
+                    CqlValue::BigInt(bigint(*version)?),
+                    now.clone(),
+                ])
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let statements = vec![self.outbox.mark_pending.clone(); rows.len()];
+        self.unlogged(statements, rows).await
+    }
+
+    /// Writes the bookkeeping of published aggregates in as few requests as the batch limits
+    /// allow, sent together.
+    pub async fn record_published(&self, entries: &[Bookkeeping]) -> Result<(), StoreError> {
+        let mut statements = Vec::with_capacity(entries.len() * 2);
+        let mut rows = Vec::with_capacity(entries.len() * 2);
+        for entry in entries {
+            let (key, version, progress) = match entry {
+                Bookkeeping::Published(key, version) => (key, bigint(*version)?, true),
+                Bookkeeping::Stale(key, version) => (key, bigint(*version)?, false),
+            };
+            let kind = CqlValue::Text(key.kind.as_str().to_owned());
+            let id = CqlValue::Text(key.id.clone());
+            if progress {
+                statements.push(self.outbox.save_progress.clone());
+                rows.push(vec![CqlValue::BigInt(version), kind.clone(), id.clone()]);
+            }
+            statements.push(self.outbox.clear_pending.clone());
+            rows.push(vec![
+                CqlValue::Int(shard_of(key)),
+                kind,
+                id,
+                CqlValue::BigInt(version),
+            ]);
+        }
+        let mut rows = rows.into_iter();
+        let chunks = statements.chunks(BATCH_STATEMENTS).map(|chunk| {
+            let chunk_rows: Vec<_> = rows.by_ref().take(chunk.len()).collect();
+            self.unlogged(chunk.to_vec(), chunk_rows)
+        });
+        let chunks: Vec<_> = chunks.collect();
+        futures::future::try_join_all(chunks).await?;
         Ok(())
     }
 
-    /// Records that every event of `key` up to `version` is published.
-    pub async fn mark_published(&self, key: &AggregateKey, version: u64) -> Result<(), StoreError> {
-        let version = bigint(version)?;
-        let progress = self.session.execute_unpaged(
-            &self.outbox.save_progress,
-            (version, key.kind.as_str(), &key.id),
-        );
-        let clear = self.clear_pending_up_to(key, version);
-        let (progress, clear) = tokio::join!(progress, clear);
-        progress?;
-        clear?;
-        Ok(())
-    }
-
-    /// Deletes markers up to `version` without touching progress (stale markers of commits
-    /// that lost their race).
-    pub async fn clear_pending(&self, key: &AggregateKey, version: u64) -> Result<(), StoreError> {
-        self.clear_pending_up_to(key, bigint(version)?).await
-    }
-
-    async fn clear_pending_up_to(
+    /// Runs plain writes as one unlogged batch (a lone one as itself).
+    async fn unlogged(
         &self,
-        key: &AggregateKey,
-        version: i64,
+        statements: Vec<PreparedStatement>,
+        rows: Vec<Vec<CqlValue>>,
     ) -> Result<(), StoreError> {
-        self.session
-            .execute_unpaged(
-                &self.outbox.clear_pending,
-                (shard_of(key), key.kind.as_str(), &key.id, version),
-            )
-            .await?;
+        if let ([statement], [row]) = (statements.as_slice(), rows.as_slice()) {
+            self.session.execute_unpaged(statement, row).await?;
+            return Ok(());
+        }
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for statement in statements {
+            batch.append_statement(statement);
+        }
+        batch.set_consistency(self.consistency.quorum());
+        batch.set_request_timeout(Some(self.request_timeout));
+        // Fixed values only: sending it again to another node is harmless.
+        batch.set_is_idempotent(true);
+        self.session.batch(&batch, rows).await?;
         Ok(())
     }
 

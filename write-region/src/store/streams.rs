@@ -193,6 +193,27 @@ impl Store {
         })
     }
 
+    /// The states of `keys`, in their order: one read per distinct aggregate, sent together.
+    pub async fn load_each(&self, keys: &[AggregateKey]) -> Result<Vec<Stored>, StoreError> {
+        let mut distinct: Vec<&AggregateKey> = Vec::new();
+        let slots: Vec<usize> = keys
+            .iter()
+            .map(|key| match distinct.iter().position(|seen| *seen == key) {
+                Some(slot) => slot,
+                None => {
+                    distinct.push(key);
+                    distinct.len() - 1
+                }
+            })
+            .collect();
+        let loaded =
+            futures::future::try_join_all(distinct.iter().map(|key| self.load(key, false))).await?;
+        Ok(slots
+            .into_iter()
+            .filter_map(|slot| loaded.get(slot).cloned())
+            .collect())
+    }
+
     /// The idempotency record under `record_key`, if any.
     pub async fn load_record(
         &self,
@@ -328,6 +349,7 @@ impl Store {
         }
         batch.set_consistency(self.consistency.quorum());
         batch.set_serial_consistency(Some(self.consistency.serial()));
+        batch.set_request_timeout(Some(self.request_timeout));
         let result = self.session.batch(&batch, values).await?;
         applied(result)
     }
