@@ -3,15 +3,16 @@
 //! `Nats-Msg-Id` = `event_id` and in per-aggregate order.
 //!
 //! Each aggregate belongs to one worker (by hash), which publishes from the aggregate's last
-//! published version onwards, in order, and only then records the new published version and
-//! clears the aggregate's pending markers. A worker takes every aggregate waiting in its queue
-//! (up to `MAX_BATCH`) at once: their events go out back to back, the acks are awaited together
-//! and their bookkeeping is written concurrently, so under load one fsync wait on the hub and
-//! one round of store writes serve many commits instead of one. Commands write a marker before they commit, so a
-//! crash between commit and publish, or a NATS outage, leaves markers that the periodic sweep
-//! finds; the worker then reloads the unpublished events from the store. Republishing after a
-//! crash is harmless: JetStream drops a repeated `Nats-Msg-Id` inside its duplicate window and
-//! every consumer checks versions.
+//! published version onwards, in order, and only once the hub acknowledged them records the new
+//! published version and clears the aggregate's pending markers. A worker takes every aggregate
+//! waiting in its queue (up to `MAX_BATCH`) at once: their events go out back to back, the acks
+//! are awaited together, and their bookkeeping goes to the store as a few unlogged batches while
+//! the worker goes on to its next batch, so under load one fsync wait on the hub and one store
+//! request serve many commits instead of one, and the store's latency is not on the way to the
+//! stream. Commands write a marker before they commit, so a crash between commit and publish,
+//! or a NATS outage, leaves markers that the periodic sweep finds; the worker then reloads the
+//! unpublished events from the store. Republishing after a crash is harmless: JetStream drops a
+//! repeated `Nats-Msg-Id` inside its duplicate window and every consumer checks versions.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -28,7 +29,10 @@ use platform::{
     names::{Aggregate, aggregate_subject},
 };
 use prost::Message;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::RawEvent;
 
@@ -39,6 +43,8 @@ const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Aggregates a worker publishes in one go.
 const MAX_BATCH: usize = 256;
+/// Bookkeeping writes one worker may have with the store while it publishes on.
+const BOOKKEEPING_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
@@ -175,6 +181,7 @@ impl Outbox {
                 streams_ready: false,
                 backlog: backlog.clone(),
                 index,
+                bookkeeping: Arc::new(Semaphore::new(BOOKKEEPING_IN_FLIGHT)),
             };
             tasks.spawn(worker.run(receiver, shutdown.clone()));
         }
@@ -269,6 +276,8 @@ struct Worker {
     backlog: Arc<Backlog>,
     /// This worker's slot in `backlog.oldest_ms`.
     index: usize,
+    /// Bookkeeping writes this worker may have out at once.
+    bookkeeping: Arc<Semaphore>,
 }
 
 /// What a worker knows about an aggregate waiting in its queue.
@@ -451,7 +460,7 @@ impl Worker {
                 bookkeeping(key, queued, plan.published, last)
             })
             .collect();
-        self.store.record_published(&bookkeeping).await?;
+        self.write_bookkeeping(bookkeeping).await;
         let published: usize = plans.iter().map(|plan| plan.payloads.len()).sum();
         self.backlog
             .published
@@ -461,6 +470,32 @@ impl Worker {
         }
         drop(spans);
         Ok(())
+    }
+
+    /// Writes a published batch's bookkeeping while the worker goes on: its events are on the
+    /// stream, and this worker knows their versions in memory. A write that fails only leaves
+    /// markers behind; the sweep finds them and this worker clears them again, publishing
+    /// nothing twice. At most `BOOKKEEPING_IN_FLIGHT` writes are out at once, so a slow store
+    /// slows the worker down instead of piling writes up.
+    async fn write_bookkeeping(&self, entries: Vec<Bookkeeping>) {
+        if entries.is_empty() {
+            return;
+        }
+        let Ok(slot) = self.bookkeeping.clone().acquire_owned().await else {
+            return;
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.record_published(&entries).await {
+                platform::metrics::dependency_error(Dependency::Cassandra);
+                tracing::warn!(
+                    aggregates = entries.len(),
+                    error = &error as &dyn std::error::Error,
+                    "outbox bookkeeping not written; the sweep clears the markers again"
+                );
+            }
+            drop(slot);
+        });
     }
 
     /// What to publish of `key`: the events reported in-process when they follow the last

@@ -1,6 +1,7 @@
 //! The transactional outbox against real Cassandra and NATS: orders keep committing while NATS
 //! is down and every event reaches the raw stream once, in order, when it returns; a process
-//! that dies between commit and publish publishes the pending events after a restart.
+//! that dies between commit and publish publishes the pending events after a restart; a publish
+//! leaves its progress and no markers behind.
 
 mod support;
 
@@ -535,4 +536,66 @@ async fn a_process_killed_after_answering_publishes_everything_after_restart() -
     }
     assert_eq!(events.len(), 10, "published exactly once");
     restarted.stop().await
+}
+
+/// The bookkeeping a publish writes while the worker goes on (progress, markers cleared) does
+/// land: with the sweep slowed down, nothing else could clear the markers of these orders.
+#[tokio::test]
+async fn published_orders_leave_their_progress_and_no_markers() -> anyhow::Result<()> {
+    let config = write_region::Config {
+        outbox_sweep_interval_ms: 3_600_000,
+        ..support::isolated_config()
+    };
+    let region = WriteRegionProcess::spawn(BINARY, &config).await?;
+    let accounts = ["hal", "ida", "jon"];
+    priced_instrument(&region, "AAPL", "20.00").await?;
+    for account in accounts {
+        funded_account(&region, account, "10000").await?;
+    }
+    // Concurrent orders, so commands share marker batches and the outbox publishes several
+    // accounts per batch.
+    let calls = (0..12).map(|index| {
+        let mut orders = region.orders();
+        let account = accounts[index % accounts.len()];
+        async move {
+            orders
+                .place_order(order(
+                    account,
+                    &format!("book-{index}"),
+                    "AAPL",
+                    api::Side::Buy,
+                    1,
+                ))
+                .await
+        }
+    });
+    for answer in futures::future::join_all(calls).await {
+        answer?;
+    }
+    let store = Store::connect(&config.store()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut settled = true;
+        for account in accounts {
+            let key = AggregateKey::account(account);
+            let version = store.load(&key, false).await?.version;
+            assert_eq!(version, 6, "{account}: opened, funded, four orders");
+            settled &= store.published_version(&key).await? == version;
+        }
+        let marked: Vec<_> = store
+            .pending()
+            .await?
+            .into_iter()
+            .filter(|marker| accounts.contains(&marker.key.id.as_str()))
+            .collect();
+        if settled && marked.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "bookkeeping not written: markers {marked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    region.stop().await
 }
