@@ -102,6 +102,15 @@ read_region_env() {
 start_read_region() {
     local region=$1 addr=$2 nats=$3 redis=$4 metrics=$5
     edge_env READ_REGION_ "$metrics"
+    # A region answers reads by the thousand a second: it keeps one read in READ_TRACE_RATIO
+    # (default 1 %) of those that start a trace, and every span of a trace already sampled (an
+    # order's projection continues the write region's trace, which keeps them all).
+    if [[ ${TRACING:-off} == on ]]; then
+        EDGE_ENV+=(
+            "OTEL_TRACES_SAMPLER=parentbased_traceidratio"
+            "OTEL_TRACES_SAMPLER_ARG=${READ_TRACE_RATIO:-0.01}"
+        )
+    fi
     read_region_env "$region" "$nats" "$redis"
     start_component "read-region-$region" "${addr%:*}" "${addr##*:}" 120 \
         grpc_serving "$addr" -- env "${EDGE_ENV[@]}" "${READ_ENV[@]}" \
