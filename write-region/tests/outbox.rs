@@ -342,6 +342,36 @@ async fn outage_scenario(outage: Outage) -> anyhow::Result<()> {
     nats.stop().await
 }
 
+/// `count` market buys of `quantity` AAPL at once, spread over `accounts` in turn, each answered.
+async fn buy_concurrently(
+    region: &impl WriteApi,
+    accounts: &[&str],
+    prefix: &str,
+    count: usize,
+    quantity: i64,
+) -> anyhow::Result<()> {
+    let calls = (0..count).map(|index| {
+        let mut orders = region.orders();
+        let account = accounts[index % accounts.len()];
+        let client_order_id = format!("{prefix}-{index}");
+        async move {
+            orders
+                .place_order(order(
+                    account,
+                    &client_order_id,
+                    "AAPL",
+                    api::Side::Buy,
+                    quantity,
+                ))
+                .await
+        }
+    });
+    for answer in futures::future::join_all(calls).await {
+        answer?;
+    }
+    Ok(())
+}
+
 async fn event_count_on(nats_url: &str, stream: &str) -> anyhow::Result<Option<u64>> {
     let jetstream = jetstream::new(testkit::auth::nats(nats_url).await?);
     match jetstream.get_stream(stream).await {
@@ -495,24 +525,7 @@ async fn a_process_killed_after_answering_publishes_everything_after_restart() -
     for account in accounts {
         funded_account(&killed, account, "10000").await?;
     }
-    let calls = (0..6).map(|index| {
-        let mut orders = killed.orders();
-        let account = accounts[index % accounts.len()];
-        async move {
-            orders
-                .place_order(order(
-                    account,
-                    &format!("kill-{index}"),
-                    "AAPL",
-                    api::Side::Buy,
-                    3,
-                ))
-                .await
-        }
-    });
-    for answer in futures::future::join_all(calls).await {
-        answer?;
-    }
+    buy_concurrently(&killed, &accounts, "kill", 6, 3).await?;
     killed.kill().await?;
     drop(killed);
     assert_eq!(
@@ -554,24 +567,7 @@ async fn published_orders_leave_their_progress_and_no_markers() -> anyhow::Resul
     }
     // Concurrent orders, so commands share marker batches and the outbox publishes several
     // accounts per batch.
-    let calls = (0..12).map(|index| {
-        let mut orders = region.orders();
-        let account = accounts[index % accounts.len()];
-        async move {
-            orders
-                .place_order(order(
-                    account,
-                    &format!("book-{index}"),
-                    "AAPL",
-                    api::Side::Buy,
-                    1,
-                ))
-                .await
-        }
-    });
-    for answer in futures::future::join_all(calls).await {
-        answer?;
-    }
+    buy_concurrently(&region, &accounts, "book", 12, 1).await?;
     let store = Store::connect(&config.store()).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -398,15 +398,15 @@ impl Store {
 
     /// Every placement whose check against later prices may be unfinished.
     pub async fn placement_markers(&self) -> Result<Vec<PlacementMarker>, StoreError> {
-        let mut markers = Vec::new();
-        for shard in 0..PLACEMENT_SHARDS {
-            let rows = self
-                .session
-                .execute_iter(self.book.placement_markers.clone(), (shard,))
-                .await?
-                .rows_stream::<(String, String, i64, String, Option<CqlTimestamp>)>()?;
-            let rows: Vec<_> = rows.try_collect().await?;
-            markers.extend(rows.into_iter().filter_map(
+        let rows = self
+            .scan_shards::<(String, String, i64, String, Option<CqlTimestamp>)>(
+                &self.book.placement_markers,
+                PLACEMENT_SHARDS,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(
                 |(account_id, client_order_id, seen_version, symbol, marked_at)| {
                     Some(PlacementMarker {
                         account_id,
@@ -416,9 +416,8 @@ impl Store {
                         marked_at: system_time(marked_at),
                     })
                 },
-            ));
-        }
-        Ok(markers)
+            )
+            .collect())
     }
 
     /// Stores `plan` as the price event's plan unless one is stored already, and returns the

@@ -21,11 +21,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures::TryStreamExt;
 use platform::names::Aggregate;
 use scylla::{
     client::{
         execution_profile::ExecutionProfile, session::Session, session_builder::SessionBuilder,
     },
+    deserialize::row::DeserializeRow,
     errors::{DbError, ExecutionError, RequestAttemptError},
     policies::load_balancing::DefaultPolicy,
     statement::{Consistency, prepared::PreparedStatement},
@@ -252,6 +254,30 @@ impl Prepare<'_> {
         // one that is not, the conditional batch, is a `Batch` of its own that is never marked.
         statement.set_is_idempotent(true);
         Ok(statement)
+    }
+}
+
+impl Store {
+    /// Every row `statement` (a select `WHERE shard = ?`) finds in shards `0..shards`, shard by
+    /// shard: how the sweeps read their marker tables.
+    async fn scan_shards<R>(
+        &self,
+        statement: &PreparedStatement,
+        shards: i32,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        let mut found = Vec::new();
+        for shard in 0..shards {
+            let rows = self
+                .session
+                .execute_iter(statement.clone(), (shard,))
+                .await?
+                .rows_stream::<R>()?;
+            found.extend(rows.try_collect::<Vec<R>>().await?);
+        }
+        Ok(found)
     }
 }
 

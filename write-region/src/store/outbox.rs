@@ -5,7 +5,6 @@
 
 use std::time::SystemTime;
 
-use futures::TryStreamExt;
 use platform::names::Aggregate;
 use scylla::{
     statement::{
@@ -103,27 +102,26 @@ impl Store {
     /// independent, so nothing needs the batch log).
     pub async fn mark_pending(&self, markers: &[(AggregateKey, u64)]) -> Result<(), StoreError> {
         let now = CqlValue::Timestamp(timestamp(SystemTime::now()));
-        let rows = markers
+        let writes = markers
             .iter()
             .map(|(key, version)| {
-                Ok(vec![
+                let row = vec![
                     CqlValue::Int(shard_of(key)),
                     CqlValue::Text(key.kind.as_str().to_owned()),
                     CqlValue::Text(key.id.clone()),
                     CqlValue::BigInt(bigint(*version)?),
                     now.clone(),
-                ])
+                ];
+                Ok((self.outbox.mark_pending.clone(), row))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let statements = vec![self.outbox.mark_pending.clone(); rows.len()];
-        self.unlogged(statements, rows).await
+        self.unlogged(writes).await
     }
 
     /// Writes the bookkeeping of published aggregates in as few requests as the batch limits
     /// allow, sent together.
     pub async fn record_published(&self, entries: &[Bookkeeping]) -> Result<(), StoreError> {
-        let mut statements = Vec::with_capacity(entries.len() * 2);
-        let mut rows = Vec::with_capacity(entries.len() * 2);
+        let mut writes = Vec::with_capacity(entries.len() * 2);
         for entry in entries {
             let (key, version, progress) = match entry {
                 Bookkeeping::Published(key, version) => (key, bigint(*version)?, true),
@@ -132,43 +130,48 @@ impl Store {
             let kind = CqlValue::Text(key.kind.as_str().to_owned());
             let id = CqlValue::Text(key.id.clone());
             if progress {
-                statements.push(self.outbox.save_progress.clone());
-                rows.push(vec![CqlValue::BigInt(version), kind.clone(), id.clone()]);
+                writes.push((
+                    self.outbox.save_progress.clone(),
+                    vec![CqlValue::BigInt(version), kind.clone(), id.clone()],
+                ));
             }
-            statements.push(self.outbox.clear_pending.clone());
-            rows.push(vec![
-                CqlValue::Int(shard_of(key)),
-                kind,
-                id,
-                CqlValue::BigInt(version),
-            ]);
+            writes.push((
+                self.outbox.clear_pending.clone(),
+                vec![
+                    CqlValue::Int(shard_of(key)),
+                    kind,
+                    id,
+                    CqlValue::BigInt(version),
+                ],
+            ));
         }
-        let mut rows = rows.into_iter();
-        let chunks = statements.chunks(BATCH_STATEMENTS).map(|chunk| {
-            let chunk_rows: Vec<_> = rows.by_ref().take(chunk.len()).collect();
-            self.unlogged(chunk.to_vec(), chunk_rows)
-        });
-        let chunks: Vec<_> = chunks.collect();
-        futures::future::try_join_all(chunks).await?;
+        futures::future::try_join_all(
+            writes
+                .chunks(BATCH_STATEMENTS)
+                .map(|chunk| self.unlogged(chunk.to_vec())),
+        )
+        .await?;
         Ok(())
     }
 
-    /// Runs plain writes as one unlogged batch (a lone one as itself).
+    /// Runs plain writes (a statement and its values each) as one unlogged batch, a lone one
+    /// as itself.
     async fn unlogged(
         &self,
-        statements: Vec<PreparedStatement>,
-        rows: Vec<Vec<CqlValue>>,
+        writes: Vec<(PreparedStatement, Vec<CqlValue>)>,
     ) -> Result<(), StoreError> {
-        if let ([statement], [row]) = (statements.as_slice(), rows.as_slice()) {
+        if let [(statement, row)] = writes.as_slice() {
             self.session.execute_unpaged(statement, row).await?;
             return Ok(());
         }
-        if statements.is_empty() {
+        if writes.is_empty() {
             return Ok(());
         }
         let mut batch = Batch::new(BatchType::Unlogged);
-        for statement in statements {
+        let mut rows = Vec::with_capacity(writes.len());
+        for (statement, row) in writes {
             batch.append_statement(statement);
+            rows.push(row);
         }
         batch.set_consistency(self.consistency.quorum());
         batch.set_request_timeout(Some(self.request_timeout));
@@ -194,26 +197,24 @@ impl Store {
 
     /// Every pending marker, shard by shard.
     pub async fn pending(&self) -> Result<Vec<PendingMarker>, StoreError> {
-        let mut markers = Vec::new();
-        for shard in 0..OUTBOX_SHARDS {
-            let rows = self
-                .session
-                .execute_iter(self.outbox.scan_pending.clone(), (shard,))
-                .await?
-                .rows_stream::<(String, String, i64, Option<CqlTimestamp>)>()?;
-            let found: Vec<_> = rows.try_collect().await?;
-            for (kind, id, version, marked_at) in found {
-                // A kind this build does not know has no stream of ours to publish to.
-                let Some(kind) = Aggregate::parse(&kind) else {
-                    continue;
-                };
-                let key = AggregateKey { kind, id };
-                markers.push(PendingMarker {
-                    version: version_of(&key, version)?,
-                    key,
-                    marked_at: system_time(marked_at),
-                });
-            }
+        let rows = self
+            .scan_shards::<(String, String, i64, Option<CqlTimestamp>)>(
+                &self.outbox.scan_pending,
+                OUTBOX_SHARDS,
+            )
+            .await?;
+        let mut markers = Vec::with_capacity(rows.len());
+        for (kind, id, version, marked_at) in rows {
+            // A kind this build does not know has no stream of ours to publish to.
+            let Some(kind) = Aggregate::parse(&kind) else {
+                continue;
+            };
+            let key = AggregateKey { kind, id };
+            markers.push(PendingMarker {
+                version: version_of(&key, version)?,
+                key,
+                marked_at: system_time(marked_at),
+            });
         }
         Ok(markers)
     }
