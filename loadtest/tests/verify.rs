@@ -216,9 +216,9 @@ async fn verify_passes_on_traded_accounts_and_names_a_corrupted_view() -> anyhow
     let mut quantity = ViewField::open(
         &endpoints.region("ap").redis_url,
         "ap",
-        "posq",
+        "pos",
         victim,
-        &symbol,
+        &format!("q:{symbol}"),
     )
     .await?;
     let (true_cash, true_quantity) = (cash.get().await?, quantity.get().await?);

@@ -16,7 +16,7 @@ pub mod project;
 pub mod reads;
 pub mod views;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use platform::{config::ConfigError, server::Server, telemetry::Causes};
 use tokio::{net::TcpListener, task::JoinSet};
@@ -151,9 +151,7 @@ pub async fn rebuild(
     let (views, mirror) = connect(&config).await?;
     let report = project::rebuild(&views, &mirror, config.batch_size, &shutdown, progress).await?;
     if let Some(previous) = report.previous_generation {
-        // Reads that picked the old generation just before the switch finish first.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        views.drop_generation(previous).await?;
+        project::retire(&views, previous).await?;
     }
     Ok(report)
 }

@@ -452,7 +452,8 @@ async fn read_ahead(
     }
 }
 
-/// Rebuilds the views from the mirror into a fresh generation and switches to it.
+/// Rebuilds the views from the mirror into a fresh generation and switches to it. A rebuild
+/// that fails removes what it built (a retry starts another generation).
 pub async fn rebuild(
     views: &Views,
     mirror: &stream::Stream,
@@ -460,8 +461,25 @@ pub async fn rebuild(
     shutdown: &CancellationToken,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<RebuildReport, ProjectError> {
-    let started = Instant::now();
     let generation = views.begin_generation().await?;
+    let built = fill_and_switch(views, mirror, generation, batch_size, shutdown, progress).await;
+    if built.is_err()
+        && let Err(error) = views.drop_generation(generation).await
+    {
+        tracing::warn!(generation, error = %Causes(&error), "cannot remove a failed rebuild's generation");
+    }
+    built
+}
+
+async fn fill_and_switch(
+    views: &Views,
+    mirror: &stream::Stream,
+    generation: u64,
+    batch_size: usize,
+    shutdown: &CancellationToken,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<RebuildReport, ProjectError> {
+    let started = Instant::now();
     let mut target = mirror.get_info().await?.state.last_sequence;
     let consumer = mirror
         .create_consumer(pull::OrderedConfig {
@@ -583,6 +601,14 @@ struct Upkeep {
     gaps: HashMap<String, Gap>,
 }
 
+/// Removes a generation a switch replaced, once the reads that picked it just before the
+/// switch have finished.
+pub async fn retire(views: &Views, generation: u64) -> Result<(), ViewError> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    views.drop_generation(generation).await?;
+    Ok(())
+}
+
 /// The live projector: what the server runs in the background.
 pub struct Projector {
     pub views: Views,
@@ -594,8 +620,9 @@ pub struct Projector {
 }
 
 impl Projector {
-    /// Rebuilds into a fresh generation when Redis holds none (first start, or restarted
-    /// empty); keeps retrying while Redis is unreachable.
+    /// Rebuilds into a fresh generation when Redis holds none this code can use (first start,
+    /// restarted empty, or views of an older key layout, which are then removed); keeps
+    /// retrying while Redis is unreachable.
     async fn heal(&self, shutdown: &CancellationToken) -> Result<(), ProjectError> {
         match self.views.current_generation().await? {
             Some(_) => Ok(()),
@@ -623,6 +650,10 @@ impl Projector {
                     elapsed_ms = report.progress.elapsed.as_millis() as u64,
                     "views rebuilt"
                 );
+                // What was served before is a generation of an older layout, if anything.
+                if let Some(previous) = report.previous_generation {
+                    retire(&self.views, previous).await?;
+                }
                 Ok(())
             }
         }

@@ -8,15 +8,17 @@
 //! sentinel: when Redis comes back empty it is missing, and the projector rebuilds.
 //!
 //! Per generation `g`:
-//! - `g:meta` hash: `seq` (the highest mirror stream sequence applied or seen), `created_ms`,
-//!   `acked` (the consumer's ack floor as last recorded: every event up to it is applied here,
+//! - `g:meta` hash: `layout` (this key layout's number, [`LAYOUT`]: a generation of another
+//!   layout is treated as absent, and rebuilt), `seq` (the highest mirror stream sequence
+//!   applied or seen), `created_ms`, `acked` (the consumer's ack floor as last recorded: every event up to it is applied here,
 //!   because an event is acknowledged only after its apply, which Redis logged before this).
 //! - `g:cursor` hash: `<aggregate_type>:<aggregate_id>` -> `version:part:parts`.
 //! - `g:acct:<id>` hash: owner, currency, cash, realized (1e-8 units), reserved (cash held back
 //!   by resting buys), buying_power, version, as_of (ms).
-//! - `g:posq:<id>` / `g:posc:<id>` / `g:posr:<id>` hashes: symbol -> quantity / average cost /
-//!   realized P&L (1e-8 units); `g:posres:<id>` hash: symbol -> shares held back by resting
-//!   sells, only where some are.
+//! - `g:pos:<id>` hash, every position of the account in one key (a portfolio read is one
+//!   `HGETALL` of it whatever the number of positions): `q:<symbol>` quantity, `c:<symbol>`
+//!   average cost, `r:<symbol>` realized P&L (1e-8 units), `h:<symbol>` shares held back by
+//!   resting sells (only where some are).
 //! - `g:orders:<id>` hash: client order id -> `<status>:<encoded portfolio.v1.Order>` (its
 //!   latest state); `g:orderids:<status>:<id>` sorted sets of the client order ids in each
 //!   status (score 0, so in id order: a page is a range); `g:orderversions:<id>` sorted set of
@@ -25,14 +27,16 @@
 //! - `g:trades:<id>` sorted set: encoded `portfolio.v1.Trade`, scored by account version.
 //! - `g:alerts:<id>` list of `<account_version>:<encoded portfolio.v1.RiskAlert>`, and
 //!   `g:alertids:<id>` set of alert ids already recorded.
-//! - `g:sym:<symbol>` hash: name, sector, asset_class, currency, price, day, trades, volume,
-//!   notional (1e-8 units), holders; `g:symbols` set of known symbols.
+//! - `g:symref` hash, what a portfolio shows of each symbol, for all of them (one `HMGET` reads
+//!   a portfolio's): `p:<symbol>` last price, `n:<symbol>` name, `s:<symbol>` sector.
+//! - `g:sym:<symbol>` hash: asset_class, currency, day, trades, volume, notional (1e-8 units),
+//!   holders; `g:symbols` set of known symbols.
 //! - `g:totals` hash: accounts, day, trades, volume, notional (1e-8 units).
 //!
 //! Money that Redis adds up is kept as integers in units of 1e-8 (`HINCRBY` is exact 64-bit
 //! arithmetic); Lua's own numbers are doubles and never touch money.
 
-use std::num::ParseIntError;
+use std::{num::ParseIntError, sync::LazyLock};
 
 use redis::{Value, aio::ConnectionManager};
 use rust_decimal::Decimal;
@@ -42,6 +46,9 @@ use crate::{
     prepare::PreparedEvent,
 };
 
+/// The key layout described above. Raised whenever a layout change means a generation written
+/// by older code cannot be read or written by this code: the projector then rebuilds.
+pub const LAYOUT: u32 = 2;
 /// Functions shared by the apply and read scripts, prepended to each.
 const LUA_COMMON: &str = include_str!("lua/common.lua");
 const LUA_APPLY: &str = include_str!("lua/apply.lua");
@@ -168,6 +175,11 @@ pub async fn scan_keys(
     }
 }
 
+/// A script that uses the shared functions, and the layout they check.
+fn with_common(script: &str) -> String {
+    format!("local LAYOUT = '{LAYOUT}'\n{LUA_COMMON}{script}")
+}
+
 impl Views {
     /// Connects to the Redis at `url` as `login` (user, password) when given, else as the URL
     /// says; every key this handle touches starts with `prefix`.
@@ -193,8 +205,8 @@ impl Views {
         Ok(Self {
             connection,
             prefix,
-            apply: redis::Script::new(&format!("{LUA_COMMON}{LUA_APPLY}")),
-            read: redis::Script::new(&format!("{LUA_COMMON}{LUA_READ}")),
+            apply: redis::Script::new(&with_common(LUA_APPLY)),
+            read: redis::Script::new(&with_common(LUA_READ)),
             switch: redis::Script::new(LUA_SWITCH),
             acked: redis::Script::new(LUA_ACKED),
         })
@@ -217,7 +229,8 @@ impl Views {
         Ok(())
     }
 
-    /// The generation served, or None when Redis holds no views (fresh or restarted empty).
+    /// The generation served, or None when Redis holds no views this code can use (fresh,
+    /// restarted empty, or written in an older layout).
     pub async fn current_generation(&self) -> Result<Option<u64>, ViewError> {
         let mut connection = self.connection.clone();
         let current: Option<u64> = redis::cmd("GET")
@@ -227,11 +240,12 @@ impl Views {
         let Some(generation) = current else {
             return Ok(None);
         };
-        let sentinel: bool = redis::cmd("EXISTS")
+        let layout: Option<u32> = redis::cmd("HGET")
             .arg(self.meta_key(generation))
+            .arg("layout")
             .query_async(&mut connection)
             .await?;
-        Ok(sentinel.then_some(generation))
+        Ok((layout == Some(LAYOUT)).then_some(generation))
     }
 
     /// Identifies the Redis server process: it changes when Redis restarts, which is when it
@@ -292,6 +306,8 @@ impl Views {
             .map_or(0, |d| d.as_millis());
         redis::cmd("HSET")
             .arg(self.meta_key(generation))
+            .arg("layout")
+            .arg(LAYOUT)
             .arg("seq")
             .arg(0)
             .arg("created_ms")
@@ -559,55 +575,92 @@ pub(crate) fn rows<const N: usize, T>(
     rows.iter().map(row).collect()
 }
 
-/// Parses `book()`'s flat answer (`lua/common.lua`): account id, version, as_of, cash,
-/// realized, reserved cash, buying power, then eight fields per position.
+/// Parses `book()`'s answer (`lua/common.lua`): the account id, then three lists as Redis
+/// gave them: the account's hash and its positions' hash as field/value pairs, and the price,
+/// name and sector of each position in the order of their quantity fields.
 pub(crate) fn parse_book(fields: &[Value]) -> Result<Book, ViewError> {
-    let [
-        account_id,
-        version,
-        as_of,
-        cash,
-        realized,
-        reserved,
-        buying_power,
-        rest @ ..,
-    ] = fields
-    else {
-        return Err(ViewError::Protocol("short book"));
+    let [account_id, account, positions, references] = fields else {
+        return Err(ViewError::Protocol("book of another shape"));
     };
-    let positions = rows(
-        rest,
-        "ragged positions",
-        |[
-            symbol,
-            quantity,
-            cost,
-            realized,
-            price,
-            name,
-            sector,
-            reserved,
-        ]| {
+    let account = Fields::of(account)?;
+    let cash = account.get(b"cash").unwrap_or(&ZERO);
+    let held = Fields::of(positions)?;
+    let references = slice(references)?;
+    let symbols = held.tagged(b"q:");
+    let (triples, rest) = references.as_chunks::<3>();
+    if !rest.is_empty() || triples.len() != symbols.len() {
+        return Err(ViewError::Protocol(
+            "references of another number than positions",
+        ));
+    }
+    let positions = symbols
+        .into_iter()
+        .zip(triples)
+        .map(|((symbol, quantity), [price, name, sector])| {
+            let field = |tag: &[u8]| held.get(&[tag, symbol].concat()).unwrap_or(&ZERO);
             Ok(BookPosition {
-                symbol: string(symbol)?,
+                symbol: String::from_utf8_lossy(symbol).into_owned(),
                 quantity: number(quantity)?,
-                average_cost: money(cost)?,
-                realized_pnl: units(realized)?,
+                average_cost: money(field(b"c:"))?,
+                realized_pnl: units(field(b"r:"))?,
                 last_price: optional_money(price)?,
                 name: string(name)?,
                 sector: string(sector)?,
-                reserved_quantity: number(reserved)?,
+                reserved_quantity: number(field(b"h:"))?,
             })
-        },
-    )?;
+        })
+        .collect::<Result<_, ViewError>>()?;
     Ok(Book {
         account_id: string(account_id)?,
-        version: number(version)?,
-        as_of_ms: number(as_of)?,
+        version: number(account.get(b"version").unwrap_or(&ZERO))?,
+        as_of_ms: number(account.get(b"as_of").unwrap_or(&ZERO))?,
         cash: money(cash)?,
-        realized_pnl: units(realized)?,
-        reserved_cash: money(reserved)?,
-        buying_power: money(buying_power)?,
+        realized_pnl: units(account.get(b"realized").unwrap_or(&ZERO))?,
+        reserved_cash: money(account.get(b"reserved").unwrap_or(&ZERO))?,
+        // A book stored before orders rested reserves nothing: its buying power is its cash.
+        buying_power: money(account.get(b"buying_power").unwrap_or(cash))?,
         positions,
     })
+}
+
+/// What a field never written reads as.
+static ZERO: LazyLock<Value> = LazyLock::new(|| Value::SimpleString("0".to_owned()));
+
+/// A hash as `HGETALL` answered it, looked up by field.
+struct Fields<'v>(Vec<(&'v [u8], &'v Value)>);
+
+impl<'v> Fields<'v> {
+    fn of(value: &'v Value) -> Result<Self, ViewError> {
+        let (pairs, rest) = slice(value)?.as_chunks::<2>();
+        if !rest.is_empty() {
+            return Err(ViewError::Protocol("a hash of an odd number of items"));
+        }
+        pairs
+            .iter()
+            .map(|[field, value]| Ok((bytes(field)?, value)))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    fn get(&self, field: &[u8]) -> Option<&'v Value> {
+        self.0
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map(|(_, value)| *value)
+    }
+
+    /// The fields named `<tag><name>`, as (name, value), in the hash's order.
+    fn tagged(&self, tag: &[u8]) -> Vec<(&'v [u8], &'v Value)> {
+        self.0
+            .iter()
+            .filter_map(|(name, value)| name.strip_prefix(tag).map(|rest| (rest, *value)))
+            .collect()
+    }
+}
+
+fn slice(value: &Value) -> Result<&[Value], ViewError> {
+    match value {
+        Value::Array(items) => Ok(items),
+        _ => Err(ViewError::Protocol("expected a list")),
+    }
 }

@@ -127,6 +127,65 @@ async fn a_rebuild_produces_views_identical_key_for_key_and_switches_atomically(
     Ok(())
 }
 
+/// Views written by code of an older key layout (their meta names no layout, or another) are
+/// never read as if they were of this one: reads answer that nothing is served, and a region
+/// started on them rebuilds from its mirror, serves the same figures, and removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn views_of_an_older_layout_are_rebuilt_not_misread() -> anyhow::Result<()> {
+    let tag = tag();
+    let hub = HubStream::create(&tag).await?;
+    let config = isolated_config(&eu(), &hub, &tag);
+    let region = ReadRegion::start(config.clone()).await?;
+    let mut relay = Relay::default();
+    hub.publish(&busy_market(&mut relay, 4, 6).concat()).await?;
+    let version = relay.accounts["acct-1"].version;
+    let before = region
+        .portfolio_at("acct-1", version, Duration::from_secs(30))
+        .await?;
+    assert!(!before.positions.is_empty());
+    region.stop().await?;
+
+    // What the code before layout numbers left: the same generation, its meta without one.
+    let prefix = config.key_prefix();
+    let old = current_generation(&config.redis_url, &prefix)
+        .await?
+        .expect("a served generation");
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::cmd("HDEL")
+        .arg(format!("{prefix}:g{old}:meta"))
+        .arg("layout")
+        .query_async::<()>(&mut connection)
+        .await?;
+    let views = read_region::views::Views::connect(&config.redis_url, None, prefix.clone()).await?;
+    assert_eq!(
+        views.portfolio("acct-1").await?,
+        read_region::reads::Read::NoGeneration
+    );
+
+    let region = ReadRegion::start(config.clone()).await?;
+    let mut after = region
+        .portfolio_at("acct-1", version, Duration::from_secs(30))
+        .await?;
+    after.staleness_ms = before.staleness_ms;
+    assert_eq!(after, before);
+    let new = current_generation(&config.redis_url, &prefix)
+        .await?
+        .expect("a served generation");
+    assert_ne!(new, old);
+    let left = eventually(Duration::from_secs(10), || async {
+        let contents = generation_contents(&config.redis_url, &prefix, old).await?;
+        Ok(contents.is_empty().then_some(()))
+    })
+    .await;
+    assert!(left.is_ok(), "the older layout's generation is removed");
+
+    region.stop().await?;
+    clean_up(&config).await;
+    hub.delete().await;
+    Ok(())
+}
+
 /// The rebuild rate on a stream of about 100,000 events. A measurement, not a pass/fail
 /// claim: `cargo test -p read-region --release --test rebuild -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

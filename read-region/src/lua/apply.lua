@@ -12,6 +12,13 @@
 -- {'applied', gen, book...} | {'duplicate', gen} | {'gap', gen, v, p, n} | {'nogen'}. The book
 -- (see common.lua) follows only with the snapshot flag, after an account version completes.
 
+-- A hash as a Lua table of its fields.
+local function hash(key)
+  local flat, t = redis.call('HGETALL', key), {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
 -- Adds to a counter field. A sum beyond Redis's 64-bit integers (only figures far beyond the
 -- write model's limits get there) must not fail the script, which would hold the region's
 -- projection at this event for good: the field reads 'overflow' instead, and stays so (a later
@@ -31,28 +38,28 @@ local function holders(g, symbol, before, after)
     add(g .. ':sym:' .. symbol, 'holders', -1)
   end
 end
--- `held` is the quantity stored now when the caller has read it already.
+-- Sets a position's quantity and average cost (a zero quantity removes both); `held` is the
+-- quantity stored now when the caller has read it already.
 local function set_position(g, acct, symbol, qty, cost, held)
-  local before = tonumber(held or redis.call('HGET', g .. ':posq:' .. acct, symbol) or '0')
+  local key = g .. ':pos:' .. acct
+  local before = tonumber(held or redis.call('HGET', key, QTY .. symbol) or '0')
   holders(g, symbol, before, tonumber(qty))
   if tonumber(qty) == 0 then
-    redis.call('HDEL', g .. ':posq:' .. acct, symbol)
-    redis.call('HDEL', g .. ':posc:' .. acct, symbol)
+    redis.call('HDEL', key, QTY .. symbol, COST .. symbol)
   else
-    redis.call('HSET', g .. ':posq:' .. acct, symbol, qty)
-    redis.call('HSET', g .. ':posc:' .. acct, symbol, cost)
+    redis.call('HSET', key, QTY .. symbol, qty, COST .. symbol, cost)
   end
 end
 -- A symbol's reference fields, set by its first trade; a batch holds many trades of few
 -- symbols, so once both are known in this run the writes are not repeated.
 local referenced = {}
 local function reference(g, symbol, name, sector)
-  local key = g .. ':sym:' .. symbol
-  if referenced[key] then return end
-  if name ~= '' then redis.call('HSETNX', key, 'name', name) end
-  if sector ~= '' then redis.call('HSETNX', key, 'sector', sector) end
+  if referenced[symbol] then return end
+  local key = g .. ':symref'
+  if name ~= '' then redis.call('HSETNX', key, NAME .. symbol, name) end
+  if sector ~= '' then redis.call('HSETNX', key, SECTOR .. symbol, sector) end
   redis.call('SADD', g .. ':symbols', symbol)
-  referenced[key] = name ~= '' and sector ~= ''
+  referenced[symbol] = name ~= '' and sector ~= ''
 end
 -- Counters for "today": a trade of a later day starts the day afresh, one of an earlier day
 -- (possible across accounts) no longer counts for today. Every trade of a batch counts on its
@@ -101,9 +108,7 @@ end
 local prefix, gen, snapshot = ARGV[1], ARGV[2], ARGV[3]
 if gen == '' then gen = redis.call('GET', prefix .. ':current') end
 local g
-if gen and redis.call('EXISTS', prefix .. ':g' .. gen .. ':meta') == 1 then
-  g = prefix .. ':g' .. gen
-end
+if gen and usable(prefix .. ':g' .. gen) then g = prefix .. ':g' .. gen end
 
 -- What a run writes once, at its end: the highest stream sequence it saw (to the generation's
 -- meta), and every cursor it moved (one HSET). Cursors it read or moved are kept, as an
@@ -165,7 +170,7 @@ local function apply(o)
     set_position(g, aid, symbol, ARGV[o + 15], ARGV[o + 16])
     -- A buy realizes nothing: adding zero would change nothing.
     if tonumber(realized) ~= 0 then
-      add(g .. ':posr:' .. aid, symbol, realized)
+      add(g .. ':pos:' .. aid, REALIZED .. symbol, realized)
       add(g .. ':acct:' .. aid, 'realized', realized)
     end
     reference(g, symbol, ARGV[o + 17], ARGV[o + 18])
@@ -176,38 +181,44 @@ local function apply(o)
     account_fields = {'cash', ARGV[o + 10], 'realized', ARGV[o + 11], 'reserved', ARGV[o + 12],
       'buying_power', ARGV[o + 13]}
     -- The book repeats every position, most of them unchanged (the trade before it already
-    -- moved the one it traded): read the positions once and write only what differs.
-    local held, costs = hash(g .. ':posq:' .. aid), hash(g .. ':posc:' .. aid)
-    local rkey, reskey = g .. ':posr:' .. aid, g .. ':posres:' .. aid
-    local realized, reserved = hash(rkey), hash(reskey)
-    local listed = {}
+    -- moved the one it traded): read the positions once and write only what differs, in one
+    -- HSET and one HDEL.
+    local key = g .. ':pos:' .. aid
+    local p = hash(key)
+    local sets, dels, listed = {}, {}, {}
+    local function put(field, value) sets[#sets + 1], sets[#sets + 2] = field, value end
+    local function drop(field) dels[#dels + 1] = field end
     local n = tonumber(ARGV[o + 14])
     for i = 0, n - 1 do
       local base = o + 15 + i * 7
       local symbol, qty, cost, r = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+      local q, c, h = QTY .. symbol, COST .. symbol, HELD .. symbol
       listed[symbol] = true
-      local same = (held[symbol] == qty and costs[symbol] == cost)
-        or (tonumber(qty) == 0 and held[symbol] == nil and costs[symbol] == nil)
-      if not same then set_position(g, aid, symbol, qty, cost, held[symbol] or '0') end
-      if realized[symbol] ~= r then redis.call('HSET', rkey, symbol, r) end
+      local zero = tonumber(qty) == 0
+      if not ((p[q] == qty and p[c] == cost) or (zero and p[q] == nil and p[c] == nil)) then
+        holders(g, symbol, tonumber(p[q] or '0'), tonumber(qty))
+        if zero then drop(q); drop(c) else put(q, qty); put(c, cost) end
+      end
+      if p[REALIZED .. symbol] ~= r then put(REALIZED .. symbol, r) end
       reference(g, symbol, ARGV[base + 4], ARGV[base + 5])
       -- Most positions reserve nothing: only what resting sells hold back is stored.
       local res = ARGV[base + 6]
       if tonumber(res) == 0 then
-        if reserved[symbol] then redis.call('HDEL', reskey, symbol) end
-      elseif reserved[symbol] ~= res then
-        redis.call('HSET', reskey, symbol, res)
+        if p[h] then drop(h) end
+      elseif p[h] ~= res then
+        put(h, res)
       end
     end
-    -- The book is authoritative: a position it no longer lists is gone.
-    for symbol, qty in pairs(held) do
-      if not listed[symbol] then set_position(g, aid, symbol, '0', '0', qty) end
-    end
-    for _, kept in ipairs({{rkey, realized}, {reskey, reserved}}) do
-      for symbol in pairs(kept[2]) do
-        if not listed[symbol] then redis.call('HDEL', kept[1], symbol) end
+    -- The book is authoritative: a position it no longer lists is gone, every field of it.
+    for field, value in pairs(p) do
+      local tag, symbol = string.sub(field, 1, 2), string.sub(field, 3)
+      if not listed[symbol] then
+        if tag == QTY then holders(g, symbol, tonumber(value), 0) end
+        drop(field)
       end
     end
+    if #sets > 0 then call_each('HSET', key, sets) end
+    if #dels > 0 then call_each('HDEL', key, dels) end
   elseif kind == 'order' then
     -- The order's latest state, `<status>:<encoded Order>`; its id in the sorted set of its
     -- status (listed by id, so a page is a range) and scored by this version in the set of
@@ -231,12 +242,11 @@ local function apply(o)
       redis.call('RPUSH', g .. ':alerts:' .. account, tostring(at) .. ':' .. ARGV[o + 12])
     end
   elseif kind == 'instrument' then
-    local key = g .. ':sym:' .. aid
-    redis.call('HSET', key, 'name', ARGV[o + 10], 'sector', ARGV[o + 11],
-      'asset_class', ARGV[o + 12], 'currency', ARGV[o + 13])
+    redis.call('HSET', g .. ':sym:' .. aid, 'asset_class', ARGV[o + 12], 'currency', ARGV[o + 13])
+    redis.call('HSET', g .. ':symref', NAME .. aid, ARGV[o + 10], SECTOR .. aid, ARGV[o + 11])
     redis.call('SADD', g .. ':symbols', aid)
   elseif kind == 'price' then
-    redis.call('HSET', g .. ':sym:' .. aid, 'price', ARGV[o + 10])
+    redis.call('HSET', g .. ':symref', PRICE .. aid, ARGV[o + 10])
     redis.call('SADD', g .. ':symbols', aid)
   end
 

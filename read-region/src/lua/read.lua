@@ -4,6 +4,8 @@ local prefix, op = ARGV[1], ARGV[2]
 local gen = redis.call('GET', prefix .. ':current')
 if not gen then return {'nogen'} end
 local g = prefix .. ':g' .. gen
+-- An older layout's generation is rebuilt before anything reads it.
+if not usable(g) then return {'nogen'} end
 
 -- Whether a sorts before b byte by byte, as Redis orders the members of a sorted set that
 -- share a score. Lua's own `<` compares by the server's collation locale, which need not.
@@ -94,11 +96,17 @@ elseif op == 'dashboard' then
   for i = 1, 5 do out[#out + 1] = t[i] or '0' end
   local symbols = redis.call('SMEMBERS', g .. ':symbols')
   table.sort(symbols)
+  local refs = {}
   for _, s in ipairs(symbols) do
-    local m = redis.call('HMGET', g .. ':sym:' .. s, 'name', 'sector', 'price', 'day', 'trades',
-      'volume', 'notional', 'holders')
+    refs[#refs + 1], refs[#refs + 2], refs[#refs + 3] = NAME .. s, SECTOR .. s, PRICE .. s
+  end
+  local ref = call_each('HMGET', g .. ':symref', refs)
+  for i, s in ipairs(symbols) do
+    local m = redis.call('HMGET', g .. ':sym:' .. s, 'day', 'trades', 'volume', 'notional',
+      'holders')
     out[#out + 1] = s
-    for i = 1, 8 do out[#out + 1] = m[i] or '' end
+    for j = i * 3 - 2, i * 3 do out[#out + 1] = ref[j] or '' end
+    for j = 1, 5 do out[#out + 1] = m[j] or '' end
   end
   return out
 end
