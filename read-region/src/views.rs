@@ -575,50 +575,53 @@ pub(crate) fn rows<const N: usize, T>(
     rows.iter().map(row).collect()
 }
 
-/// Parses `book()`'s answer (`lua/common.lua`): the account id, then three lists as Redis
-/// gave them: the account's hash and its positions' hash as field/value pairs, and the price,
-/// name and sector of each position in the order of their quantity fields.
+/// Parses `book()`'s answer (`lua/common.lua`): the account id; the account's version, as_of,
+/// cash, realized, reserved cash and buying power; its positions' hash as field/value pairs;
+/// and the price, name and sector of each position in the order of their quantity fields.
 pub(crate) fn parse_book(fields: &[Value]) -> Result<Book, ViewError> {
     let [account_id, account, positions, references] = fields else {
         return Err(ViewError::Protocol("book of another shape"));
     };
-    let account = Fields::of(account)?;
-    let cash = account.get(b"cash").unwrap_or(&ZERO);
-    let held = Fields::of(positions)?;
-    let references = slice(references)?;
-    let symbols = held.tagged(b"q:");
-    let (triples, rest) = references.as_chunks::<3>();
-    if !rest.is_empty() || triples.len() != symbols.len() {
+    let [version, as_of, cash, realized, reserved, buying_power] = slice(account)? else {
+        return Err(ViewError::Protocol("account of another shape"));
+    };
+    let cash = money(or_zero(cash)?)?;
+    let held = held_positions(slice(positions)?)?;
+    let (references, rest) = slice(references)?.as_chunks::<3>();
+    if !rest.is_empty() || references.len() != held.len() {
         return Err(ViewError::Protocol(
             "references of another number than positions",
         ));
     }
-    let positions = symbols
+    let positions = held
         .into_iter()
-        .zip(triples)
-        .map(|((symbol, quantity), [price, name, sector])| {
-            let field = |tag: &[u8]| held.get(&[tag, symbol].concat()).unwrap_or(&ZERO);
+        .zip(references)
+        .map(|(held, [price, name, sector])| {
             Ok(BookPosition {
-                symbol: String::from_utf8_lossy(symbol).into_owned(),
-                quantity: number(quantity)?,
-                average_cost: money(field(b"c:"))?,
-                realized_pnl: units(field(b"r:"))?,
+                symbol: String::from_utf8_lossy(held.symbol).into_owned(),
+                quantity: number(held.quantity)?,
+                average_cost: money(or_zero(held.cost)?)?,
+                realized_pnl: units(or_zero(held.realized)?)?,
                 last_price: optional_money(price)?,
                 name: string(name)?,
                 sector: string(sector)?,
-                reserved_quantity: number(field(b"h:"))?,
+                reserved_quantity: number(or_zero(held.reserved)?)?,
             })
         })
         .collect::<Result<_, ViewError>>()?;
     Ok(Book {
         account_id: string(account_id)?,
-        version: number(account.get(b"version").unwrap_or(&ZERO))?,
-        as_of_ms: number(account.get(b"as_of").unwrap_or(&ZERO))?,
-        cash: money(cash)?,
-        realized_pnl: units(account.get(b"realized").unwrap_or(&ZERO))?,
-        reserved_cash: money(account.get(b"reserved").unwrap_or(&ZERO))?,
+        version: number(or_zero(version)?)?,
+        as_of_ms: number(or_zero(as_of)?)?,
+        cash,
+        realized_pnl: units(or_zero(realized)?)?,
+        reserved_cash: money(or_zero(reserved)?)?,
         // A book stored before orders rested reserves nothing: its buying power is its cash.
-        buying_power: money(account.get(b"buying_power").unwrap_or(cash))?,
+        buying_power: if bytes(buying_power)?.is_empty() {
+            cash
+        } else {
+            money(buying_power)?
+        },
         positions,
     })
 }
@@ -626,41 +629,165 @@ pub(crate) fn parse_book(fields: &[Value]) -> Result<Book, ViewError> {
 /// What a field never written reads as.
 static ZERO: LazyLock<Value> = LazyLock::new(|| Value::SimpleString("0".to_owned()));
 
-/// A hash as `HGETALL` answered it, looked up by field.
-struct Fields<'v>(Vec<(&'v [u8], &'v Value)>);
+fn or_zero(value: &Value) -> Result<&Value, ViewError> {
+    Ok(if bytes(value)?.is_empty() {
+        &ZERO
+    } else {
+        value
+    })
+}
 
-impl<'v> Fields<'v> {
-    fn of(value: &'v Value) -> Result<Self, ViewError> {
-        let (pairs, rest) = slice(value)?.as_chunks::<2>();
-        if !rest.is_empty() {
-            return Err(ViewError::Protocol("a hash of an odd number of items"));
+/// One position's fields in `pos:<account>`, as stored.
+struct Held<'v> {
+    symbol: &'v [u8],
+    quantity: &'v Value,
+    cost: &'v Value,
+    realized: &'v Value,
+    reserved: &'v Value,
+}
+
+/// The positions of a `pos:<account>` hash (field/value pairs of `<tag>:<symbol>`), in the
+/// order of their quantity fields: the order `book()` read their references in.
+fn held_positions(pairs: &[Value]) -> Result<Vec<Held<'_>>, ViewError> {
+    let (pairs, rest) = pairs.as_chunks::<2>();
+    if !rest.is_empty() {
+        return Err(ViewError::Protocol("a hash of an odd number of items"));
+    }
+    let mut held: Vec<Held> = Vec::new();
+    let mut others = Vec::new();
+    for [field, value] in pairs {
+        match bytes(field)?.split_at_checked(2) {
+            Some((b"q:", symbol)) => held.push(Held {
+                symbol,
+                quantity: value,
+                cost: &Value::Nil,
+                realized: &Value::Nil,
+                reserved: &Value::Nil,
+            }),
+            Some((tag, symbol)) => others.push((tag, symbol, value)),
+            None => return Err(ViewError::Protocol("a position field without its tag")),
         }
-        pairs
-            .iter()
-            .map(|[field, value]| Ok((bytes(field)?, value)))
-            .collect::<Result<_, _>>()
-            .map(Self)
     }
-
-    fn get(&self, field: &[u8]) -> Option<&'v Value> {
-        self.0
-            .iter()
-            .find(|(name, _)| *name == field)
-            .map(|(_, value)| *value)
+    for (tag, symbol, value) in others {
+        if !matches!(tag, b"c:" | b"r:" | b"h:") {
+            return Err(ViewError::Protocol("a position field of an unknown tag"));
+        }
+        // Realized P&L and reserved shares may outlive a position's quantity until the next
+        // book: only those of a held position are shown.
+        let Some(position) = held.iter_mut().find(|position| position.symbol == symbol) else {
+            continue;
+        };
+        match tag {
+            b"c:" => position.cost = value,
+            b"r:" => position.realized = value,
+            _ => position.reserved = value,
+        }
     }
-
-    /// The fields named `<tag><name>`, as (name, value), in the hash's order.
-    fn tagged(&self, tag: &[u8]) -> Vec<(&'v [u8], &'v Value)> {
-        self.0
-            .iter()
-            .filter_map(|(name, value)| name.strip_prefix(tag).map(|rest| (rest, *value)))
-            .collect()
-    }
+    Ok(held)
 }
 
 fn slice(value: &Value) -> Result<&[Value], ViewError> {
     match value {
         Value::Array(items) => Ok(items),
         _ => Err(ViewError::Protocol("expected a list")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(items: &[&str]) -> Value {
+        Value::Array(
+            items
+                .iter()
+                .map(|item| Value::BulkString(item.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_book_joins_each_held_position_with_its_fields_and_references() {
+        let book = parse_book(&[
+            Value::BulkString(b"erin".to_vec()),
+            text(&["7", "1700000000000", "100.5", "250000000", "", ""]),
+            // Fields in any order; a sold-out symbol's realized P&L is not a position.
+            text(&[
+                "r:IBM",
+                "150000000",
+                "c:IBM",
+                "120.5",
+                "q:IBM",
+                "6",
+                "h:IBM",
+                "2",
+                "r:OLD",
+                "100000000",
+                "q:AAPL",
+                "3",
+                "c:AAPL",
+                "10",
+            ]),
+            text(&["121", "IBM", "Technology", "", "Apple", "Technology"]),
+        ])
+        .expect("a well-formed book");
+        assert_eq!(book.version, 7);
+        assert_eq!(book.cash, Decimal::new(1005, 1));
+        assert_eq!(book.realized_pnl, Decimal::new(25, 1));
+        assert_eq!(book.reserved_cash, Decimal::ZERO);
+        assert_eq!(
+            book.buying_power, book.cash,
+            "unset buying power is the cash"
+        );
+        let positions: Vec<_> = book
+            .positions
+            .iter()
+            .map(|p| {
+                (
+                    p.symbol.as_str(),
+                    p.quantity,
+                    p.average_cost.to_string(),
+                    p.realized_pnl.normalize().to_string(),
+                    p.last_price.map(|price| price.to_string()),
+                    p.name.as_str(),
+                    p.reserved_quantity,
+                )
+            })
+            .collect();
+        assert_eq!(
+            positions,
+            [
+                (
+                    "IBM",
+                    6,
+                    "120.5".into(),
+                    "1.5".into(),
+                    Some("121".into()),
+                    "IBM",
+                    2
+                ),
+                ("AAPL", 3, "10".into(), "0".into(), None, "Apple", 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_book_whose_references_do_not_match_its_positions_is_refused() {
+        let account = text(&["1", "0", "0", "0", "0", "0"]);
+        let positions = text(&["q:IBM", "1"]);
+        let short = parse_book(&[
+            Value::BulkString(b"erin".to_vec()),
+            account.clone(),
+            positions.clone(),
+            text(&["1", "IBM"]),
+        ]);
+        assert!(matches!(short, Err(ViewError::Protocol(_))));
+        let untagged = parse_book(&[
+            Value::BulkString(b"erin".to_vec()),
+            account,
+            text(&["IBM", "1"]),
+            text(&[]),
+        ]);
+        assert!(matches!(untagged, Err(ViewError::Protocol(_))));
     }
 }

@@ -27,13 +27,16 @@ local QTY, COST, REALIZED, HELD = 'q:', 'c:', 'r:', 'h:'
 local PRICE, NAME, SECTOR = 'p:', 'n:', 's:'
 
 -- book(g, aid): the account's book in generation key prefix g, nil when the account is
--- unknown: the account id, its hash and its positions' hash as HGETALL gives them, and the
--- price, name and sector of each position in the order of its quantity field there
--- (`views::parse_book` joins them). Three reads whatever the number of positions, and no
--- copying here: Lua's per-item work costs Redis more than the reads.
+-- unknown: the account id; its version, as_of, cash, realized, reserved cash and buying power;
+-- its positions' hash as HGETALL gives it; and the price, name and sector of each position in
+-- the order of its quantity field there (`views::parse_book` joins them). Three reads whatever
+-- the number of positions, and no copying here: Lua's per-item work costs Redis more than the
+-- reads.
 local function book(g, aid)
-  local a = redis.call('HGETALL', g .. ':acct:' .. aid)
-  if #a == 0 then return nil end
+  local a = redis.call('HMGET', g .. ':acct:' .. aid, 'version', 'as_of', 'cash', 'realized',
+    'reserved', 'buying_power')
+  -- Registration writes the version: an account without one is unknown.
+  if not a[1] then return nil end
   local p = redis.call('HGETALL', g .. ':pos:' .. aid)
   local refs = {}
   for i = 1, #p, 2 do
