@@ -664,14 +664,11 @@ fn held_positions(pairs: &[Value]) -> Result<Vec<Held<'_>>, ViewError> {
                 realized: &Value::Nil,
                 reserved: &Value::Nil,
             }),
-            Some((tag, symbol)) => others.push((tag, symbol, value)),
-            None => return Err(ViewError::Protocol("a position field without its tag")),
+            Some((tag @ (b"c:" | b"r:" | b"h:"), symbol)) => others.push((tag, symbol, value)),
+            _ => return Err(ViewError::Protocol("a position field without a known tag")),
         }
     }
     for (tag, symbol, value) in others {
-        if !matches!(tag, b"c:" | b"r:" | b"h:") {
-            return Err(ViewError::Protocol("a position field of an unknown tag"));
-        }
         // Realized P&L and reserved shares may outlive a position's quantity until the next
         // book: only those of a held position are shown.
         let Some(position) = held.iter_mut().find(|position| position.symbol == symbol) else {
