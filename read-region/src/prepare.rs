@@ -3,6 +3,8 @@
 //! event on its aggregate's cursor and writes; money that Redis adds up is converted to exact
 //! scaled integers here too.
 
+use std::collections::HashSet;
+
 use platform::names::Aggregate;
 use prost::Message;
 use rust_decimal::Decimal;
@@ -287,7 +289,13 @@ fn body_args(
                 text(&ledger::format_decimal(buying_power)),
                 text(&body.positions.len().to_string()),
             ];
+            // The apply script compares the book with the stored positions field by field and
+            // removes what it did not name: each symbol once.
+            let mut symbols = HashSet::with_capacity(body.positions.len());
             for position in &body.positions {
+                if !symbols.insert(position.symbol.as_str()) {
+                    return Err(field("positions", "names a symbol more than once"));
+                }
                 if position.symbol.is_empty()
                     || position.quantity < 0
                     || !(0..=position.quantity).contains(&position.reserved_quantity)
@@ -432,4 +440,50 @@ fn order_args(
             text(status.as_str()),
         ],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use trading_proto::events::v1::{PortfolioValueUpdated, ValuedPosition};
+
+    use super::*;
+
+    fn book(symbols: &[&str]) -> EnrichedEvent {
+        EnrichedEvent {
+            envelope: Some(EventEnvelope {
+                aggregate_type: "account".into(),
+                aggregate_id: "acct-1".into(),
+                version: 3,
+                ..Default::default()
+            }),
+            part: 1,
+            parts: 1,
+            body: Some(Body::PortfolioValueUpdated(PortfolioValueUpdated {
+                account_id: "acct-1".into(),
+                cash_balance: "100".into(),
+                positions: symbols
+                    .iter()
+                    .map(|symbol| ValuedPosition {
+                        symbol: (*symbol).into(),
+                        quantity: 5,
+                        average_cost: "10".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_book_naming_a_symbol_twice_is_skipped_with_its_reason() {
+        let (prepared, problem) = prepare(&book(&["AAPL", "MSFT"]), 7).expect("placeable");
+        assert_eq!(prepared.kind, Kind::Value);
+        assert!(problem.is_none(), "{problem:?}");
+        let (prepared, problem) = prepare(&book(&["AAPL", "MSFT", "AAPL"]), 7).expect("placeable");
+        assert_eq!(prepared.kind, Kind::Skip);
+        assert_eq!(prepared.version, 3, "still placed on its cursor");
+        let problem = problem.expect("a reason").to_string();
+        assert!(problem.contains("more than once"), "{problem}");
+    }
 }

@@ -393,50 +393,52 @@ impl Views {
             Target::Generation(generation) => generation.to_string(),
         };
         let snapshot = if snapshots { "1" } else { "0" };
-        let pipelines: Vec<redis::Pipeline> = events
-            .chunks(EVENTS_PER_PIPELINE)
-            .map(|group| {
-                let mut pipeline = redis::pipe();
-                for chunk in group.chunks(EVENTS_PER_APPLY) {
-                    // The argument layout is the script's (`lua/apply.lua`): a header, then per
-                    // event the field count, the fixed fields and the body.
-                    let command = pipeline
-                        .cmd("EVALSHA")
-                        .arg(self.apply.get_hash())
-                        .arg(0)
-                        .arg(&self.prefix)
-                        .arg(&generation)
-                        .arg(snapshot);
-                    for event in chunk {
-                        command
-                            .arg(APPLY_FIXED_FIELDS + event.body.len())
-                            .arg(event.aggregate.as_str())
-                            .arg(&event.aggregate_id)
-                            .arg(event.version)
-                            .arg(event.part)
-                            .arg(event.parts)
-                            .arg(event.stream_sequence)
-                            .arg(event.occurred_ms)
-                            .arg(model::utc_day(event.occurred_ms))
-                            .arg(event.kind.as_str());
-                        for argument in &event.body {
-                            command.arg(argument.as_slice());
-                        }
+        let build = |group: &[PreparedEvent]| {
+            let mut pipeline = redis::pipe();
+            for chunk in group.chunks(EVENTS_PER_APPLY) {
+                // The argument layout is the script's (`lua/apply.lua`): a header, then per
+                // event the field count, the fixed fields and the body.
+                let command = pipeline
+                    .cmd("EVALSHA")
+                    .arg(self.apply.get_hash())
+                    .arg(0)
+                    .arg(&self.prefix)
+                    .arg(&generation)
+                    .arg(snapshot);
+                for event in chunk {
+                    command
+                        .arg(APPLY_FIXED_FIELDS + event.body.len())
+                        .arg(event.aggregate.as_str())
+                        .arg(&event.aggregate_id)
+                        .arg(event.version)
+                        .arg(event.part)
+                        .arg(event.parts)
+                        .arg(event.stream_sequence)
+                        .arg(event.occurred_ms)
+                        .arg(model::utc_day(event.occurred_ms))
+                        .arg(event.kind.as_str());
+                    for argument in &event.body {
+                        command.arg(argument.as_slice());
                     }
                 }
-                pipeline
-            })
-            .collect();
-        // All in flight at once on the one connection, which sends them in this order: Redis
-        // runs one while the next is on its way and the last one's answers are decoded.
-        let sent = futures::future::join_all(pipelines.iter().map(|pipeline| {
+            }
+            pipeline
+        };
+        // All in flight at once on the one connection, which sends them in this order, each as
+        // soon as it is built: Redis runs one while the next is built and on its way, and the
+        // last one's answers are decoded.
+        let sent = futures::future::join_all(events.chunks(EVENTS_PER_PIPELINE).map(|group| {
             let mut connection = self.connection.clone();
-            async move { pipeline.query_async::<Vec<Value>>(&mut connection).await }
+            async move {
+                let pipeline = build(group);
+                let result = pipeline.query_async::<Vec<Value>>(&mut connection).await;
+                (pipeline, result)
+            }
         }))
         .await;
         let mut answers = Vec::with_capacity(events.len().div_ceil(EVENTS_PER_APPLY));
         let mut loaded = false;
-        for (pipeline, result) in pipelines.iter().zip(sent) {
+        for (pipeline, result) in sent {
             let result = match result {
                 Err(error)
                     if error.kind()
@@ -470,24 +472,30 @@ impl Views {
     }
 }
 
-/// One apply script answer: {'applied', gen, book...} | {'duplicate', gen} |
-/// {'gap', gen, v, p, n} | {'nogen'}.
+/// One apply script answer: 'applied' | {'applied', book...} | 'duplicate' | {'gap', v, p, n} |
+/// 'nogen'.
 fn apply_outcome(answer: Value) -> Result<ApplyOutcome, ViewError> {
-    let fields = array(answer)?;
-    let status = fields.first().ok_or(ViewError::Protocol("empty answer"))?;
-    match (bytes(status)?, fields.as_slice()) {
-        (b"applied", [_, _]) => Ok(ApplyOutcome::Applied { book: None }),
-        (b"applied", [_, _, book @ ..]) => Ok(ApplyOutcome::Applied {
-            book: Some(parse_book(book)?),
-        }),
-        (b"duplicate", _) => Ok(ApplyOutcome::Duplicate),
-        (b"gap", [_, _, version, part, parts]) => Ok(ApplyOutcome::Gap(Cursor {
-            version: number(version)?,
-            part: number(part)?,
-            parts: number(parts)?,
-        })),
-        (b"gap", _) => Err(ViewError::Protocol("gap answer")),
-        (b"nogen", _) => Ok(ApplyOutcome::NoGeneration),
+    if let Value::Array(fields) = answer {
+        return match fields.as_slice() {
+            [status, book @ ..] if bytes(status)? == b"applied" && !book.is_empty() => {
+                Ok(ApplyOutcome::Applied {
+                    book: Some(parse_book(book)?),
+                })
+            }
+            [status, version, part, parts] if bytes(status)? == b"gap" => {
+                Ok(ApplyOutcome::Gap(Cursor {
+                    version: number(version)?,
+                    part: number(part)?,
+                    parts: number(parts)?,
+                }))
+            }
+            _ => Err(ViewError::Protocol("apply answer")),
+        };
+    }
+    match bytes(&answer)? {
+        b"applied" => Ok(ApplyOutcome::Applied { book: None }),
+        b"duplicate" => Ok(ApplyOutcome::Duplicate),
+        b"nogen" => Ok(ApplyOutcome::NoGeneration),
         _ => Err(ViewError::Protocol("apply status")),
     }
 }

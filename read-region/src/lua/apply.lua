@@ -9,8 +9,10 @@
 -- ('' = the one served), snapshot flag), then the events one after another, each as its field
 -- count followed by its fields: aggregate type, aggregate id, version, part, parts, stream
 -- sequence, occurred_at (ms), UTC day, kind, body... Returns one answer per event, in order:
--- {'applied', gen, book...} | {'duplicate', gen} | {'gap', gen, v, p, n} | {'nogen'}. The book
--- (see common.lua) follows only with the snapshot flag, after an account version completes.
+-- 'applied' | {'applied', book...} | 'duplicate' | {'gap', v, p, n} | 'nogen'. The book (see
+-- common.lua) follows only with the snapshot flag, after an account version completes. The
+-- common answers are bare strings: no table for Lua to build, Redis to convert and the region
+-- to decode per event.
 
 -- A hash as a Lua table of its fields.
 local function hash(key)
@@ -105,56 +107,62 @@ end
 
 -- The run's header: key prefix, generation ('' = the one served), snapshot flag. A run applies
 -- to one generation; `g` is its key prefix, nil when it does not exist.
+-- A local (an upvalue of the functions below), not a global looked up at every use.
+local ARGV = ARGV
 local prefix, gen, snapshot = ARGV[1], ARGV[2], ARGV[3]
 if gen == '' then gen = redis.call('GET', prefix .. ':current') end
 local g
 if gen and usable(prefix .. ':g' .. gen) then g = prefix .. ':g' .. gen end
 
 -- What a run writes once, at its end: the highest stream sequence it saw (to the generation's
--- meta), and every cursor it moved (one HSET). Cursors it read or moved are kept, as an
--- account's trade and the book after it come one after the other.
+-- meta), and every cursor it moved (one HSET).
 local highest = 0
 local function seen(seq)
   local s = tonumber(seq)
   if s > highest then highest = s end
 end
-local cursors, moved = {}, {}
+-- Each aggregate's cursor, read and parsed once per run (an account's trade, order and book
+-- come one after the other), as the numbers it holds; and for each one moved, the offset of
+-- the event that moved it last, whose fields spell the new cursor.
+local cvs, cps, cns, moved_by, moved = {}, {}, {}, {}, {}
 local function cursor(field)
-  local cur = cursors[field]
-  if cur == nil then
-    cur = redis.call('HGET', g .. ':cursor', field)
-    cursors[field] = cur
+  local cv = cvs[field]
+  if cv then return cv, cps[field], cns[field] end
+  local cp, cn = 0, 0
+  cv = 0
+  local cur = redis.call('HGET', g .. ':cursor', field)
+  if cur then
+    local v, p, n = string.match(cur, '^(%d+):(%d+):(%d+)$')
+    cv, cp, cn = tonumber(v), tonumber(p), tonumber(n)
   end
-  return cur
+  cvs[field], cps[field], cns[field] = cv, cp, cn
+  return cv, cp, cn
 end
-local function move_cursor(field, value)
-  cursors[field] = value
-  moved[#moved + 1] = field
-  moved[#moved + 1] = value
+local function move_cursor(field, o, version, part, parts)
+  cvs[field], cps[field], cns[field] = version, part, parts
+  if not moved_by[field] then moved[#moved + 1] = field end
+  moved_by[field] = o
 end
 
 -- One event: its fields are ARGV[o + 1] onwards (read in place, not copied).
+local NONE = {}
 local function apply(o)
-  local account_fields = {}
+  -- The account figures a book sets, if this is one (most events set none: no table for them).
+  local account_fields = NONE
   local atype, aid = ARGV[o + 1], ARGV[o + 2]
   local version, part = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
   local parts = tonumber(ARGV[o + 5])
   local seq, occurred, day, kind = ARGV[o + 6], ARGV[o + 7], ARGV[o + 8], ARGV[o + 9]
   local cfield = atype .. ':' .. aid
-  local cv, cp, cn = 0, 0, 0
-  local cur = cursor(cfield)
-  if cur then
-    local v, p, n = string.match(cur, '^(%d+):(%d+):(%d+)$')
-    cv, cp, cn = tonumber(v), tonumber(p), tonumber(n)
-  end
+  local cv, cp, cn = cursor(cfield)
   if version < cv or (version == cv and part <= cp) then
     seen(seq)
-    return {'duplicate', gen}
+    return 'duplicate'
   end
   local sv, sp = cv + 1, 1
   if cp < cn then sv, sp = cv, cp + 1 end
   if version ~= sv or part ~= sp then
-    return {'gap', gen, tostring(cv), tostring(cp), tostring(cn)}
+    return {'gap', tostring(cv), tostring(cp), tostring(cn)}
   end
 
   if kind == 'registered' then
@@ -166,7 +174,7 @@ local function apply(o)
   elseif kind == 'trade' then
     local symbol, qty = ARGV[o + 11], ARGV[o + 12]
     local notional, realized = ARGV[o + 13], ARGV[o + 14]
-    redis.call('ZADD', g .. ':trades:' .. aid, version, ARGV[o + 10])
+    redis.call('ZADD', g .. ':trades:' .. aid, ARGV[o + 3], ARGV[o + 10])
     set_position(g, aid, symbol, ARGV[o + 15], ARGV[o + 16])
     -- A buy realizes nothing: adding zero would change nothing.
     if tonumber(realized) ~= 0 then
@@ -184,38 +192,47 @@ local function apply(o)
     -- moved the one it traded): read the positions once and write only what differs, in one
     -- HSET and one HDEL.
     local key = g .. ':pos:' .. aid
+    -- The fields stored now. Each one the book names is taken out of `p` as it is compared,
+    -- so what is left at the end is what the book no longer names (prepare.rs refuses a book
+    -- that names a symbol twice).
     local p = hash(key)
-    local sets, dels, listed = {}, {}, {}
-    local function put(field, value) sets[#sets + 1], sets[#sets + 2] = field, value end
-    local function drop(field) dels[#dels + 1] = field end
+    local sets, dels = {}, {}
     local n = tonumber(ARGV[o + 14])
     for i = 0, n - 1 do
       local base = o + 15 + i * 7
       local symbol, qty, cost, r = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-      local q, c, h = QTY .. symbol, COST .. symbol, HELD .. symbol
-      listed[symbol] = true
+      local q, c, h, rf = QTY .. symbol, COST .. symbol, HELD .. symbol, REALIZED .. symbol
+      local pq, pc, ph, pr = p[q], p[c], p[h], p[rf]
+      -- Only present keys are cleared: assigning nil to an absent one would add it.
+      if pq then p[q] = nil end
+      if pc then p[c] = nil end
+      if ph then p[h] = nil end
+      if pr then p[rf] = nil end
       local zero = tonumber(qty) == 0
-      if not ((p[q] == qty and p[c] == cost) or (zero and p[q] == nil and p[c] == nil)) then
-        holders(g, symbol, tonumber(p[q] or '0'), tonumber(qty))
-        if zero then drop(q); drop(c) else put(q, qty); put(c, cost) end
+      if not ((pq == qty and pc == cost) or (zero and pq == nil and pc == nil)) then
+        holders(g, symbol, tonumber(pq or '0'), tonumber(qty))
+        if zero then
+          dels[#dels + 1], dels[#dels + 2] = q, c
+        else
+          sets[#sets + 1], sets[#sets + 2], sets[#sets + 3], sets[#sets + 4] = q, qty, c, cost
+        end
       end
-      if p[REALIZED .. symbol] ~= r then put(REALIZED .. symbol, r) end
+      if pr ~= r then sets[#sets + 1], sets[#sets + 2] = rf, r end
       reference(g, symbol, ARGV[base + 4], ARGV[base + 5])
       -- Most positions reserve nothing: only what resting sells hold back is stored.
       local res = ARGV[base + 6]
       if tonumber(res) == 0 then
-        if p[h] then drop(h) end
-      elseif p[h] ~= res then
-        put(h, res)
+        if ph then dels[#dels + 1] = h end
+      elseif ph ~= res then
+        sets[#sets + 1], sets[#sets + 2] = h, res
       end
     end
     -- The book is authoritative: a position it no longer lists is gone, every field of it.
     for field, value in pairs(p) do
-      local tag, symbol = string.sub(field, 1, 2), string.sub(field, 3)
-      if not listed[symbol] then
-        if tag == QTY then holders(g, symbol, tonumber(value), 0) end
-        drop(field)
+      if string.sub(field, 1, 2) == QTY then
+        holders(g, string.sub(field, 3), tonumber(value), 0)
       end
+      dels[#dels + 1] = field
     end
     if #sets > 0 then call_each('HSET', key, sets) end
     if #dels > 0 then call_each('HDEL', key, dels) end
@@ -251,34 +268,41 @@ local function apply(o)
   end
 
   if atype == 'account' and part == parts then
-    redis.call('HSET', g .. ':acct:' .. aid, 'version', tostring(version), 'as_of', occurred,
+    redis.call('HSET', g .. ':acct:' .. aid, 'version', ARGV[o + 3], 'as_of', occurred,
       unpack(account_fields))
-  elseif #account_fields > 0 then
+  elseif account_fields ~= NONE then
     redis.call('HSET', g .. ':acct:' .. aid, unpack(account_fields))
   end
-  move_cursor(cfield, ARGV[o + 3] .. ':' .. ARGV[o + 4] .. ':' .. ARGV[o + 5])
+  move_cursor(cfield, o, version, part, parts)
   seen(seq)
   if snapshot == '1' and atype == 'account' and part == parts then
     local b = book(g, aid)
     if b then
-      local out = {'applied', gen}
-      for _, v in ipairs(b) do out[#out + 1] = v end
-      return out
+      table.insert(b, 1, 'applied')
+      return b
     end
   end
-  return {'applied', gen}
+  return 'applied'
 end
 
 local answers = {}
 local i = 4
 while i <= #ARGV do
-  answers[#answers + 1] = g and apply(i) or {'nogen'}
+  answers[#answers + 1] = g and apply(i) or 'nogen'
   i = i + tonumber(ARGV[i]) + 1
 end
 if g then
   flush_counts()
-  -- A cursor moved twice in the run is written twice here, the later value last.
-  if #moved > 0 then redis.call('HSET', g .. ':cursor', unpack(moved)) end
+  -- A cursor moved several times in the run (the parts of a version) is written once.
+  if #moved > 0 then
+    local fields = {}
+    for _, field in ipairs(moved) do
+      local o = moved_by[field]
+      fields[#fields + 1] = field
+      fields[#fields + 1] = ARGV[o + 3] .. ':' .. ARGV[o + 4] .. ':' .. ARGV[o + 5]
+    end
+    call_each('HSET', g .. ':cursor', fields)
+  end
   if highest > tonumber(redis.call('HGET', g .. ':meta', 'seq') or '0') then
     redis.call('HSET', g .. ':meta', 'seq', tostring(highest))
   end
