@@ -105,10 +105,10 @@ local function flush_counts()
   end
 end
 
--- The run's header: key prefix, generation ('' = the one served), snapshot flag. A run applies
--- to one generation; `g` is its key prefix, nil when it does not exist.
 -- A local (an upvalue of the functions below), not a global looked up at every use.
 local ARGV = ARGV
+-- The run's header: key prefix, generation ('' = the one served), snapshot flag. A run applies
+-- to one generation; `g` is its key prefix, nil when it does not exist.
 local prefix, gen, snapshot = ARGV[1], ARGV[2], ARGV[3]
 if gen == '' then gen = redis.call('GET', prefix .. ':current') end
 local g
