@@ -36,7 +36,7 @@
 //! Money that Redis adds up is kept as integers in units of 1e-8 (`HINCRBY` is exact 64-bit
 //! arithmetic); Lua's own numbers are doubles and never touch money.
 
-use std::{num::ParseIntError, sync::LazyLock};
+use std::{collections::HashMap, num::ParseIntError, sync::LazyLock};
 
 use redis::{Value, aio::ConnectionManager};
 use rust_decimal::Decimal;
@@ -676,12 +676,19 @@ fn held_positions(pairs: &[Value]) -> Result<Vec<Held<'_>>, ViewError> {
             _ => return Err(ViewError::Protocol("a position field without a known tag")),
         }
     }
+    // By symbol, so an account with many positions is joined in one pass, not one per field.
+    let index: HashMap<&[u8], usize> = held
+        .iter()
+        .enumerate()
+        .map(|(at, position)| (position.symbol, at))
+        .collect();
     for (tag, symbol, value) in others {
         // Realized P&L and reserved shares may outlive a position's quantity until the next
         // book: only those of a held position are shown.
-        let Some(position) = held.iter_mut().find(|position| position.symbol == symbol) else {
+        let Some(&at) = index.get(symbol) else {
             continue;
         };
+        let position = &mut held[at];
         match tag {
             b"c:" => position.cost = value,
             b"r:" => position.realized = value,
