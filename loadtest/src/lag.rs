@@ -146,6 +146,9 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<LagRun> 
     let ids = Arc::new(settings.accounts.funded_ids());
     anyhow::ensure!(!ids.is_empty(), "lag needs at least one funded account");
 
+    // The orders meet a stack at rest, not one still working off the setup or a run before.
+    let settled = memory::settle(&memory::default_pids_dir()).await;
+    println!("  {settled}");
     let mut readers = Vec::with_capacity(settings.regions.len());
     let mut round_trips = Vec::with_capacity(settings.regions.len());
     for region in &settings.regions {
@@ -213,6 +216,7 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<LagRun> 
         duration_s: settings.duration.as_secs_f64(),
         accounts: settings.accounts.funded,
         link_latency_ms: None,
+        settled: Some(settled),
         orders,
         regions,
         cpu,

@@ -114,6 +114,16 @@ struct Target {
     memory: bool,
 }
 
+/// Where the pid files are: `infra/.run` (the run folder) and `infra/.run/pids` both name them.
+fn pid_folder(pids_dir: &Path) -> PathBuf {
+    let nested = pids_dir.join("pids");
+    if nested.is_dir() {
+        nested
+    } else {
+        pids_dir.to_owned()
+    }
+}
+
 /// Every process with a live pid file in `pids_dir`, by the file's name.
 fn stack_processes(pids_dir: &Path) -> Vec<(String, u32)> {
     let Ok(entries) = std::fs::read_dir(pids_dir) else {
@@ -136,10 +146,8 @@ impl Sampler {
     /// Starts sampling every `interval` the processes found under `pids_dir` (missing ones are
     /// left out) and this process: the memory of the services and this process, the CPU of all.
     pub fn start(pids_dir: &Path, interval: Duration) -> Self {
-        // `infra/.run` (the run folder) and `infra/.run/pids` both name the pid files.
-        let nested = pids_dir.join("pids");
-        let pids_dir = if nested.is_dir() { &nested } else { pids_dir };
-        let mut targets: Vec<Target> = stack_processes(pids_dir)
+        let pids_dir = pid_folder(pids_dir);
+        let mut targets: Vec<Target> = stack_processes(&pids_dir)
             .into_iter()
             .map(|(name, pid)| Target {
                 memory: SERVICES.contains(&name.as_str()),
@@ -194,6 +202,69 @@ impl Sampler {
         Samples {
             memory: state.peaks.values().cloned().collect(),
             cpu,
+        }
+    }
+}
+
+/// What the stack did before a measured phase: how long it took to go quiet, and how busy it
+/// was in the last second waited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settled {
+    /// The phase that waited (empty for a command of one phase).
+    #[serde(default)]
+    pub phase: String,
+    pub waited_s: f64,
+    pub cores: f64,
+    pub quiet: bool,
+}
+
+impl std::fmt::Display for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.quiet { "quiet" } else { "still busy" };
+        write!(
+            f,
+            "stack {state} after {:.1} s ({:.2} cores in its last second)",
+            self.waited_s, self.cores
+        )
+    }
+}
+
+/// The stack counts as settled under this many cores: at rest it uses about a tenth of one
+/// (the store's own housekeeping, heartbeats).
+const QUIET_CORES: f64 = 0.3;
+/// The longest a phase waits for the stack to settle before it runs anyway (and says so).
+const MAX_SETTLE: Duration = Duration::from_secs(60);
+
+/// Waits until the stack's processes (pid files in `pids_dir`; this process left out) use
+/// under [`QUIET_CORES`] over one second, or [`MAX_SETTLE`] has passed. A phase measured right
+/// after a heavy one otherwise shares the machine with its aftermath: the relay and the regions
+/// working off their backlog, the store flushing and compacting what it took in.
+pub async fn settle(pids_dir: &Path) -> Settled {
+    settle_under(pids_dir, QUIET_CORES, MAX_SETTLE).await
+}
+
+async fn settle_under(pids_dir: &Path, threshold: f64, max_wait: Duration) -> Settled {
+    let started = Instant::now();
+    let processes = stack_processes(&pid_folder(pids_dir));
+    let total = || -> u64 {
+        processes
+            .iter()
+            .filter_map(|(_, pid)| cpu_ticks(*pid))
+            .sum()
+    };
+    loop {
+        let (before, at) = (total(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cores =
+            total().saturating_sub(before) as f64 / TICKS_PER_SECOND / at.elapsed().as_secs_f64();
+        let waited = started.elapsed();
+        if cores < threshold || waited >= max_wait {
+            return Settled {
+                phase: String::new(),
+                waited_s: waited.as_secs_f64(),
+                cores,
+                quiet: cores < threshold,
+            };
         }
     }
 }
@@ -331,6 +402,38 @@ mod tests {
         Ok(())
     }
 
+    /// Burns one core in this process for `busy`.
+    async fn spin(busy: Duration) -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || {
+            let until = Instant::now() + busy;
+            let mut spins = 0_u64;
+            while Instant::now() < until {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A phase waits while a process of the stack is busy and starts once it is quiet; a
+    /// process that stays busy holds it up only until the longest wait, which it then reports.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_phase_waits_for_the_stack_to_settle() -> anyhow::Result<()> {
+        let run = std::env::temp_dir().join(format!("loadtest-settle-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&run)?;
+        std::fs::write(run.join("spinner.pid"), std::process::id().to_string())?;
+        let busy = tokio::spawn(spin(Duration::from_millis(2_500)));
+        let settled = settle_under(&run, 0.3, Duration::from_secs(30)).await;
+        busy.await??;
+        assert!(settled.quiet && settled.waited_s >= 2.0, "{settled}");
+        let busy = tokio::spawn(spin(Duration::from_millis(3_500)));
+        let settled = settle_under(&run, 0.3, Duration::from_secs(1)).await;
+        busy.await??;
+        std::fs::remove_dir_all(&run)?;
+        assert!(!settled.quiet, "{settled}");
+        Ok(())
+    }
+
     /// Every process with a pid file is sampled for CPU, each phase on its own: a phase this
     /// process spins through shows its work, an idle one far less.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,14 +445,7 @@ mod tests {
         sampler.set_phase("idle");
         tokio::time::sleep(Duration::from_millis(300)).await;
         sampler.set_phase("spin");
-        tokio::task::spawn_blocking(|| {
-            let until = Instant::now() + Duration::from_millis(300);
-            let mut spins = 0_u64;
-            while Instant::now() < until {
-                spins = std::hint::black_box(spins.wrapping_add(1));
-            }
-        })
-        .await?;
+        spin(Duration::from_millis(300)).await?;
         sampler.set_phase("after");
         tokio::time::sleep(Duration::from_millis(30)).await;
         let samples = sampler.finish().await;

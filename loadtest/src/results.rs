@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
     load::LoadResult,
-    memory::{CpuUse, MemoryPeak},
+    memory::{CpuUse, MemoryPeak, Settled},
     stats::Latency,
     timefmt,
 };
@@ -111,6 +111,9 @@ pub struct BenchRun {
     /// Absent from runs before it was sampled.
     #[serde(default)]
     pub cpu: Vec<CpuUse>,
+    /// How long each measured phase waited for the stack to settle (absent from older runs).
+    #[serde(default)]
+    pub settled: Vec<Settled>,
 }
 
 impl BenchRun {
@@ -164,6 +167,9 @@ pub struct LagRun {
     /// before it was sampled).
     #[serde(default)]
     pub cpu: Vec<CpuUse>,
+    /// How the orders found the stack (absent from older runs).
+    #[serde(default)]
+    pub settled: Option<Settled>,
 }
 
 /// From the `PlaceOrder` answer to the order's version being visible in one read region.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     load::LoadResult,
-    memory::Sampler,
+    memory::{self, Sampler},
     results::{BenchRun, PathResult, Side, Skipped},
     setup::Accounts,
 };
@@ -57,6 +57,8 @@ pub struct Bench {
     pub sampler: Sampler,
     pub paths: Vec<PathResult>,
     pub skipped: Vec<Skipped>,
+    /// How each measured phase found the stack.
+    pub settled: Vec<memory::Settled>,
 }
 
 impl Bench {
@@ -70,6 +72,19 @@ impl Bench {
             unit: String::new(),
             note: note.to_owned(),
         });
+    }
+
+    /// Starts the measured phase `phase` once the stack has settled from what ran before it
+    /// (see `memory::settle`); the wait is attributed to no phase.
+    pub async fn begin(&mut self, phase: &str) {
+        self.sampler.set_phase("");
+        let settled = memory::Settled {
+            phase: phase.to_owned(),
+            ..memory::settle(&self.settings.pids_dir).await
+        };
+        println!("  {phase}: {settled}");
+        self.settled.push(settled);
+        self.sampler.set_phase(phase);
     }
 
     pub fn skip(&mut self, group: &str, reason: String) {
@@ -112,6 +127,7 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<BenchRun
         sampler,
         paths: Vec::new(),
         skipped: Vec::new(),
+        settled: Vec::new(),
     };
     let groups = bench.settings.groups.clone();
     for group in groups {
@@ -139,6 +155,7 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<BenchRun
         paths: bench.paths,
         comparisons: Vec::new(),
         skipped: bench.skipped,
+        settled: bench.settled,
         memory: samples.memory,
         cpu: samples.cpu,
     };

@@ -52,7 +52,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         concurrency: settings.concurrency,
     };
 
-    bench.sampler.set_phase("place_order raw");
+    bench.begin("place_order raw").await;
     let raw = load::run(
         "raw LWT",
         closed,
@@ -62,7 +62,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     .await;
     bench.record(GROUP, "raw LWT (scylla driver)", Side::Raw, raw, "");
 
-    bench.sampler.set_phase("place_order ours");
+    bench.begin("place_order ours").await;
     let ours = load::run(
         "PlaceOrder",
         closed,
@@ -90,7 +90,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             per_second: (capacity / 2.0).round().max(1.0),
             max_in_flight: settings.concurrency * 8,
         };
-        bench.sampler.set_phase("place_order half load");
+        bench.begin("place_order half load").await;
         let ours = load::run(
             "PlaceOrder at half capacity",
             half,
@@ -103,6 +103,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         )
         .await;
         bench.record(GROUP, "PlaceOrder at half capacity", Side::Ours, ours, "");
+        bench.begin("place_order half load raw").await;
         let raw = load::run(
             "raw LWT at the same rate",
             half,
@@ -120,7 +121,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             per_second: (capacity * 2.0).round().max(2.0),
             max_in_flight: 4_096,
         };
-        bench.sampler.set_phase("place_order overload");
+        bench.begin("place_order overload").await;
         let before = total_version(&channels[0], &accounts).await?;
         let overload = load::run(
             "PlaceOrder at twice capacity",

@@ -149,7 +149,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             );
         }
         for (name, side, caller, note) in paths {
-            bench.sampler.set_phase(&format!("portfolio {name}"));
+            bench.begin(&format!("portfolio {name}")).await;
             let result = load::run(&name, pace, settings.duration, caller).await;
             bench.record(GROUP, &name, side, result, &note);
         }

@@ -96,7 +96,7 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let total = events.len() as u64;
     // --- raw limit: publish then consume the same payloads on a bare stream ---
-    bench.sampler.set_phase("relay raw");
+    bench.begin("relay raw").await;
     jetstream
         .create_stream(stream::Config {
             name: bench_stream.to_owned(),
@@ -139,7 +139,7 @@ async fn measure(
     );
 
     // --- ours: a backlog drained by the relay pipeline ---
-    bench.sampler.set_phase("relay ours");
+    bench.begin("relay ours").await;
     for (name, subject) in [
         (&config.account_stream, format!("{prefix}.account.>")),
         (&config.market_stream, format!("{prefix}.market.>")),
