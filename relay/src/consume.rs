@@ -1,8 +1,8 @@
 //! Stage 1, consume: one loop per raw stream (accounts, market), each strictly in stream order,
 //! so per-aggregate order holds by construction. A loop takes a batch, enriches it in memory
 //! (`enrich_batch`), stores the batch's outputs and state as one journal entry (`journal`),
-//! publishes every output awaiting the acks and stores its state and checkpoint (`publish`),
-//! and only then acknowledges the batch. A crash before the journal entry is stored replays
+//! publishes every output awaiting the acks while it stores the state, then the checkpoint
+//! (`publish`), and only then acknowledges the batch. A crash before the journal entry is stored replays
 //! from the checkpoint (nothing of the batch was published); a crash after it finishes the
 //! entry on restart, republishing exactly what was enriched, under the same ids, which
 //! JetStream de-duplicates and version-checking consumers skip.

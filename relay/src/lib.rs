@@ -8,7 +8,8 @@
 //! relay's state: each raw event brought up to date by `upcast`, version-checked, enriched by
 //! the pure rules in `enrich`) -> `journal` (the batch's outputs stored as one entry before
 //! anything is published; a restart finishes an interrupted entry) -> `publish` (envelopes and
-//! deterministic ids, the enriched events, the dead letters, then state and checkpoint).
+//! deterministic ids, the dead letters, then the enriched events and the state together, then
+//! the checkpoint).
 //! Beside the flow: `state` (the relay's own key-value bucket), `lease` (which of several relay
 //! processes runs the flow; the others stand by), `metrics` (counts, exported and logged),
 //! `config`.

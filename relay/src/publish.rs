@@ -1,6 +1,6 @@
 //! Stage 4, publish: enriched events stamped with envelopes and deterministic ids, published
-//! in order with every ack awaited, dead letters beside them, and only then the batch's state
-//! and checkpoint stored (`finish`, which carries out a journal entry).
+//! in order with every ack awaited while the batch's state is stored, dead letters before them,
+//! and only then the checkpoint (`finish`, which carries out a journal entry).
 
 use async_nats::{HeaderMap, header::NATS_MESSAGE_ID, jetstream::context::PublishAckFuture};
 use bytes::Bytes;
@@ -83,9 +83,14 @@ impl Pipeline {
         let stream = self.config.raw_stream(aggregate);
         self.may_write()?;
         self.dead_letter(stream, &journal.dead_letters).await?;
-        self.publish(&journal.outputs).await?;
+        // The state goes out beside the outputs, not after them: until the checkpoint moves,
+        // a restart takes the batch's state from its journal entry and writes it again, so
+        // state stored ahead of the checkpoint is always covered by the entry.
+        tokio::try_join!(self.publish(&journal.outputs), async {
+            Ok(self.store.save_state(&journal.writes).await?)
+        })?;
         self.store
-            .save(&journal.writes, stream, journal.last_sequence)
+            .save_checkpoint(stream, journal.last_sequence)
             .await?;
         self.lock_state()?
             .checkpoints

@@ -336,19 +336,22 @@ impl StateStore {
         Ok(state)
     }
 
-    /// Writes state entries, then the checkpoint: a checkpoint never runs ahead of the state it
-    /// covers.
-    pub(crate) async fn save(
-        &self,
-        writes: &[JournalWrite],
-        stream: &str,
-        sequence: u64,
-    ) -> Result<(), StateError> {
+    /// Writes a batch's state entries.
+    pub(crate) async fn save_state(&self, writes: &[JournalWrite]) -> Result<(), StateError> {
         let writes = writes
             .iter()
             .map(|write| (write.key.clone(), write.value.clone()))
             .collect();
-        self.put_all(writes, 128).await?;
+        self.put_all(writes, 128).await
+    }
+
+    /// Moves `stream`'s checkpoint; called once the state it covers is stored (a checkpoint
+    /// never runs ahead of its state).
+    pub(crate) async fn save_checkpoint(
+        &self,
+        stream: &str,
+        sequence: u64,
+    ) -> Result<(), StateError> {
         self.put(Entry::Checkpoint.key(stream), sequence.to_string().into())
             .await
     }
