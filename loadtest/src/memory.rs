@@ -402,6 +402,14 @@ mod tests {
         Ok(())
     }
 
+    /// A new pid folder whose one process, `spinner`, is this one.
+    fn spinner_folder(tag: &str) -> anyhow::Result<PathBuf> {
+        let run = std::env::temp_dir().join(format!("loadtest-{tag}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&run)?;
+        std::fs::write(run.join("spinner.pid"), std::process::id().to_string())?;
+        Ok(run)
+    }
+
     /// Burns one core in this process for `busy`.
     async fn spin(busy: Duration) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || {
@@ -419,9 +427,7 @@ mod tests {
     /// process that stays busy holds it up only until the longest wait, which it then reports.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_phase_waits_for_the_stack_to_settle() -> anyhow::Result<()> {
-        let run = std::env::temp_dir().join(format!("loadtest-settle-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&run)?;
-        std::fs::write(run.join("spinner.pid"), std::process::id().to_string())?;
+        let run = spinner_folder("settle")?;
         let busy = tokio::spawn(spin(Duration::from_millis(2_500)));
         let settled = settle_under(&run, 0.3, Duration::from_secs(30)).await;
         busy.await??;
@@ -438,9 +444,7 @@ mod tests {
     /// process spins through shows its work, an idle one far less.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cpu_a_process_burns_shows_in_its_phase() -> anyhow::Result<()> {
-        let run = std::env::temp_dir().join(format!("loadtest-cpu-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&run)?;
-        std::fs::write(run.join("spinner.pid"), std::process::id().to_string())?;
+        let run = spinner_folder("cpu")?;
         let sampler = Sampler::start(&run, Duration::from_millis(10));
         sampler.set_phase("idle");
         tokio::time::sleep(Duration::from_millis(300)).await;
