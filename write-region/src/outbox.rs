@@ -3,8 +3,10 @@
 //! `Nats-Msg-Id` = `event_id` and in per-aggregate order.
 //!
 //! Each aggregate belongs to one worker (by hash), which publishes from the aggregate's last
-//! published version onwards, in order, and only once the hub acknowledged them records the new
-//! published version and clears the aggregate's pending markers. A worker takes every aggregate
+//! published version onwards, in order, and only once the hub acknowledged them clears the
+//! aggregate's pending markers up to the last one published. The markers are the only record
+//! of progress: a worker meeting an aggregate for the first time takes everything below its
+//! lowest marker as published (see `store::outbox`), and otherwise remembers what it published. A worker takes every aggregate
 //! waiting in its queue (up to `MAX_BATCH`) at once: their events go out back to back, the acks
 //! are awaited together, and their bookkeeping goes to the store as a few unlogged batches while
 //! the worker goes on to its next batch, so under load one fsync wait on the hub and one store
@@ -36,7 +38,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::RawEvent;
 
-use crate::store::{AggregateKey, Bookkeeping, NewEvent, Store, StoreError};
+use crate::store::{AggregateKey, NewEvent, Store, StoreError};
 
 /// A marker older than this, for a version that was never committed, is a lost race's leftover.
 const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
@@ -401,7 +403,7 @@ impl Worker {
     }
 
     /// Publishes every unpublished event of each aggregate of `batch`, each in version order,
-    /// then records the progress of all of them.
+    /// then clears the markers of all of them.
     async fn publish(&mut self, batch: &[(AggregateKey, Queued)]) -> Result<(), PublishError> {
         self.ensure_streams().await?;
         let plans =
@@ -452,15 +454,15 @@ impl Worker {
         for ack in acks {
             ack.await.map_err(PublishError::jetstream)?;
         }
-        let bookkeeping: Vec<Bookkeeping> = batch
+        let cleared: Vec<(AggregateKey, u64)> = batch
             .iter()
             .zip(&plans)
             .zip(&lasts)
-            .flat_map(|(((key, queued), plan), &last)| {
-                bookkeeping(key, queued, plan.published, last)
+            .filter_map(|(((key, queued), plan), &last)| {
+                Some((key.clone(), cleared_up_to(queued, plan.published, last)?))
             })
             .collect();
-        self.write_bookkeeping(bookkeeping).await;
+        self.clear_markers(cleared).await;
         let published: usize = plans.iter().map(|plan| plan.payloads.len()).sum();
         self.backlog
             .published
@@ -472,13 +474,13 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes a published batch's bookkeeping while the worker goes on: its events are on the
-    /// stream, and this worker knows their versions in memory. A write that fails only leaves
+    /// Clears a published batch's markers while the worker goes on: its events are on the
+    /// stream, and this worker knows their versions in memory. A delete that fails only leaves
     /// markers behind; the sweep finds them and this worker clears them again, publishing
-    /// nothing twice. At most `BOOKKEEPING_IN_FLIGHT` writes are out at once, so a slow store
+    /// nothing twice. At most `BOOKKEEPING_IN_FLIGHT` deletes are out at once, so a slow store
     /// slows the worker down instead of piling writes up.
-    async fn write_bookkeeping(&self, entries: Vec<Bookkeeping>) {
-        if entries.is_empty() {
+    async fn clear_markers(&self, cleared: Vec<(AggregateKey, u64)>) {
+        if cleared.is_empty() {
             return;
         }
         let Ok(slot) = self.bookkeeping.clone().acquire_owned().await else {
@@ -486,10 +488,10 @@ impl Worker {
         };
         let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(error) = store.record_published(&entries).await {
+            if let Err(error) = store.clear_pending(&cleared).await {
                 platform::metrics::dependency_error(Dependency::Cassandra);
                 tracing::warn!(
-                    aggregates = entries.len(),
+                    aggregates = cleared.len(),
                     error = &error as &dyn std::error::Error,
                     "outbox bookkeeping not written; the sweep clears the markers again"
                 );
@@ -503,7 +505,7 @@ impl Worker {
     async fn plan(&self, key: &AggregateKey, queued: &Queued) -> Result<Plan, PublishError> {
         let published = match self.published.get(key) {
             Some(version) => *version,
-            None => self.store.published_version(key).await?,
+            None => self.first_published(key, queued).await?,
         };
         let hinted: Vec<&NewEvent> = queued
             .events
@@ -527,23 +529,42 @@ impl Worker {
             payloads,
         })
     }
+
+    /// How far `key` is published, for an aggregate this worker has not published yet. Markers
+    /// are written before each commit and cleared only once their version is on the stream, so
+    /// everything below the lowest marker is published, and with no marker left every
+    /// committed event is, including the ones `queued` reports.
+    async fn first_published(
+        &self,
+        key: &AggregateKey,
+        queued: &Queued,
+    ) -> Result<u64, PublishError> {
+        if let Some(first) = self.store.first_pending(key).await? {
+            return Ok(first.saturating_sub(1));
+        }
+        Ok(
+            match queued.events.iter().map(|event| event.version).max() {
+                Some(version) => version,
+                None => self.store.load(key, false).await?.version,
+            },
+        )
+    }
 }
 
-/// What records that `key` is published up to `last` and clears its markers: nothing when the
-/// batch published nothing of it and no sweep found its markers.
-fn bookkeeping(key: &AggregateKey, queued: &Queued, published: u64, last: u64) -> Vec<Bookkeeping> {
-    let mut entries = Vec::new();
-    if last > published || queued.marker.is_some() {
-        entries.push(Bookkeeping::Published(key.clone(), last));
+/// Up to which version an aggregate's markers go once the batch took it from `published` to
+/// `last`: `last`, or past it when a sweep found markers beyond it old enough to be a lost
+/// race's leftovers (their commands never committed, so there is nothing to publish for them);
+/// `None` when the batch published nothing of it and no sweep found its markers.
+fn cleared_up_to(queued: &Queued, published: u64, last: u64) -> Option<u64> {
+    match queued.marker {
+        Some((marked, oldest))
+            if marked > last && oldest.elapsed().unwrap_or_default() > STALE_MARKER_AGE =>
+        {
+            Some(marked)
+        }
+        Some(_) => Some(last),
+        None => (last > published).then_some(last),
     }
-    if let Some((marked, oldest)) = queued.marker
-        && marked > last
-        && oldest.elapsed().unwrap_or_default() > STALE_MARKER_AGE
-    {
-        // Written by a command whose commit lost its race: nothing to publish.
-        entries.push(Bookkeeping::Stale(key.clone(), marked));
-    }
-    entries
 }
 
 /// When the oldest work of `batch` was committed (or its marker written), in Unix milliseconds.

@@ -1,6 +1,8 @@
-//! The outbox's own tables. A command writes a marker (`outbox_pending`) before it commits; the
-//! outbox records the highest published version (`outbox_progress`) and deletes the markers up
-//! to it once the events are on the stream. Markers are spread over [`OUTBOX_SHARDS`]
+//! The outbox's own table. A command writes a marker (`outbox_pending`) before it commits, and
+//! the outbox deletes an aggregate's markers up to a version only once every event up to it is
+//! on the stream. So the markers also say how far an aggregate is published: a committed event
+//! without a marker is on the stream, and everything below an aggregate's lowest marker is too.
+//! No progress of its own is written per publish. Markers are spread over [`OUTBOX_SHARDS`]
 //! partitions by the aggregate key's stable hash so a sweep reads bounded partitions.
 
 use std::time::SystemTime;
@@ -22,16 +24,6 @@ const OUTBOX_SHARDS: i32 = 64;
 /// (Cassandra warns at 5 KiB and refuses 50 KiB).
 const BATCH_STATEMENTS: usize = 32;
 
-/// One piece of the outbox's bookkeeping, batched with others into one store request.
-#[derive(Debug, Clone)]
-pub enum Bookkeeping {
-    /// Every event of the aggregate up to the version is published: record the progress and
-    /// drop its markers up to it.
-    Published(AggregateKey, u64),
-    /// Markers up to the version are a lost race's leftovers: drop them, progress unchanged.
-    Stale(AggregateKey, u64),
-}
-
 /// A pending outbox marker found by a sweep.
 #[derive(Debug, Clone)]
 pub struct PendingMarker {
@@ -44,8 +36,7 @@ pub(super) struct Statements {
     mark_pending: PreparedStatement,
     clear_pending: PreparedStatement,
     scan_pending: PreparedStatement,
-    load_progress: PreparedStatement,
-    save_progress: PreparedStatement,
+    first_pending: PreparedStatement,
 }
 
 impl Statements {
@@ -74,17 +65,10 @@ impl Statements {
                     quorum,
                 )
                 .await?,
-            load_progress: prepare
+            first_pending: prepare
                 .statement(
-                    "SELECT published_version FROM {keyspace}.outbox_progress \
-                     WHERE aggregate_type = ? AND aggregate_id = ?",
-                    quorum,
-                )
-                .await?,
-            save_progress: prepare
-                .statement(
-                    "UPDATE {keyspace}.outbox_progress SET published_version = ? \
-                     WHERE aggregate_type = ? AND aggregate_id = ?",
+                    "SELECT version FROM {keyspace}.outbox_pending WHERE shard = ? \
+                     AND aggregate_type = ? AND aggregate_id = ? LIMIT 1",
                     quorum,
                 )
                 .await?,
@@ -118,33 +102,22 @@ impl Store {
         self.unlogged(writes).await
     }
 
-    /// Writes the bookkeeping of published aggregates in as few requests as the batch limits
-    /// allow, sent together.
-    pub async fn record_published(&self, entries: &[Bookkeeping]) -> Result<(), StoreError> {
-        let mut writes = Vec::with_capacity(entries.len() * 2);
-        for entry in entries {
-            let (key, version, progress) = match entry {
-                Bookkeeping::Published(key, version) => (key, bigint(*version)?, true),
-                Bookkeeping::Stale(key, version) => (key, bigint(*version)?, false),
-            };
-            let kind = CqlValue::Text(key.kind.as_str().to_owned());
-            let id = CqlValue::Text(key.id.clone());
-            if progress {
-                writes.push((
-                    self.outbox.save_progress.clone(),
-                    vec![CqlValue::BigInt(version), kind.clone(), id.clone()],
-                ));
-            }
-            writes.push((
-                self.outbox.clear_pending.clone(),
-                vec![
+    /// Deletes each aggregate's markers up to its version (all of its events up to it are on
+    /// the stream, or the markers are a lost race's leftovers) in as few requests as the batch
+    /// limits allow, sent together.
+    pub async fn clear_pending(&self, cleared: &[(AggregateKey, u64)]) -> Result<(), StoreError> {
+        let writes = cleared
+            .iter()
+            .map(|(key, version)| {
+                let row = vec![
                     CqlValue::Int(shard_of(key)),
-                    kind,
-                    id,
-                    CqlValue::BigInt(version),
-                ],
-            ));
-        }
+                    CqlValue::Text(key.kind.as_str().to_owned()),
+                    CqlValue::Text(key.id.clone()),
+                    CqlValue::BigInt(bigint(*version)?),
+                ];
+                Ok((self.outbox.clear_pending.clone(), row))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         futures::future::try_join_all(
             writes
                 .chunks(BATCH_STATEMENTS)
@@ -181,18 +154,20 @@ impl Store {
         Ok(())
     }
 
-    /// The highest published version of `key` (0 when nothing was published).
-    pub async fn published_version(&self, key: &AggregateKey) -> Result<u64, StoreError> {
+    /// The lowest version of `key` still marked pending, if any.
+    pub async fn first_pending(&self, key: &AggregateKey) -> Result<Option<u64>, StoreError> {
         let result = self
             .session
-            .execute_unpaged(&self.outbox.load_progress, (key.kind.as_str(), &key.id))
+            .execute_unpaged(
+                &self.outbox.first_pending,
+                (shard_of(key), key.kind.as_str(), &key.id),
+            )
             .await?
             .into_rows_result()?;
-        let version = result
-            .maybe_first_row::<(Option<i64>,)>()?
-            .and_then(|(version,)| version)
-            .unwrap_or(0);
-        version_of(key, version)
+        result
+            .maybe_first_row::<(i64,)>()?
+            .map(|(version,)| version_of(key, version))
+            .transpose()
     }
 
     /// Every pending marker, shard by shard.

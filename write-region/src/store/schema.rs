@@ -3,7 +3,8 @@
 //! - `streams`: one partition per aggregate. Its events and idempotency records are clustering
 //!   rows (`entry_kind`, `entry_key`); its current state and version are static columns, so one
 //!   conditional batch moves state and stream together.
-//! - `outbox_pending`, `outbox_progress`: the outbox's markers and published versions.
+//! - `outbox_pending`: the outbox's markers (see `outbox`). Keyspaces created before 2026-12-08
+//!   also hold an `outbox_progress` table, no longer read or written.
 //! - `instrument_index`: every symbol ever upserted, for listing.
 //! - `resting_orders`, `price_fills`, `fill_plans`, `placement_checks`: the resting-order book
 //!   (see `book`). Their entries only say where to look (the account is the truth, and an entry
@@ -40,11 +41,6 @@ pub(super) async fn create(
              marked_at timestamp, \
              PRIMARY KEY (shard, aggregate_type, aggregate_id, version)) \
              WITH gc_grace_seconds = 3600"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.outbox_progress (\
-             aggregate_type text, aggregate_id text, published_version bigint, \
-             PRIMARY KEY ((aggregate_type, aggregate_id)))"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.instrument_index (\
