@@ -93,6 +93,11 @@ impl Lease {
         let waiting = std::time::Instant::now();
         let mut announced = false;
         loop {
+            // Checked before every try, not only while waiting: the lease this process just
+            // released on shutdown is free, and taking it again would start the pipeline anew.
+            if shutdown.is_cancelled() {
+                return None;
+            }
             let attempt = Instant::now();
             match self.bucket.create(KEY, self.holder.encode()).await {
                 Ok(revision) => {

@@ -123,3 +123,43 @@ async fn a_holder_whose_key_was_taken_stops_leading() -> anyhow::Result<()> {
     jetstream.delete_stream(format!("KV_{bucket}")).await?;
     Ok(())
 }
+
+/// A relay told to shut down while it leads frees the lease and returns, rather than taking
+/// the lease it just freed and starting its pipeline again (which it once did, in a loop, until
+/// killed).
+#[tokio::test]
+async fn a_leading_relay_told_to_shut_down_returns_and_leaves_the_lease_free() -> anyhow::Result<()>
+{
+    let (_, mut config) = testkit::relay::configs();
+    // The bucket's settings follow the time to live: the relay and the observer share one.
+    config.lease_ttl_ms = TTL.as_millis().try_into()?;
+    let lease_bucket = config.lease_bucket.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::spawn(relay::run(config, listener, shutdown.clone()));
+    let (jetstream, _) = bucket().await?;
+    let observer = contender(&jetstream, &lease_bucket, "observer").await?;
+    let leads = testkit::eventually(Duration::from_secs(30), || async {
+        Ok(observer.current().await.map(|holder| holder.instance))
+    });
+    let leader = tokio::select! {
+        leader = leads => leader.context("the relay never took the lease")?,
+        ended = &mut running => anyhow::bail!("the relay ended before leading: {ended:?}"),
+    };
+    assert_ne!(leader, "observer");
+    shutdown.cancel();
+    // A bound on a hang, not a timing: the loops stop within their grace period.
+    let returned = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .context("the relay did not return after shutdown")?;
+    returned?.context("the relay failed")?;
+    assert_eq!(
+        observer.current().await.map(|holder| holder.instance),
+        None,
+        "the lease was taken again after shutdown"
+    );
+    jetstream
+        .delete_stream(format!("KV_{lease_bucket}"))
+        .await?;
+    Ok(())
+}
