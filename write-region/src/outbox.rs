@@ -38,7 +38,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::RawEvent;
 
-use crate::store::{AggregateKey, NewEvent, Store, StoreError};
+use crate::store::{AggregateKey, Clear, NewEvent, Store, StoreError};
 
 /// A marker older than this, for a version that was never committed, is a lost race's leftover.
 const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
@@ -454,13 +454,11 @@ impl Worker {
         for ack in acks {
             ack.await.map_err(PublishError::jetstream)?;
         }
-        let cleared: Vec<(AggregateKey, u64)> = batch
+        let cleared: Vec<Clear> = batch
             .iter()
             .zip(&plans)
             .zip(&lasts)
-            .filter_map(|(((key, queued), plan), &last)| {
-                Some((key.clone(), cleared_up_to(queued, plan.published, last)?))
-            })
+            .flat_map(|(((key, queued), plan), &last)| clears(key, queued, plan.published, last))
             .collect();
         self.clear_markers(cleared).await;
         let published: usize = plans.iter().map(|plan| plan.payloads.len()).sum();
@@ -479,7 +477,7 @@ impl Worker {
     /// markers behind; the sweep finds them and this worker clears them again, publishing
     /// nothing twice. At most `BOOKKEEPING_IN_FLIGHT` deletes are out at once, so a slow store
     /// slows the worker down instead of piling writes up.
-    async fn clear_markers(&self, cleared: Vec<(AggregateKey, u64)>) {
+    async fn clear_markers(&self, cleared: Vec<Clear>) {
         if cleared.is_empty() {
             return;
         }
@@ -551,20 +549,30 @@ impl Worker {
     }
 }
 
-/// Up to which version an aggregate's markers go once the batch took it from `published` to
-/// `last`: `last`, or past it when a sweep found markers beyond it old enough to be a lost
-/// race's leftovers (their commands never committed, so there is nothing to publish for them);
-/// `None` when the batch published nothing of it and no sweep found its markers.
-fn cleared_up_to(queued: &Queued, published: u64, last: u64) -> Option<u64> {
-    match queued.marker {
-        Some((marked, oldest))
-            if marked > last && oldest.elapsed().unwrap_or_default() > STALE_MARKER_AGE =>
-        {
-            Some(marked)
-        }
-        Some(_) => Some(last),
-        None => (last > published).then_some(last),
+/// Which of `key`'s markers go once the batch took it from `published` to `last`: those up to
+/// `last` when the batch published something of it or a sweep found its markers, and beyond it
+/// those a sweep found old enough to be a lost race's leftovers (their commands never
+/// committed, so there is nothing to publish for them). The leftovers go only as far as they
+/// were written long ago: a command in flight may have just written a marker at one of their
+/// versions, and that marker must outlive a crash.
+fn clears(key: &AggregateKey, queued: &Queued, published: u64, last: u64) -> Vec<Clear> {
+    let mut clears = Vec::new();
+    if last > published || queued.marker.is_some() {
+        clears.push(Clear::Published(key.clone(), last));
     }
+    if let Some((marked, oldest)) = queued.marker
+        && marked > last
+        && oldest.elapsed().unwrap_or_default() > STALE_MARKER_AGE
+    {
+        clears.push(Clear::Stale {
+            key: key.clone(),
+            version: marked,
+            written_before: SystemTime::now()
+                .checked_sub(STALE_MARKER_AGE / 2)
+                .unwrap_or(UNIX_EPOCH),
+        });
+    }
+    clears
 }
 
 /// When the oldest work of `batch` was committed (or its marker written), in Unix milliseconds.
@@ -585,4 +593,50 @@ struct Plan {
     published: u64,
     /// Its unpublished events, in version order.
     payloads: Vec<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn swept(version: u64, age: Duration) -> Queued {
+        Queued {
+            events: Vec::new(),
+            marker: Some((version, SystemTime::now() - age)),
+        }
+    }
+
+    fn versions(clears: &[Clear]) -> Vec<(&'static str, u64)> {
+        clears
+            .iter()
+            .map(|clear| match clear {
+                Clear::Published(_, version) => ("published", *version),
+                Clear::Stale { version, .. } => ("stale", *version),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn markers_go_up_to_what_was_published_and_old_leftovers_beyond_it() {
+        let key = AggregateKey::account("a");
+        let quiet = Queued::default();
+        assert!(clears(&key, &quiet, 4, 4).is_empty(), "nothing happened");
+        assert_eq!(versions(&clears(&key, &quiet, 4, 6)), [("published", 6)]);
+        // A sweep's markers beyond what is committed: a command in flight while young, a lost
+        // race's leftovers once old.
+        let young = swept(8, Duration::from_secs(5));
+        assert_eq!(versions(&clears(&key, &young, 6, 6)), [("published", 6)]);
+        let old = swept(8, STALE_MARKER_AGE * 2);
+        assert_eq!(
+            versions(&clears(&key, &old, 6, 6)),
+            [("published", 6), ("stale", 8)]
+        );
+        let Clear::Stale { written_before, .. } = &clears(&key, &old, 6, 6)[1] else {
+            unreachable!("checked above");
+        };
+        assert!(
+            written_before.elapsed().unwrap_or_default() >= STALE_MARKER_AGE / 2,
+            "a leftover delete must spare markers written in the last minute"
+        );
+    }
 }

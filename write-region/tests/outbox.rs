@@ -19,7 +19,7 @@ use trading_proto::{
     events::v1::{RawEvent, raw_event::Body},
     trading::v1 as api,
 };
-use write_region::store::{AggregateKey, Store};
+use write_region::store::{AggregateKey, Clear, Store};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_write-region");
 
@@ -582,4 +582,33 @@ async fn published_orders_leave_no_markers() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     region.stop().await
+}
+
+/// A lost race's leftover markers go only as far as they were written before the given
+/// instant: a marker a command in flight has just written at the same version stays, so a
+/// crash before its publish still leaves it for the sweep.
+#[tokio::test]
+async fn stale_markers_are_cleared_only_as_far_as_they_were_written_before() -> anyhow::Result<()> {
+    let config = support::isolated_config();
+    let store = Store::connect(&config.store()).await?;
+    let key = AggregateKey::account("kim");
+    store
+        .mark_pending(&[(key.clone(), 1), (key.clone(), 2)])
+        .await?;
+    let stale = |written_before| Clear::Stale {
+        key: key.clone(),
+        version: 2,
+        written_before,
+    };
+    let minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    store.clear_pending(&[stale(minute_ago)]).await?;
+    assert_eq!(
+        store.first_pending(&key).await?,
+        Some(1),
+        "markers written just now were cleared as a minute-old leftover"
+    );
+    let later = std::time::SystemTime::now() + Duration::from_secs(1);
+    store.clear_pending(&[stale(later)]).await?;
+    assert_eq!(store.first_pending(&key).await?, None, "leftovers stayed");
+    Ok(())
 }

@@ -35,7 +35,7 @@ use scylla::{
 };
 
 pub use book::{BookEntry, PlacementMarker, PriceMarker};
-pub use outbox::PendingMarker;
+pub use outbox::{Clear, PendingMarker};
 pub use replication::{BadReplication, Replication, StoreConsistency};
 pub use streams::{Append, NewEvent, RecordKind, Stored};
 

@@ -32,9 +32,25 @@ pub struct PendingMarker {
     pub marked_at: SystemTime,
 }
 
+/// Markers to delete, batched with others into one store request.
+#[derive(Debug, Clone)]
+pub enum Clear {
+    /// Every event of the aggregate up to the version is on the stream.
+    Published(AggregateKey, u64),
+    /// The aggregate's markers up to the version written before the instant are a lost race's
+    /// leftovers (their commands never committed). A marker written since is left alone: it
+    /// may belong to a command in flight that reuses the version, and must outlive a crash.
+    Stale {
+        key: AggregateKey,
+        version: u64,
+        written_before: SystemTime,
+    },
+}
+
 pub(super) struct Statements {
     mark_pending: PreparedStatement,
     clear_pending: PreparedStatement,
+    clear_stale: PreparedStatement,
     scan_pending: PreparedStatement,
     first_pending: PreparedStatement,
 }
@@ -55,6 +71,14 @@ impl Statements {
                 .statement(
                     "DELETE FROM {keyspace}.outbox_pending WHERE shard = ? AND aggregate_type = ? \
                      AND aggregate_id = ? AND version <= ?",
+                    quorum,
+                )
+                .await?,
+            // A delete at a write time shadows only what was written at or before it.
+            clear_stale: prepare
+                .statement(
+                    "DELETE FROM {keyspace}.outbox_pending USING TIMESTAMP ? WHERE shard = ? \
+                     AND aggregate_type = ? AND aggregate_id = ? AND version <= ?",
                     quorum,
                 )
                 .await?,
@@ -102,20 +126,37 @@ impl Store {
         self.unlogged(writes).await
     }
 
-    /// Deletes each aggregate's markers up to its version (all of its events up to it are on
-    /// the stream, or the markers are a lost race's leftovers) in as few requests as the batch
-    /// limits allow, sent together.
-    pub async fn clear_pending(&self, cleared: &[(AggregateKey, u64)]) -> Result<(), StoreError> {
+    /// Deletes markers (see `Clear`) in as few requests as the batch limits allow, sent
+    /// together.
+    pub async fn clear_pending(&self, cleared: &[Clear]) -> Result<(), StoreError> {
         let writes = cleared
             .iter()
-            .map(|(key, version)| {
-                let row = vec![
+            .map(|clear| {
+                let (statement, mut row, key, version) = match clear {
+                    Clear::Published(key, version) => {
+                        (&self.outbox.clear_pending, Vec::new(), key, *version)
+                    }
+                    Clear::Stale {
+                        key,
+                        version,
+                        written_before,
+                    } => {
+                        let micros = written_before
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_micros();
+                        let micros = i64::try_from(micros).unwrap_or(i64::MAX);
+                        let row = vec![CqlValue::BigInt(micros)];
+                        (&self.outbox.clear_stale, row, key, *version)
+                    }
+                };
+                row.extend([
                     CqlValue::Int(shard_of(key)),
                     CqlValue::Text(key.kind.as_str().to_owned()),
                     CqlValue::Text(key.id.clone()),
-                    CqlValue::BigInt(bigint(*version)?),
-                ];
-                Ok((self.outbox.clear_pending.clone(), row))
+                    CqlValue::BigInt(bigint(version)?),
+                ]);
+                Ok((statement.clone(), row))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         futures::future::try_join_all(
