@@ -6,12 +6,12 @@
 //! published version onwards, in order, and only once the hub acknowledged them clears the
 //! aggregate's pending markers up to the last one published. The markers are the only record
 //! of progress: a worker meeting an aggregate for the first time takes everything below its
-//! lowest marker as published (see `store::outbox`), and otherwise remembers what it published. A worker takes every aggregate
-//! waiting in its queue (up to `MAX_BATCH`) at once: their events go out back to back, the acks
-//! are awaited together, and their bookkeeping goes to the store as a few unlogged batches while
-//! the worker goes on to its next batch, so under load one fsync wait on the hub and one store
-//! request serve many commits instead of one, and the store's latency is not on the way to the
-//! stream. Commands write a marker before they commit, so a crash between commit and publish,
+//! lowest marker as published (see `store::outbox`), and otherwise remembers what it published.
+//! A worker takes every aggregate waiting in its queue (up to `MAX_BATCH`) at once: their
+//! events go out back to back, the acks are awaited together, and their marker deletes go to
+//! the store as a few unlogged batches while the worker goes on to its next batch, so under
+//! load one fsync wait on the hub and one store request serve many commits instead of one, and
+//! the store's latency is not on the way to the stream. Commands write a marker before they commit, so a crash between commit and publish,
 //! or a NATS outage, leaves markers that the periodic sweep finds; the worker then reloads the
 //! unpublished events from the store. Republishing after a crash is harmless: JetStream drops a
 //! repeated `Nats-Msg-Id` inside its duplicate window and every consumer checks versions.
@@ -491,7 +491,7 @@ impl Worker {
                 tracing::warn!(
                     aggregates = cleared.len(),
                     error = &error as &dyn std::error::Error,
-                    "outbox bookkeeping not written; the sweep clears the markers again"
+                    "outbox markers not cleared; the sweep finds them and they are cleared again"
                 );
             }
             drop(slot);
