@@ -11,10 +11,11 @@
 //! events go out back to back, the acks are awaited together, and their marker deletes go to
 //! the store as a few unlogged batches while the worker goes on to its next batch, so under
 //! load one fsync wait on the hub and one store request serve many commits instead of one, and
-//! the store's latency is not on the way to the stream. Commands write a marker before they commit, so a crash between commit and publish,
-//! or a NATS outage, leaves markers that the periodic sweep finds; the worker then reloads the
-//! unpublished events from the store. Republishing after a crash is harmless: JetStream drops a
-//! repeated `Nats-Msg-Id` inside its duplicate window and every consumer checks versions.
+//! the store's latency is not on the way to the stream. Commands write a marker before they
+//! commit, so a crash between commit and publish, or a NATS outage, leaves markers that the
+//! periodic sweep finds; the worker then reloads the unpublished events from the store.
+//! Republishing after a crash is harmless: JetStream drops a repeated `Nats-Msg-Id` inside its
+//! duplicate window and every consumer checks versions.
 
 use std::{
     collections::{HashMap, VecDeque},
