@@ -9,11 +9,15 @@
 //! group sends a request at once, so grouping costs a caller nothing when there is nothing to
 //! group with, and at most the wait for a free slot when there is.
 //!
+//! Work off the latency path (deleting markers once their events are published) can wait for
+//! company instead: a group started with a `linger` holds each batch open that long, so at a
+//! steady trickle of callers one request serves all that arrive in the window rather than one.
+//!
 //! A batch is formed only from requests already queued when it starts, so a read served by a
 //! group started after its caller asked: it sees every commit that finished before the call,
 //! exactly as a read of the caller's own would.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -35,6 +39,16 @@ impl<I: Send + 'static, O: Send + 'static> Group<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, StoreError>> + Send + 'static,
     {
+        Self::lingering(max_batch, in_flight, Duration::ZERO, run)
+    }
+
+    /// Like [`Group::start`], but a batch waits `linger` after its first request for others to
+    /// join (only for callers that do not wait on the answer to go on).
+    pub fn lingering<F, Fut>(max_batch: usize, in_flight: usize, linger: Duration, run: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, StoreError>> + Send + 'static,
+    {
         let (requests, mut queued) = mpsc::unbounded_channel::<(I, Reply<O>)>();
         let run = Arc::new(run);
         let slots = Arc::new(Semaphore::new(in_flight.max(1)));
@@ -44,6 +58,9 @@ impl<I: Send + 'static, O: Send + 'static> Group<I, O> {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
+                if !linger.is_zero() {
+                    tokio::time::sleep(linger).await;
+                }
                 let mut batch = vec![first];
                 while batch.len() < max_batch
                     && let Ok(next) = queued.try_recv()
@@ -143,6 +160,36 @@ mod tests {
         }
         let seen = batches.lock().map(|seen| seen.clone()).unwrap_or_default();
         assert_eq!(seen, vec![vec![0], vec![1, 2, 3, 4, 5]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_group_gathers_callers_arriving_within_its_window() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let group = Arc::new(Group::lingering(
+            64,
+            1,
+            Duration::from_millis(20),
+            move |inputs: Vec<u32>| {
+                seen.lock().map(|mut seen| seen.push(inputs.clone())).ok();
+                async move { Ok(inputs) }
+            },
+        ));
+        let callers: Vec<_> = (0..3)
+            .map(|input| {
+                let group = group.clone();
+                tokio::spawn(async move {
+                    // Callers 12 ms apart: the first two inside one window, the third after it.
+                    tokio::time::sleep(Duration::from_millis(5 + 12 * u64::from(input))).await;
+                    group.call(input).await.ok()
+                })
+            })
+            .collect();
+        for (input, caller) in (0..3).zip(callers) {
+            assert_eq!(caller.await.ok().flatten(), Some(input));
+        }
+        let seen = batches.lock().map(|seen| seen.clone()).unwrap_or_default();
+        assert_eq!(seen, vec![vec![0, 1], vec![2]]);
     }
 
     #[tokio::test]

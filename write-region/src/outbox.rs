@@ -8,10 +8,13 @@
 //! of progress: a worker meeting an aggregate for the first time takes everything below its
 //! lowest marker as published (see `store::outbox`), and otherwise remembers what it published.
 //! A worker takes every aggregate waiting in its queue (up to `MAX_BATCH`) at once: their
-//! events go out back to back, the acks are awaited together, and their marker deletes go to
-//! the store as a few unlogged batches while the worker goes on to its next batch, so under
-//! load one fsync wait on the hub and one store request serve many commits instead of one, and
-//! the store's latency is not on the way to the stream. Commands write a marker before they
+//! events go out back to back and the acks are awaited together, so under load one fsync wait
+//! on the hub serves many commits instead of one. The marker deletes of every worker's batches
+//! go to one lingering group (see `group`) while the workers go on: it gathers them for
+//! `CLEAR_LINGER` and sends them as a few unlogged batches, so at a steady rate one store
+//! request clears the markers of many commits rather than one each, and the store's latency is
+//! not on the way to the stream. A marker that lives those milliseconds longer costs nothing:
+//! a sweep that meets it finds its events published and clears it again. Commands write a marker before they
 //! commit, so a crash between commit and publish, or a NATS outage, leaves markers that the
 //! periodic sweep finds; the worker then reloads the unpublished events from the store.
 //! Republishing after a crash is harmless: JetStream drops a repeated `Nats-Msg-Id` inside its
@@ -39,15 +42,25 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use trading_proto::events::v1::RawEvent;
 
-use crate::store::{AggregateKey, Clear, NewEvent, Store, StoreError};
+use crate::{
+    group::Group,
+    store::{AggregateKey, Clear, NewEvent, Store, StoreError},
+};
 
 /// A marker older than this, for a version that was never committed, is a lost race's leftover.
 const STALE_MARKER_AGE: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Aggregates a worker publishes in one go.
 const MAX_BATCH: usize = 256;
-/// Bookkeeping writes one worker may have with the store while it publishes on.
-const BOOKKEEPING_IN_FLIGHT: usize = 4;
+/// How long published batches' marker deletes wait for others to share their store request.
+const CLEAR_LINGER: Duration = Duration::from_millis(20);
+/// Marker deletes (of one published batch each) in one store request, and such requests out at
+/// once.
+const CLEARS_PER_REQUEST: usize = 256;
+const CLEAR_REQUESTS_IN_FLIGHT: usize = 2;
+/// Published batches whose markers one worker may have waiting to be cleared while it
+/// publishes on: past that, a slow store slows the worker instead of piling deletes up.
+const BOOKKEEPING_IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
@@ -170,6 +183,7 @@ impl Outbox {
             ..Backlog::default()
         });
         backlog.export();
+        let clears = Arc::new(clear_group(store.clone()));
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {
             let (sender, receiver) = mpsc::unbounded_channel();
@@ -185,6 +199,7 @@ impl Outbox {
                 backlog: backlog.clone(),
                 index,
                 bookkeeping: Arc::new(Semaphore::new(BOOKKEEPING_IN_FLIGHT)),
+                clears: clears.clone(),
             };
             tasks.spawn(worker.run(receiver, shutdown.clone()));
         }
@@ -279,8 +294,9 @@ struct Worker {
     backlog: Arc<Backlog>,
     /// This worker's slot in `backlog.oldest_ms`.
     index: usize,
-    /// Bookkeeping writes this worker may have out at once.
+    /// Published batches whose markers this worker may have waiting to be cleared.
     bookkeeping: Arc<Semaphore>,
+    clears: Arc<Group<Vec<Clear>, ()>>,
 }
 
 /// What a worker knows about an aggregate waiting in its queue.
@@ -474,10 +490,8 @@ impl Worker {
     }
 
     /// Clears a published batch's markers while the worker goes on: its events are on the
-    /// stream, and this worker knows their versions in memory. A delete that fails only leaves
-    /// markers behind; the sweep finds them and this worker clears them again, publishing
-    /// nothing twice. At most `BOOKKEEPING_IN_FLIGHT` deletes are out at once, so a slow store
-    /// slows the worker down instead of piling writes up.
+    /// stream, and this worker knows their versions in memory. At most
+    /// `BOOKKEEPING_IN_FLIGHT` batches wait to be cleared at once (see `clear_group`).
     async fn clear_markers(&self, cleared: Vec<Clear>) {
         if cleared.is_empty() {
             return;
@@ -485,16 +499,10 @@ impl Worker {
         let Ok(slot) = self.bookkeeping.clone().acquire_owned().await else {
             return;
         };
-        let store = self.store.clone();
+        let clears = self.clears.clone();
         tokio::spawn(async move {
-            if let Err(error) = store.clear_pending(&cleared).await {
-                platform::metrics::dependency_error(Dependency::Cassandra);
-                tracing::warn!(
-                    aggregates = cleared.len(),
-                    error = &error as &dyn std::error::Error,
-                    "outbox markers not cleared; the sweep finds them and they are cleared again"
-                );
-            }
+            // A failure is reported by the group, once per request.
+            let _ = clears.call(cleared).await;
             drop(slot);
         });
     }
@@ -548,6 +556,56 @@ impl Worker {
             },
         )
     }
+}
+
+/// The group that deletes published markers for every worker. A delete that fails only leaves
+/// markers behind; the sweep finds them and their worker clears them again, publishing nothing
+/// twice.
+fn clear_group(store: Arc<Store>) -> Group<Vec<Clear>, ()> {
+    Group::lingering(
+        CLEARS_PER_REQUEST,
+        CLEAR_REQUESTS_IN_FLIGHT,
+        CLEAR_LINGER,
+        move |batches: Vec<Vec<Clear>>| {
+            let store = store.clone();
+            async move {
+                let answers = vec![(); batches.len()];
+                let cleared = merged(batches.into_iter().flatten());
+                if let Err(error) = store.clear_pending(&cleared).await {
+                    platform::metrics::dependency_error(Dependency::Cassandra);
+                    tracing::warn!(
+                        aggregates = cleared.len(),
+                        error = &error as &dyn std::error::Error,
+                        "outbox markers not cleared; the sweep finds them and they are cleared \
+                         again"
+                    );
+                }
+                Ok(answers)
+            }
+        },
+    )
+}
+
+/// The deletes of several batches, an aggregate's published markers once, up to the highest
+/// version (one worker publishes each aggregate, in order, so the highest is the latest).
+fn merged(clears: impl Iterator<Item = Clear>) -> Vec<Clear> {
+    let mut published: HashMap<AggregateKey, u64> = HashMap::new();
+    let mut merged = Vec::new();
+    for clear in clears {
+        match clear {
+            Clear::Published(key, version) => {
+                let highest = published.entry(key).or_insert(version);
+                *highest = (*highest).max(version);
+            }
+            stale @ Clear::Stale { .. } => merged.push(stale),
+        }
+    }
+    merged.extend(
+        published
+            .into_iter()
+            .map(|(key, version)| Clear::Published(key, version)),
+    );
+    merged
 }
 
 /// Which of `key`'s markers go once the batch took it from `published` to `last`: those up to
@@ -638,6 +696,26 @@ mod tests {
         assert!(
             written_before.elapsed().unwrap_or_default() >= STALE_MARKER_AGE / 2,
             "a leftover delete must spare markers written in the last minute"
+        );
+    }
+
+    #[test]
+    fn batches_cleared_together_delete_each_aggregate_once_up_to_its_latest() {
+        let (a, b) = (AggregateKey::account("a"), AggregateKey::account("b"));
+        let old = swept(9, STALE_MARKER_AGE * 2);
+        let batches = [
+            clears(&a, &Queued::default(), 0, 3),
+            clears(&b, &Queued::default(), 0, 1),
+            clears(&a, &old, 3, 5),
+        ];
+        let mut merged = merged(batches.into_iter().flatten());
+        merged.sort_by_key(|clear| match clear {
+            Clear::Published(key, _) => (key.id.clone(), 0),
+            Clear::Stale { key, .. } => (key.id.clone(), 1),
+        });
+        assert_eq!(
+            versions(&merged),
+            [("published", 5), ("stale", 9), ("published", 1)]
         );
     }
 }
