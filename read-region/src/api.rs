@@ -132,6 +132,21 @@ fn order_statuses(requested: &[String]) -> Result<Vec<OrderStatus>, ApiError> {
     Ok(statuses)
 }
 
+/// Returns once a book at `min_version` or beyond is announced to `subscription`, or once the
+/// reader fell behind the announcements: either way, the view is worth reading again.
+async fn reaching(subscription: &mut Subscription, min_version: u64) {
+    loop {
+        match subscription.receiver.recv().await {
+            Ok(book) if book.version >= min_version => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // The announcer outlives its readers; should it go, the poll and the deadline still
+            // end the wait.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// What woke a watcher: a book the projector applied, a reason to read the view itself (the
 /// poll, or announcements it fell behind on), or the end of the stream.
 enum Wake {
@@ -278,51 +293,43 @@ impl PortfolioApi {
         let request = request.into_inner();
         let account = account_id(&request.account_id)?;
         let deadline = tokio::time::Instant::now() + budget;
-        // Most reads want a version the view has already: answered without a subscription.
-        if let Some(book) = self.book_at_least(account, request.min_version).await? {
-            return self.portfolio(&book);
+        if request.min_version == 0 {
+            return self.portfolio(&self.book(account).await?);
         }
-        // Subscribed before the next read, so a version applied in between is not missed.
+        // Subscribed before the first read, so a version applied after it is announced to this
+        // reader: a read that waits reads the view once before the wait and once after, not
+        // also between subscribing and waiting (under load, thousands of reads a second). The
+        // answer is read from the view, not taken from the announcement: the projector
+        // announces once it has applied its whole batch, so the view may hold newer prices.
         let mut subscription = self.announcer.subscribe(account);
         loop {
             if let Some(book) = self.book_at_least(account, request.min_version).await? {
                 return self.portfolio(&book);
             }
-            // Woken by the projector when this account reaches the version; the poll covers
-            // versions applied by another process (a rebuild's switch).
-            let reached = tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => true,
-                _ = tokio::time::sleep(POLL) => false,
-                _ = async {
-                    loop {
-                        match subscription.receiver.recv().await {
-                            Ok(update) if update.version >= request.min_version => return,
-                            Ok(_) => {}
-                            Err(broadcast::error::RecvError::Lagged(_)) => return,
-                            Err(broadcast::error::RecvError::Closed) => {
-                                std::future::pending::<()>().await;
-                            }
-                        }
-                    }
-                } => false,
-            };
-            if reached {
-                // One last read: the version may have arrived with the deadline.
-                if let Some(book) = self.book_at_least(account, request.min_version).await? {
-                    return self.portfolio(&book);
-                }
-                let reached = match self.book(account).await {
-                    Ok(book) => book.version,
-                    Err(ApiError::AccountNotFound(_)) => 0,
-                    Err(error) => return Err(error),
-                };
-                return Err(ApiError::VersionNotReached {
-                    account_id: account.to_owned(),
-                    region: self.region.clone(),
-                    wanted: request.min_version,
-                    reached,
-                });
+            // The poll covers versions applied by another process (a rebuild's switch).
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep(POLL) => {}
+                () = reaching(&mut subscription, request.min_version) => {}
             }
+        }
+        // One last read: the version may have arrived with the deadline.
+        match self.book(account).await {
+            Ok(book) if book.version >= request.min_version => self.portfolio(&book),
+            Ok(book) => Err(self.not_reached(account, request.min_version, book.version)),
+            Err(ApiError::AccountNotFound(_)) => {
+                Err(self.not_reached(account, request.min_version, 0))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn not_reached(&self, account_id: &str, wanted: u64, reached: u64) -> ApiError {
+        ApiError::VersionNotReached {
+            account_id: account_id.to_owned(),
+            region: self.region.clone(),
+            wanted,
+            reached,
         }
     }
 
