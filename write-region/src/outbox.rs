@@ -14,9 +14,10 @@
 //! `CLEAR_LINGER` and sends them as a few unlogged batches, so at a steady rate one store
 //! request clears the markers of many commits rather than one each, and the store's latency is
 //! not on the way to the stream. A marker that lives those milliseconds longer costs nothing:
-//! a sweep that meets it finds its events published and clears it again. Commands write a marker before they
-//! commit, so a crash between commit and publish, or a NATS outage, leaves markers that the
-//! periodic sweep finds; the worker then reloads the unpublished events from the store.
+//! a sweep that meets it finds its events published and clears it again. Commands write a
+//! marker before they commit, so a crash between commit and publish, or a NATS outage, leaves
+//! markers that the periodic sweep finds; the worker then reloads the unpublished events from
+//! the store.
 //! Republishing after a crash is harmless: JetStream drops a repeated `Nats-Msg-Id` inside its
 //! duplicate window and every consumer checks versions.
 

@@ -612,3 +612,27 @@ async fn stale_markers_are_cleared_only_as_far_as_they_were_written_before() -> 
     assert_eq!(store.first_pending(&key).await?, None, "leftovers stayed");
     Ok(())
 }
+
+/// One call may clear far more markers than one unlogged batch holds (the lingering deletes of
+/// many published batches, a sweep after an outage): its batches go out a few at a time, and
+/// every marker goes.
+#[tokio::test]
+async fn clearing_more_markers_than_many_batches_hold_clears_every_one() -> anyhow::Result<()> {
+    let config = support::isolated_config();
+    let store = Store::connect(&config.store()).await?;
+    let keys: Vec<AggregateKey> = (0..600)
+        .map(|index| AggregateKey::account(&format!("many-{index}")))
+        .collect();
+    for chunk in keys.chunks(32) {
+        let markers: Vec<_> = chunk.iter().map(|key| (key.clone(), 1)).collect();
+        store.mark_pending(&markers).await?;
+    }
+    assert_eq!(store.pending().await?.len(), keys.len());
+    let cleared: Vec<Clear> = keys
+        .iter()
+        .map(|key| Clear::Published(key.clone(), 1))
+        .collect();
+    store.clear_pending(&cleared).await?;
+    assert!(store.pending().await?.is_empty(), "markers left behind");
+    Ok(())
+}

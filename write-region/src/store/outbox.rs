@@ -7,6 +7,8 @@
 
 use std::time::SystemTime;
 
+use futures::{StreamExt, TryStreamExt};
+
 use platform::names::Aggregate;
 use scylla::{
     statement::{
@@ -23,6 +25,10 @@ const OUTBOX_SHARDS: i32 = 64;
 /// Statements per unlogged batch of bookkeeping: far below the store's batch size limits
 /// (Cassandra warns at 5 KiB and refuses 50 KiB).
 const BATCH_STATEMENTS: usize = 32;
+/// Such batches of one call out at once: a call may clear thousands of markers (the outbox's
+/// lingering deletes, a sweep after an outage), and the store should see them as a queue, not a
+/// burst of requests.
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// A pending outbox marker found by a sweep.
 #[derive(Debug, Clone)]
@@ -159,12 +165,12 @@ impl Store {
                 Ok((statement.clone(), row))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        futures::future::try_join_all(
-            writes
-                .chunks(BATCH_STATEMENTS)
-                .map(|chunk| self.unlogged(chunk.to_vec())),
-        )
-        .await?;
+        let batches: Vec<_> = writes.chunks(BATCH_STATEMENTS).map(<[_]>::to_vec).collect();
+        futures::stream::iter(batches)
+            .map(|batch| self.unlogged(batch))
+            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 
