@@ -621,7 +621,7 @@ async fn clearing_more_markers_than_many_batches_hold_clears_every_one() -> anyh
     let config = support::isolated_config();
     let store = Store::connect(&config.store()).await?;
     let keys: Vec<AggregateKey> = (0..600)
-        .map(|index| AggregateKey::account(&format!("many-{index}")))
+        .map(|index| AggregateKey::account(format!("many-{index}")))
         .collect();
     for chunk in keys.chunks(32) {
         let markers: Vec<_> = chunk.iter().map(|key| (key.clone(), 1)).collect();
