@@ -17,9 +17,8 @@
 //! a sweep that meets it finds its events published and clears it again. Commands write a
 //! marker before they commit, so a crash between commit and publish, or a NATS outage, leaves
 //! markers that the periodic sweep finds; the worker then reloads the unpublished events from
-//! the store.
-//! Republishing after a crash is harmless: JetStream drops a repeated `Nats-Msg-Id` inside its
-//! duplicate window and every consumer checks versions.
+//! the store. Republishing after a crash is harmless: JetStream drops a repeated `Nats-Msg-Id`
+//! inside its duplicate window and every consumer checks versions.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -132,8 +132,8 @@ impl Store {
         self.unlogged(writes).await
     }
 
-    /// Deletes markers (see `Clear`) in as few requests as the batch limits allow, sent
-    /// together.
+    /// Deletes markers (see `Clear`) in as few requests as the batch limits allow, at most
+    /// `BATCHES_IN_FLIGHT` of them out at once.
     pub async fn clear_pending(&self, cleared: &[Clear]) -> Result<(), StoreError> {
         let writes = cleared
             .iter()
