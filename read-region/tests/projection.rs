@@ -101,7 +101,7 @@ async fn both_regions_show_identical_correct_figures() -> anyhow::Result<()> {
     hub.publish(&scenario(&mut relay)).await?;
 
     for (region, name) in [(&eu, "eu"), (&ap, "ap")] {
-        let alice = region.portfolio_at("alice", 6, WAIT).await?;
+        let alice = region.portfolio_settled(&relay, "alice", WAIT).await?;
         assert_alice(&alice, name);
         let bob = region.portfolio_at("bob", 4, WAIT).await?;
         assert_eq!(

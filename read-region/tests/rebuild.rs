@@ -140,7 +140,7 @@ async fn views_of_an_older_layout_are_rebuilt_not_misread() -> anyhow::Result<()
     hub.publish(&busy_market(&mut relay, 4, 6).concat()).await?;
     let version = relay.accounts["acct-1"].version;
     let before = region
-        .portfolio_at("acct-1", version, Duration::from_secs(30))
+        .portfolio_settled(&relay, "acct-1", Duration::from_secs(30))
         .await?;
     assert!(!before.positions.is_empty());
     region.stop().await?;

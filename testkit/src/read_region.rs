@@ -676,6 +676,27 @@ impl ReadRegion {
         }
     }
 
+    /// `account_id` as the region shows it once it has applied everything `relay` published:
+    /// at its last version and valued at every instrument's last price (market moves published
+    /// after the account's last event may reach the projector in a later batch).
+    pub async fn portfolio_settled(
+        &self,
+        relay: &Relay,
+        account_id: &str,
+        within: Duration,
+    ) -> anyhow::Result<api::Portfolio> {
+        let version = relay.accounts[account_id].version;
+        crate::eventually(within, || async {
+            let portfolio = self.portfolio_at(account_id, version, within).await?;
+            let priced = portfolio.positions.iter().all(|position| {
+                !position.last_price.is_empty()
+                    && relay.instruments[&position.symbol].price == Some(dec(&position.last_price))
+            });
+            Ok(priced.then_some(portfolio))
+        })
+        .await
+    }
+
     /// Stops the server, bounded; [`clean_up`] removes what it left.
     pub async fn stop(self) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(15), self.shut_down())
